@@ -1,0 +1,3 @@
+from retention.cli import run
+
+run()

@@ -1,0 +1,209 @@
+"""The command line: a thin layer over setup, collect, planner, executor and daemon.
+
+Exit codes: 0 success; 1 the run failed (registry errors, failed deletions, max_deletions
+exceeded); 2 invalid config, policy, allowlist or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from retention import __version__, logs
+from retention.collect import collect, plan_all, registries_of
+from retention.errors import ConfigError, Problem, RegistryError, RetentionError, UsageError
+from retention.inventory import inventory_from_json, inventory_to_json
+from retention.policy import load_policies
+from retention.report import to_json, to_table
+from retention.schema import policy_schema
+from retention.setup import Setup, load_setup
+
+OK, FAILED, INVALID = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retention",
+        description="Keeps container registries at a sane size with YAML retention policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"retention {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+        p.add_argument("--config", required=required, type=Path, metavar="FILE",
+                       help="the retention.yaml to use")
+
+    p = sub.add_parser("validate", help="check config, policies and allowlist; never touches "
+                       "a registry")
+    with_config(p, required=False)
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                   help="policy files or directories to check")
+
+    for name, text in (("plan", "evaluate the policies and print the plan; never deletes"),
+                       ("run", "one pass: deletes only in mode enforce without --dry-run")):
+        p = sub.add_parser(name, help=text)
+        with_config(p)
+        p.add_argument("--policy", action="append", metavar="NAME",
+                       help="only this policy (repeatable)")
+        p.add_argument("--output", choices=("table", "json"), default="table")
+        if name == "plan":
+            p.add_argument("--inventory", type=Path, metavar="FILE",
+                           help="plan offline on an inventory written by "
+                                "'retention inventory --output json'")
+        else:
+            p.add_argument("--dry-run", action="store_true",
+                           help="plan and report, delete nothing, whatever the mode")
+
+    p = sub.add_parser("inventory", help="print what the registries hold, as the planner "
+                       "sees it")
+    with_config(p)
+    p.add_argument("--output", choices=("table", "json"), default="table")
+    p.add_argument("--registry", action="append", metavar="NAME",
+                   help="only this registry (repeatable)")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    with_config(p)
+    sub.add_parser("schema", help="print the JSON Schema of policy files")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help and --version exit 0, usage errors 2
+        return int(exc.code or 0)
+    try:
+        return _dispatch(args, out, err)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=err)
+        print(f"retention: {len(exc.problems)} problem(s) found; nothing was changed",
+              file=err)
+        return INVALID
+    except UsageError as exc:
+        print(f"retention: {exc}", file=err)
+        return INVALID
+    except RetentionError as exc:
+        print(f"retention: {exc}", file=err)
+        return FAILED
+    except KeyboardInterrupt:
+        print("retention: interrupted", file=err)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+def _configure_logs(setup: Setup | None, err: TextIO) -> None:
+    secrets = []
+    if setup is not None:
+        secrets = [r.credentials.password for r in setup.config.registries.values()
+                   if r.credentials is not None]
+    fmt = setup.config.log_format if setup else "json"
+    logs.configure(fmt="console" if err.isatty() else fmt, stream=err, level="warning",
+                   secrets=secrets)
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "schema":
+        json.dump(policy_schema(), out, indent=2)
+        out.write("\n")
+        return OK
+    if args.command == "validate":
+        return _validate(args, out)
+    setup = load_setup(args.config)
+    _configure_logs(setup, err)
+    if args.command == "inventory":
+        return _inventory(setup, args, out)
+    if args.command == "plan":
+        return _plan(setup, args, out)
+    if args.command == "run":
+        from retention.executor import run_once
+
+        policies = setup.select(args.policy)
+        return run_once(setup, policies, dry_run=args.dry_run, output=args.output, out=out)
+    if args.command == "serve":
+        from retention.daemon import serve
+
+        return serve(args.config, err=err)
+    raise AssertionError(args.command)
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    policies = 0
+    if args.config is not None:
+        setup = load_setup(args.config)
+        policies += len(setup.policies)
+        registries = setup.config.registries.keys()
+    else:
+        registries = None
+    if args.paths:
+        policies += len(load_policies(args.paths, registries=registries))
+    elif args.config is None:
+        raise UsageError("validate needs --config FILE, policy paths, or both")
+    print(f"ok: {policies} policies valid", file=out)
+    return OK
+
+
+def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+    names = args.registry or sorted(setup.config.registries)
+    unknown = [n for n in names if n not in setup.config.registries]
+    if unknown:
+        raise UsageError(f"no registry named {', '.join(unknown)} in {args.config}")
+    inventories = asyncio.run(collect(setup, names))
+    if args.output == "json":
+        json.dump({"format_version": 1,
+                   "inventories": [inventory_to_json(inventories[n]) for n in names]},
+                  out, indent=1)
+        out.write("\n")
+    else:
+        for name in names:
+            inv = inventories[name]
+            manifests = sum(len(r.manifests) for r in inv.repositories)
+            tags = sum(len(m.tags) + len(m.referrer_tags) for r in inv.repositories
+                       for m in r.manifests)
+            print(f"registry {name} ({inv.host}): {len(inv.repositories)} repositories, "
+                  f"{manifests} manifests, {tags} tags", file=out)
+            for repo in inv.repositories:
+                state = f"  ERROR: {repo.error}" if repo.error else ""
+                print(f"  {repo.name}: {len(repo.manifests)} manifests{state}", file=out)
+                for m in repo.manifests:
+                    tags_text = ",".join(m.tags + m.referrer_tags) or "<untagged>"
+                    print(f"    {m.digest[:19]}  {tags_text}", file=out)
+    failed = any(r.error for inv in inventories.values() for r in inv.repositories)
+    return FAILED if failed else OK
+
+
+def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+    policies = setup.select(args.policy)
+    if args.inventory is not None:
+        try:
+            doc = json.loads(args.inventory.read_text(encoding="utf-8"))
+            inventories = {inv.registry: inv for inv in
+                           (inventory_from_json(d) for d in doc["inventories"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError([Problem(str(args.inventory), 1, 1,
+                                       f"cannot read inventory: {exc}")]) from None
+    else:
+        inventories = asyncio.run(collect(setup, registries_of(setup, policies)))
+    missing = [n for n in registries_of(setup, policies) if n not in inventories]
+    if missing:
+        raise RegistryError(f"no inventory for registry {', '.join(missing)}")
+    the_plan = plan_all(setup, inventories, policies, now=datetime.now(UTC))
+    if args.output == "json":
+        json.dump(to_json(the_plan, mode="dry-run"), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(to_table(the_plan, mode="dry-run"))
+    failed = any(p.aborted or p.errors for p in the_plan.policies)
+    return FAILED if failed else OK

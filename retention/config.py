@@ -1,0 +1,332 @@
+"""The daemon configuration, ``retention.yaml``: registries, paths, mode and limits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+
+from retention.durations import parse_duration
+from retention.errors import ConfigError, Problem
+from retention.secrets import Secret
+from retention.yamlnodes import Reader, compose_documents
+
+MODES = ("dry-run", "enforce")
+REGISTRY_TYPES = ("oci", "acr")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: Secret = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    name: str
+    url: str  # scheme://host[:port], no trailing slash
+    type: str = "oci"
+    credentials: Credentials | None = None
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    token_hosts: tuple[str, ...] = ()
+    repositories: tuple[str, ...] = ()
+    concurrency: int = 8
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    registries: dict[str, RegistrySettings]
+    policies: Path
+    allowlist: Path | None = None
+    mode: str = "dry-run"
+    schedule: str = "0 3 * * *"
+    untagged_grace: timedelta = timedelta(hours=24)
+    max_deletions: int = 1000
+    state_dir: Path | None = None
+    listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
+    log_format: str = "json"
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "enforce"
+
+
+_TOP_KEYS = {
+    "registries": True,
+    "policies": True,
+    "allowlist": False,
+    "mode": False,
+    "schedule": False,
+    "untagged_grace": False,
+    "max_deletions": False,
+    "state_dir": False,
+    "listen": False,
+    "log_format": False,
+}
+_REGISTRY_KEYS = {
+    "url": True,
+    "type": False,
+    "username": False,
+    "username_env": False,
+    "password_file": False,
+    "password_env": False,
+    "docker_config": False,
+    "ca_file": False,
+    "insecure_skip_verify": False,
+    "token_hosts": False,
+    "repositories": False,
+    "concurrency": False,
+}
+
+
+def check_cron(reader: Reader, node: yaml.Node, *, what: str) -> str | None:
+    text = reader.string(node, what=what)
+    if text is None:
+        return None
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        reader.error(node, f"{what}: invalid cron expression {text!r} ({exc}); "
+                     "write five fields: minute hour day month weekday")
+        return None
+    return text
+
+
+def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate ``retention.yaml``; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    path = Path(path)
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(shown, 1, 1, f"cannot read config: {exc.strerror}")]) from None
+    problems: list[Problem] = []
+    docs = compose_documents(text, shown, problems)
+    reader = Reader(shown, problems)
+    if not problems and len(docs) != 1:
+        reader.error(docs[1] if docs else None, "the config must be exactly one YAML document")
+    if problems:
+        raise ConfigError(problems)
+    base = path.parent
+    top = reader.mapping(docs[0], what="config", allowed=_TOP_KEYS)
+    if top is None:
+        raise ConfigError(problems)
+
+    registries: dict[str, RegistrySettings] = {}
+    if "registries" in top:
+        node = top["registries"]
+        if not isinstance(node, yaml.MappingNode):
+            reader.error(node, "registries must be a mapping of names to registry settings")
+        else:
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                name = reader.string(key_node, what="registry name")
+                if name is None:
+                    continue
+                if name in seen:
+                    reader.error(key_node, f"duplicate registry {name!r}")
+                    continue
+                seen.add(name)
+                settings = _registry(reader, name, value_node, base, env)
+                if settings is not None:
+                    registries[name] = settings
+            if not node.value:
+                reader.error(node, "registries is empty; configure at least one registry")
+
+    def path_of(key: str) -> Path | None:
+        if key not in top:
+            return None
+        text = reader.string(top[key], what=key)
+        return (base / text) if text else None
+
+    policies = path_of("policies")
+    allowlist = path_of("allowlist")
+    if allowlist is not None and not allowlist.exists():
+        reader.error(top["allowlist"], f"allowlist {allowlist} does not exist")
+    if policies is not None and not policies.exists():
+        reader.error(top["policies"], f"policies path {policies} does not exist")
+
+    kwargs: dict[str, object] = {}
+    if "mode" in top:
+        mode = reader.string(top["mode"], what="mode")
+        if mode is not None and mode not in MODES:
+            reader.error(top["mode"], f"mode must be dry-run or enforce, not {mode!r}")
+        elif mode is not None:
+            kwargs["mode"] = mode
+    if "schedule" in top and (cron := check_cron(reader, top["schedule"], what="schedule")):
+        kwargs["schedule"] = cron
+    if "untagged_grace" in top:
+        text = reader.string(top["untagged_grace"], what="untagged_grace")
+        if text is not None:
+            try:
+                kwargs["untagged_grace"] = parse_duration(text)
+            except ValueError as exc:
+                reader.error(top["untagged_grace"], str(exc))
+    if "max_deletions" in top:
+        value = reader.integer(top["max_deletions"], what="max_deletions")
+        if value is not None:
+            kwargs["max_deletions"] = value
+    if "state_dir" in top and (state := path_of("state_dir")) is not None:
+        kwargs["state_dir"] = state
+    if "listen" in top:
+        text = reader.string(top["listen"], what="listen")
+        if text is not None:
+            host, sep, port = text.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                reader.error(top["listen"], f"listen must be host:port, like 0.0.0.0:9090, "
+                             f"not {text!r}")
+            else:
+                kwargs["listen"] = (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104
+    if "log_format" in top:
+        fmt = reader.string(top["log_format"], what="log_format")
+        if fmt is not None and fmt not in ("json", "console"):
+            reader.error(top["log_format"], f"log_format must be json or console, not {fmt!r}")
+        elif fmt is not None:
+            kwargs["log_format"] = fmt
+
+    if problems or policies is None:
+        raise ConfigError(problems)
+    return Config(path=path, registries=registries, policies=policies, allowlist=allowlist,
+                  **kwargs)  # type: ignore[arg-type]
+
+
+def _registry(
+    reader: Reader, name: str, node: yaml.Node, base: Path, env: dict[str, str] | os._Environ
+) -> RegistrySettings | None:
+    what = f"registries.{name}"
+    fields = reader.mapping(node, what=what, allowed=_REGISTRY_KEYS)
+    if fields is None:
+        return None
+    before = len(reader.problems)
+
+    url = None
+    if "url" in fields and (text := reader.string(fields["url"], what=f"{what}.url")):
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            reader.error(fields["url"], f"{what}.url must start with https:// (or http:// for "
+                         f"a plain-HTTP registry), like https://registry.example.com")
+        elif parts.path.strip("/") or parts.query:
+            reader.error(fields["url"], f"{what}.url must name only the registry, without a "
+                         "path: retention adds /v2/ itself")
+        else:
+            url = f"{parts.scheme}://{parts.netloc}"
+
+    host = urlsplit(url).hostname or "" if url else ""
+    rtype = "acr" if host.endswith(".azurecr.io") else "oci"
+    if "type" in fields and (t := reader.string(fields["type"], what=f"{what}.type")):
+        if t not in REGISTRY_TYPES:
+            reader.error(fields["type"], f"{what}.type must be oci or acr, not {t!r}")
+        rtype = t
+
+    def text_of(key: str) -> str | None:
+        return reader.string(fields[key], what=f"{what}.{key}") if key in fields else None
+
+    def env_of(key: str) -> str | None:
+        var = text_of(key)
+        if var is None:
+            return None
+        if var not in env:
+            reader.error(fields[key], f"{what}.{key}: environment variable {var} is not set")
+            return None
+        return env[var]
+
+    for a, b in (("username", "username_env"), ("password_file", "password_env")):
+        if a in fields and b in fields:
+            reader.error(fields[b], f"{what}: give {a} or {b}, not both")
+    username = text_of("username") or env_of("username_env")
+    password = env_of("password_env")
+    if "password_file" in fields and (pf := text_of("password_file")):
+        try:
+            password = (base / pf).read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            reader.error(fields["password_file"], f"{what}.password_file: cannot read "
+                         f"{base / pf}: {exc.strerror}")
+    credentials = None
+    if username is not None and password is not None:
+        credentials = Credentials(username, Secret(password))
+    elif (username is None) != (password is None) and ("docker_config" not in fields):
+        missing = "password_file or password_env" if password is None else "username"
+        reader.error(node, f"{what}: {missing} is missing; credentials need both parts")
+    if "docker_config" in fields and (dc := text_of("docker_config")):
+        if credentials is not None:
+            reader.error(fields["docker_config"], f"{what}: give username/password or "
+                         "docker_config, not both")
+        elif url:
+            credentials = _docker_config_credentials(
+                reader, fields["docker_config"], base / dc, urlsplit(url).netloc, what)
+
+    ca_file = None
+    if "ca_file" in fields and (ca := text_of("ca_file")):
+        ca_file = base / ca
+        if not ca_file.is_file():
+            reader.error(fields["ca_file"], f"{what}.ca_file: {ca_file} is not a readable file")
+    insecure = False
+    if "insecure_skip_verify" in fields:
+        insecure = bool(reader.boolean(fields["insecure_skip_verify"],
+                                       what=f"{what}.insecure_skip_verify"))
+    token_hosts = tuple(v for v, _ in reader.strings(fields["token_hosts"],
+                                                    what=f"{what}.token_hosts")) \
+        if "token_hosts" in fields else ()
+    repositories = tuple(v for v, _ in reader.strings(fields["repositories"],
+                                                     what=f"{what}.repositories")) \
+        if "repositories" in fields else ()
+    concurrency = 8
+    if "concurrency" in fields:
+        concurrency = reader.integer(fields["concurrency"], what=f"{what}.concurrency",
+                                     minimum=1) or 8
+    if len(reader.problems) > before or url is None:
+        return None
+    return RegistrySettings(
+        name=name, url=url, type=rtype, credentials=credentials, ca_file=ca_file,
+        insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=repositories,
+        concurrency=concurrency,
+    )
+
+
+def _docker_config_credentials(
+    reader: Reader, node: yaml.Node, path: Path, netloc: str, what: str
+) -> Credentials | None:
+    """Credentials for ``netloc`` from a docker ``config.json`` (its ``auths`` entries)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        reader.error(node, f"{what}.docker_config: cannot read {path}: {exc.strerror}")
+        return None
+    except ValueError as exc:
+        reader.error(node, f"{what}.docker_config: {path} is not valid JSON: {exc}")
+        return None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    for key, entry in (auths or {}).items():
+        if urlsplit(key if "://" in key else f"//{key}").netloc != netloc:
+            continue
+        if not isinstance(entry, dict):
+            break
+        if entry.get("username") and entry.get("password"):
+            return Credentials(entry["username"], Secret(entry["password"]))
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except ValueError:
+                break
+            return Credentials(user, Secret(password))
+        if entry.get("identitytoken"):
+            # A refresh token, as `az acr login` and `docker login` with OAuth write.
+            return Credentials("<token>", Secret(entry["identitytoken"]))
+    reader.error(node, f"{what}.docker_config: {path} has no usable auths entry for {netloc} "
+                 "(credential helpers are not supported; write the auth entry or use "
+                 "username/password_file)")
+    return None

@@ -1,0 +1,56 @@
+"""One error hierarchy, with messages a user can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RetentionError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One located validation problem: printed as ``path:line:col: message``."""
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(RetentionError):
+    """Invalid configuration, policy or allowlist. Carries every problem found."""
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]):
+        self.problems = tuple(sorted(problems, key=lambda p: (p.path, p.line, p.column)))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(RetentionError):
+    """The command line asks for something impossible (exit code 2)."""
+
+
+class RegistryError(RetentionError):
+    """A registry answered something we cannot work with, or not at all."""
+
+    def __init__(self, message: str, *, registry: str = "", status: int | None = None):
+        self.registry = registry
+        self.status = status
+        prefix = f"registry {registry!r}: " if registry else ""
+        super().__init__(prefix + message)
+
+
+class AuthenticationError(RegistryError):
+    """Credentials were refused, or could not be used safely."""
+
+
+class DeletionDisabledError(RegistryError):
+    """The registry refuses deletes (405 / UNSUPPORTED)."""
+
+
+class StateError(RetentionError):
+    """The embedded state database cannot be used."""

@@ -1,0 +1,111 @@
+"""Name patterns: globs (``*``, ``?``, ``**``, ``{a,b}``, ``[a-z]``) and ``re:`` expressions.
+
+Everything compiles to RE2, which matches in linear time: a hostile expression in a policy
+cannot hang the planner, and neither can a glob with many stars, which would backtrack
+exponentially in Python's own ``re``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import re2
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False  # RE2 would otherwise print to stderr on every bad pattern
+
+
+class PatternError(ValueError):
+    """A pattern that cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    text: str
+    _compiled: object
+
+    def matches(self, name: str) -> bool:
+        return self._compiled.fullmatch(name) is not None  # type: ignore[attr-defined]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def compile_pattern(text: str) -> Pattern:
+    if text.startswith("re:"):
+        expression = text[3:]
+        if not expression:
+            raise PatternError("empty regular expression after 're:'")
+    else:
+        if not text:
+            raise PatternError("empty pattern")
+        expression = glob_to_regex(text)
+    try:
+        compiled = re2.compile(expression, _OPTIONS)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise PatternError(f"invalid regular expression {expression!r}: {detail}") from None
+    return Pattern(text, compiled)
+
+
+def glob_to_regex(glob: str) -> str:
+    """Translate a glob to an anchored-by-fullmatch expression."""
+    out: list[str] = []
+    depth = 0  # nesting of {..} groups
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            if glob.startswith("**", i):
+                i += 2
+                # "a/**/b" also matches "a/b": the slash after ** is optional.
+                if glob.startswith("/", i) and (not out or out[-1] == "/"):
+                    out.append("(?:.*/)?")
+                    i += 1
+                else:
+                    out.append(".*")
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "{":
+            depth += 1
+            out.append("(?:")
+        elif c == "}" and depth:
+            depth -= 1
+            out.append(")")
+        elif c == "," and depth:
+            out.append("|")
+        elif c == "[":
+            end = glob.find("]", i + 2)
+            if end == -1:
+                raise PatternError(f"unclosed '[' in {glob!r}")
+            body = glob[i + 1 : end]
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            body = body.replace("\\", "\\\\").replace("^", "\\^")
+            out.append(f"[{'^/' if negate else ''}{body}]")
+            i = end
+        elif c == "}":
+            raise PatternError(f"unmatched '}}' in {glob!r}")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if depth:
+        raise PatternError(f"unclosed '{{' in {glob!r}")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class PatternSet:
+    """Several patterns; a name matches the set when it matches any of them."""
+
+    patterns: tuple[Pattern, ...]
+
+    def matches(self, name: str) -> bool:
+        return any(p.matches(name) for p in self.patterns)
+
+    def __str__(self) -> str:
+        return ", ".join(p.text for p in self.patterns)

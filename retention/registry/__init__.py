@@ -1,0 +1,1 @@
+"""Talking to registries over HTTP: the client, its authentication, and manifest formats."""

@@ -1,0 +1,385 @@
+"""An asynchronous client for the OCI Distribution API. It only talks HTTP.
+
+Every request goes through one path: a per-registry limit on requests in flight, the
+authorization the registry asked for, and retries with exponential backoff and full jitter for
+connection errors, 429 and 502/503/504, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from retention import __version__
+from retention.config import RegistrySettings
+from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
+from retention.registry.auth import Authenticator
+from retention.registry.mediatypes import ACCEPT, OCI_INDEX
+
+log = structlog.get_logger("retention.registry")
+
+RETRYABLE = frozenset({429, 502, 503, 504})
+# distribution answers 400 PAGINATION_NUMBER_INVALID above 1000; some registries allow less.
+PAGE_SIZES = (1000, 100, None)
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+Observer = Callable[[str, str, float], None]  # (method, code, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 5
+    base: float = 0.5  # seconds before the first retry, doubled each time, with full jitter
+    cap: float = 30.0
+    max_retry_after: float = 120.0  # ignore absurd Retry-After values beyond this
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+def _pull(name: str) -> str:
+    return f"repository:{name}:pull"
+
+
+class RegistryClient:
+    """One registry. Use as an async context manager."""
+
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        observe: Observer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self.settings = settings
+        self._retry = retry or RetryPolicy()
+        self._observe = observe
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        verify: ssl.SSLContext | bool = True
+        if settings.insecure_skip_verify:
+            log.warning("tls verification disabled", registry=settings.name,
+                        hint="use ca_file to trust a private CA instead")
+            verify = False
+        elif settings.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(settings.ca_file))
+        self._http = httpx.AsyncClient(
+            base_url=settings.url,
+            transport=transport,
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"User-Agent": f"retention/{__version__}"},
+            limits=httpx.Limits(max_connections=settings.concurrency * 2),
+        )
+        self._auth = Authenticator(settings, self._http)
+        self._referrers_api: bool | None = None
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the one request path -------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        scope: str,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        name = self.settings.name
+        attempt = 0
+        auth_retried = False
+        while True:
+            request_headers = {**(headers or {}), **self._auth.headers(scope)}
+            started = time.monotonic()
+            try:
+                async with self._slots:
+                    response = await self._http.request(
+                        method, url, headers=request_headers, params=params,
+                        follow_redirects=follow_redirects)
+                    await response.aread()
+            except httpx.TransportError as exc:
+                self._record(method, "error", started)
+                attempt += 1
+                if attempt >= self._retry.attempts:
+                    raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "
+                                        f"{type(exc).__name__} {exc}", registry=name) from None
+                delay = self._retry.backoff(attempt - 1)
+                log.info("registry request retried", registry=name, method=method,
+                         path=_path(url), error=type(exc).__name__, delay=round(delay, 3))
+                await self._sleep(delay)
+                continue
+            self._record(method, str(response.status_code), started)
+            status = response.status_code
+            if status == 401:
+                if auth_retried:
+                    if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
+                        raise AuthenticationError(
+                            f"the registry refused a fresh token for {scope!r}: the account "
+                            "lacks permission for it", registry=name, status=401)
+                    raise AuthenticationError(
+                        "credentials rejected (HTTP 401): check the username and password",
+                        registry=name, status=401)
+                await self._auth.answer(response, scope)
+                auth_retried = True
+                continue
+            if status in RETRYABLE and attempt + 1 < self._retry.attempts:
+                attempt += 1
+                delay = _retry_after(response) or self._retry.backoff(attempt - 1)
+                delay = min(delay, self._retry.max_retry_after)
+                log.info("registry request retried", registry=name, method=method,
+                         path=_path(url), status=status, delay=round(delay, 3))
+                await self._sleep(delay)
+                continue
+            return response
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(method, code, time.monotonic() - started)
+
+    def _fail(self, response: httpx.Response, what: str) -> RegistryError:
+        detail = _error_detail(response)
+        if response.status_code == 403:
+            return AuthenticationError(f"{what}: access denied (HTTP 403){detail}",
+                                       registry=self.settings.name, status=403)
+        return RegistryError(f"{what}: HTTP {response.status_code}{detail}",
+                             registry=self.settings.name, status=response.status_code)
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """GET /v2/: checks reachability and credentials."""
+        response = await self.request("GET", "/v2/", scope="")
+        if response.status_code != 200:
+            raise self._fail(response, "GET /v2/")
+
+    async def _paged(self, path: str, key: str, *, scope: str) -> AsyncIterator[list[str]]:
+        url: str | httpx.URL = path
+        params: dict[str, Any] | None = None
+        sizes = list(PAGE_SIZES)
+        first = True
+        while True:
+            if first:
+                size = sizes[0]
+                params = {"n": size} if size else None
+            response = await self.request("GET", url, scope=scope, params=params)
+            if first and response.status_code == 400 and len(sizes) > 1:
+                sizes.pop(0)  # page size above what this registry allows: ask for less
+                continue
+            if response.status_code == 404 and key == "tags":
+                return  # a repository in the catalog whose tags are all gone
+            if response.status_code != 200:
+                raise self._fail(response, f"GET {path}")
+            try:
+                items = response.json().get(key) or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"GET {path}: the answer is not the expected JSON",
+                                    registry=self.settings.name) from None
+            yield [str(i) for i in items]
+            link = _next_link(response.headers.get("link"))
+            if link is None:
+                return
+            # The Link target carries its own query (n, last): use it as the registry wrote it.
+            url = response.url.join(link)
+            params = None
+            first = False
+
+    async def catalog(self) -> list[str]:
+        if self.settings.repositories:
+            return sorted(set(self.settings.repositories))
+        names: list[str] = []
+        async for page in self._paged("/v2/_catalog", "repositories", scope="registry:catalog:*"):
+            names.extend(page)
+        return sorted(set(names))
+
+    async def tags(self, repository: str) -> list[str]:
+        tags: list[str] = []
+        async for page in self._paged(f"/v2/{repository}/tags/list", "tags",
+                                      scope=_pull(repository)):
+            tags.extend(page)
+        return sorted(set(tags))
+
+    async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
+        """Resolve a tag (or digest) to a digest; None when it does not exist (any more)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self.request("HEAD", path, scope=_pull(repository),
+                                      headers={"Accept": ACCEPT})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"HEAD {path}")
+        digest = response.headers.get("docker-content-digest")
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        size = int(response.headers.get("content-length") or 0)
+        if not digest:
+            # Not every registry sends the digest on HEAD: read the body and hash it.
+            fetched = await self.get_manifest(repository, reference)
+            if fetched is None:
+                return None
+            return ManifestHead(fetched.digest, fetched.media_type, len(fetched.body))
+        return ManifestHead(digest, media_type, size)
+
+    async def get_manifest(self, repository: str, reference: str) -> FetchedManifest | None:
+        """The manifest body; verified against the digest when fetched by digest."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self.request("GET", path, scope=_pull(repository),
+                                      headers={"Accept": ACCEPT})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"GET {path}")
+        body = response.content
+        computed = "sha256:" + hashlib.sha256(body).hexdigest()
+        if reference.startswith("sha256:") and computed != reference:
+            raise RegistryError(f"GET {path}: the body's sha256 is {computed}, not the digest "
+                                "asked for; refusing to trust this registry's answer",
+                                registry=self.settings.name)
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return FetchedManifest(reference if ":" in reference else computed, media_type, body)
+
+    async def get_blob(self, repository: str, digest: str, *,
+                       max_bytes: int = MAX_CONFIG_BYTES) -> bytes | None:
+        """A small blob (an image config). None when missing or larger than max_bytes."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        # Redirects lead to storage backends (S3, Azure blob); httpx drops our Authorization
+        # header when a redirect leaves the registry's origin.
+        response = await self.request("GET", path, scope=_pull(repository),
+                                      follow_redirects=True)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._fail(response, f"GET {path}")
+        if len(response.content) > max_bytes:
+            return None
+        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+            raise RegistryError(f"GET {path}: the blob does not match its digest",
+                                registry=self.settings.name)
+        return response.content
+
+    async def referrers(self, repository: str, digest: str) -> list[str] | None:
+        """Digests of manifests whose subject is ``digest``, through the referrers API.
+
+        None when the registry has no referrers API (then the ``sha256-<hex>`` fallback tag
+        and cosign's tags are how referrers are found).
+        """
+        if self._referrers_api is False:
+            return None
+        path = f"/v2/{repository}/referrers/{digest}"
+        found: list[str] = []
+        url: str | httpx.URL = path
+        while True:
+            response = await self.request("GET", url, scope=_pull(repository),
+                                          headers={"Accept": OCI_INDEX})
+            content_type = response.headers.get("content-type", "")
+            if response.status_code == 404 or (
+                    response.status_code == 200 and OCI_INDEX not in content_type):
+                # The spec forbids 404 from a registry that has the API; distribution 2.8
+                # answers 404 for the unknown route.
+                if self._referrers_api is None:
+                    self._referrers_api = False
+                return found or None
+            if response.status_code != 200:
+                raise self._fail(response, f"GET {path}")
+            self._referrers_api = True
+            try:
+                entries = response.json().get("manifests") or []
+                found.extend(str(e["digest"]) for e in entries)
+            except (ValueError, AttributeError, KeyError, TypeError):
+                raise RegistryError(f"GET {path}: the referrers answer is not an OCI index",
+                                    registry=self.settings.name) from None
+            link = _next_link(response.headers.get("link"))
+            if link is None:
+                return found
+            url = response.url.join(link)
+
+    async def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete by digest. True when deleted now, False when it was already gone."""
+        path = f"/v2/{repository}/manifests/{digest}"
+        response = await self.request("DELETE", path, scope=f"repository:{repository}:delete")
+        if response.status_code in (200, 202):
+            return True
+        if response.status_code == 404:
+            return False
+        if response.status_code == 405 or "UNSUPPORTED" in response.text:
+            raise DeletionDisabledError(
+                f"DELETE {path}: the registry has deletion disabled (HTTP "
+                f"{response.status_code}). On CNCF distribution set storage.delete.enabled: "
+                "true in its config (or REGISTRY_STORAGE_DELETE_ENABLED=true) and restart it; "
+                "on other registries grant the account delete rights",
+                registry=self.settings.name, status=response.status_code)
+        raise self._fail(response, f"DELETE {path}")
+
+
+def _path(url: str | httpx.URL) -> str:
+    return url.path if isinstance(url, httpx.URL) else url
+
+
+_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
+
+
+def _next_link(header: str | None) -> str | None:
+    """The target of rel="next" in a Link header."""
+    for m in _LINK.finditer(header or ""):
+        params = m.group(2).replace(" ", "").lower()
+        if 'rel="next"' in params or "rel=next" in params:
+            return m.group(1)
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        return f" ({first.get('code')}: {first.get('message')})"
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""

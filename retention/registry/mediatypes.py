@@ -1,0 +1,139 @@
+"""Manifest media types and parsing of manifest bodies into what the inventory needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from retention.inventory import Blob
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+IMAGE_MANIFESTS = frozenset({DOCKER_MANIFEST, OCI_MANIFEST})
+INDEXES = frozenset({DOCKER_LIST, OCI_INDEX})
+# Sent on every manifest request so the registry never converts to schema 1 for us.
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
+
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+IMAGE_CONFIGS = frozenset(
+    {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
+)
+
+
+class ManifestFormatError(ValueError):
+    """The body is not a manifest we understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    media_type: str
+    config: Blob | None = None
+    config_media_type: str | None = None
+    layers: tuple[Blob, ...] = ()
+    children: tuple[Blob, ...] = ()  # for an index: the manifests it references
+    subject: str | None = None
+    artifact_type: str | None = None
+    created_annotation: datetime | None = None
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time, or None when it is absent or unreadable (unknown means keep)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    # Go writes nanoseconds; Python reads at most microseconds.
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = head + "." + rest[: min(digits, 6)].ljust(6, "0") + rest[digits:]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None  # a time without a zone is ambiguous: unknown
+    return parsed.astimezone(UTC)
+
+
+def _descriptor(d: object, what: str) -> Blob:
+    if not isinstance(d, dict):
+        raise ManifestFormatError(f"{what} is not an object")
+    digest, size = d.get("digest"), d.get("size")
+    if not isinstance(digest, str) or ":" not in digest:
+        raise ManifestFormatError(f"{what} has no valid digest")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestFormatError(f"{what} has no valid size")
+    return Blob(digest, size)
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+    """Parse a manifest body. Raises ManifestFormatError for schema 1 and anything malformed."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestFormatError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ManifestFormatError("not a JSON object")
+    declared = doc.get("mediaType")
+    header = (content_type or "").split(";")[0].strip()
+    media_type = declared if isinstance(declared, str) and declared else header
+    if doc.get("schemaVersion") == 1 or media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
+        raise ManifestFormatError("schema 1 manifest")
+    if doc.get("schemaVersion") != 2:
+        raise ManifestFormatError(f"unsupported schemaVersion {doc.get('schemaVersion')!r}")
+    if not media_type:
+        # OCI allows omitting mediaType; the shape tells which one it is.
+        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+
+    subject = None
+    if "subject" in doc:
+        subject = _descriptor(doc["subject"], "subject").digest
+    annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
+    created = parse_time(annotations.get(CREATED_ANNOTATION))
+    artifact_type = doc.get("artifactType") if isinstance(doc.get("artifactType"), str) else None
+
+    if media_type in INDEXES:
+        entries = doc.get("manifests")
+        if not isinstance(entries, list):
+            raise ManifestFormatError("index without a manifests list")
+        children = tuple(_descriptor(e, f"manifests[{i}]") for i, e in enumerate(entries))
+        return ParsedManifest(
+            media_type=media_type,
+            children=children,
+            subject=subject,
+            artifact_type=artifact_type,
+            created_annotation=created,
+        )
+    if media_type in IMAGE_MANIFESTS:
+        config = doc.get("config")
+        layers = doc.get("layers", [])
+        if not isinstance(layers, list):
+            raise ManifestFormatError("layers is not a list")
+        config_blob = _descriptor(config, "config")
+        return ParsedManifest(
+            media_type=media_type,
+            config=config_blob,
+            config_media_type=config.get("mediaType"),
+            layers=tuple(_descriptor(e, f"layers[{i}]") for i, e in enumerate(layers)),
+            subject=subject,
+            artifact_type=artifact_type or (
+                config.get("mediaType") if config.get("mediaType") not in IMAGE_CONFIGS else None
+            ),
+            created_annotation=created,
+        )
+    raise ManifestFormatError(f"unsupported media type {media_type!r}")
+
+
+def config_created(body: bytes) -> datetime | None:
+    """The ``created`` time of an image config blob, or None."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parse_time(doc.get("created")) if isinstance(doc, dict) else None

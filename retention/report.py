@@ -1,0 +1,157 @@
+"""Plans and run results as SPEC's JSON document, and as a table for people."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from retention.planner import Action, Decision, Plan, PolicyPlan
+
+PLANNED, DELETED, FAILED, SKIPPED = "planned", "deleted", "failed", "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one action in a run."""
+
+    status: str  # deleted, failed or skipped
+    reason: str | None = None  # for skipped and failed: why
+
+
+OutcomeKey = tuple[str, str, str]  # (registry, repository, digest)
+
+
+def outcome_key(action: Action) -> OutcomeKey:
+    return (action.registry, action.repository, action.digest)
+
+
+def _status(policy: PolicyPlan, action: Action, outcomes: Mapping[OutcomeKey, Outcome] | None
+            ) -> tuple[str, str]:
+    if policy.aborted:
+        return SKIPPED, policy.aborted
+    if outcomes is None:
+        return PLANNED, action.reason
+    outcome = outcomes.get(outcome_key(action))
+    if outcome is None:
+        return PLANNED, action.reason
+    if outcome.status == DELETED:
+        return DELETED, action.reason
+    return outcome.status, outcome.reason or action.reason
+
+
+def _decision_json(d: Decision) -> dict[str, Any]:
+    return {"policy": d.policy, "registry": d.registry, "repository": d.repository,
+            "digest": d.digest, "tags": list(d.tags), "reason": d.reason,
+            "detail": d.detail, "matched": d.matched}
+
+
+def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
+            ) -> dict[str, Any]:
+    actions, protected, kept, errors, aborted = [], [], [], [], []
+    counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
+    reclaimed = 0
+    for p in plan.policies:
+        if p.aborted:
+            aborted.append({"policy": p.policy, "registry": p.registry, "message": p.aborted})
+        for a in p.actions:
+            status, reason = _status(p, a, outcomes)
+            counts[status] += 1
+            if status == DELETED:
+                reclaimed += a.bytes
+            actions.append({
+                "policy": a.policy, "registry": a.registry, "repository": a.repository,
+                "digest": a.digest, "tags": list(a.tags), "media_type": a.media_type,
+                "reason": reason, "cascade_of": a.cascade_of, "bytes": a.bytes,
+                "status": status,
+            })
+        protected.extend(_decision_json(d) for d in p.protected)
+        kept.extend(_decision_json(d) for d in p.kept)
+        errors.extend({"policy": e.policy, "registry": e.registry, "repository": e.repository,
+                       "message": e.message} for e in p.errors)
+    return {
+        "mode": mode,
+        "actions": actions,
+        "protected": protected,
+        "summary": {
+            "planned": len(actions),
+            "deleted": counts[DELETED],
+            "failed": counts[FAILED],
+            "protected": len(protected),
+            "reclaimable_bytes": plan.reclaimable_bytes,
+            "reclaimed_bytes": reclaimed,
+        },
+        # Beyond SPEC's keys, for people and for CI checks of a policy change:
+        "kept": kept,
+        "errors": errors,
+        "aborted": aborted,
+    }
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(time: datetime | None, now: datetime) -> str:
+    if time is None:
+        return "unknown"
+    seconds = int((now - time).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _tags(tags: tuple[str, ...]) -> str:
+    shown = ",".join(tags[:3]) + (f",+{len(tags) - 3}" if len(tags) > 3 else "")
+    return shown or "<none>"
+
+
+def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
+             ) -> str:
+    header = ("POLICY", "REPOSITORY", "DIGEST", "TAGS", "AGE", "SIZE", "DECISION", "REASON")
+    rows: list[tuple[str, ...]] = []
+    totals: list[str] = []
+    for p in plan.policies:
+        for a in p.actions:
+            status, reason = _status(p, a, outcomes)
+            decision = "delete" if status == PLANNED else status
+            rows.append((p.policy, a.repository, _short(a.digest), _tags(a.tags),
+                         human_age(a.time, plan.now), human_bytes(a.bytes), decision, reason))
+        for d in (*p.protected, *p.kept):
+            decision = "keep" if d.reason == "keep" else f"protect:{d.reason}"
+            rows.append((p.policy, d.repository, _short(d.digest), _tags(d.tags),
+                         human_age(d.time, plan.now), "-", decision,
+                         f"{d.detail} ({d.matched} matched)"))
+        for e in p.errors:
+            rows.append((p.policy, e.repository, "-", "-", "-", "-", "error", e.message))
+        line = (f"{p.policy}: {len(p.actions)} to delete, {len(p.protected)} protected, "
+                f"{len(p.kept)} kept, {human_bytes(p.reclaimable_bytes)} reclaimable")
+        if p.errors:
+            line += f", {len(p.errors)} repositories unreadable (nothing deleted there)"
+        if p.aborted:
+            line += f"\n  ABORTED: {p.aborted}"
+        totals.append(line)
+    out = [f"mode: {mode}"]
+    if rows:
+        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+        for r in (header, *rows):
+            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
+                       + r[-1])
+    else:
+        out.append("nothing matched a delete rule")
+    out.append("")
+    out.extend(totals or ["no policies"])
+    out.append(f"total: {len(plan.actions)} to delete, "
+               f"{human_bytes(plan.reclaimable_bytes)} reclaimable")
+    return "\n".join(out) + "\n"

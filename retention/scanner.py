@@ -1,0 +1,196 @@
+"""Reads a registry into an Inventory: every repository, tag and manifest, children and
+referrers included.
+
+Facts about a digest (media type, size, blobs, children, subject, created) never change, so
+they are cached by digest: a second scan of an unchanged registry asks only for tags and
+their digests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from retention.errors import AuthenticationError, RegistryError
+from retention.inventory import (
+    Blob,
+    Inventory,
+    Manifest,
+    Repository,
+    referrer_tag_subject,
+    split_tags,
+)
+from retention.registry.client import RegistryClient
+from retention.registry.mediatypes import (
+    IMAGE_CONFIGS,
+    ManifestFormatError,
+    config_created,
+    parse_manifest,
+)
+
+log = structlog.get_logger("retention.scanner")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFacts:
+    """What a digest's content says about it: immutable, so cacheable forever."""
+
+    digest: str
+    media_type: str
+    size: int
+    blobs: tuple[Blob, ...] = ()
+    children: tuple[str, ...] = ()
+    subject: str | None = None
+    artifact_type: str | None = None
+    created: datetime | None = None
+    parsed: bool = True
+
+
+class FactsCache(Protocol):
+    def get_facts(self, digest: str) -> ManifestFacts | None: ...
+    def put_facts(self, facts: ManifestFacts) -> None: ...
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self._facts: dict[str, ManifestFacts] = {}
+
+    def get_facts(self, digest: str) -> ManifestFacts | None:
+        return self._facts.get(digest)
+
+    def put_facts(self, facts: ManifestFacts) -> None:
+        self._facts[facts.digest] = facts
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    # Repositories scanned at once; each one's requests share the client's own limit.
+    parallel_repositories: int = 8
+
+
+class Scanner:
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        cache: FactsCache | None = None,
+        known_digests: Callable[[str], Iterable[str]] | None = None,
+        untagged_since: Callable[[str, str], datetime | None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        options: ScanOptions | None = None,
+    ):
+        """``known_digests(repo)`` yields digests seen there before (from the state), so
+        manifests that lost their last tag are still found on registries that cannot list
+        untagged manifests. ``untagged_since(repo, digest)`` says since when one was seen
+        without ordinary tags."""
+        self._client = client
+        self._cache = cache or MemoryCache()
+        self._known = known_digests or (lambda _repo: ())
+        self._untagged_since = untagged_since or (lambda _repo, _digest: None)
+        self._clock = clock
+        self._options = options or ScanOptions()
+
+    async def scan(self, *, repositories: Callable[[str], bool] | None = None) -> Inventory:
+        """Scan every repository (or those ``repositories`` accepts)."""
+        names = await self._client.catalog()
+        if repositories is not None:
+            names = [n for n in names if repositories(n)]
+        gate = asyncio.Semaphore(self._options.parallel_repositories)
+
+        async def one(name: str) -> Repository:
+            async with gate:
+                return await self.scan_repository(name)
+
+        repos = await asyncio.gather(*(one(n) for n in names))
+        settings = self._client.settings
+        return Inventory(registry=settings.name, host=settings.host,
+                         repositories=tuple(repos), collected_at=self._clock())
+
+    async def scan_repository(self, name: str) -> Repository:
+        try:
+            return await self._scan_repository(name)
+        except AuthenticationError:
+            raise  # wrong credentials fail the whole run, loudly
+        except RegistryError as exc:
+            log.warning("repository read failed", registry=self._client.settings.name,
+                        repository=name, error=str(exc))
+            return Repository(name=name, error=str(exc))
+
+    async def _scan_repository(self, name: str) -> Repository:
+        client = self._client
+        tags = await client.tags(name)
+        heads = await asyncio.gather(*(client.head_manifest(name, t) for t in tags))
+        tags_of: dict[str, list[str]] = {}
+        for tag, head in zip(tags, heads, strict=True):
+            if head is not None:  # None: the tag vanished between listing and reading
+                tags_of.setdefault(head.digest, []).append(tag)
+
+        facts: dict[str, ManifestFacts] = {}
+        gone: set[str] = set()
+        pending = set(tags_of) | set(self._known(name))
+        while pending:
+            batch = sorted(pending)
+            results = await asyncio.gather(*(self._facts(name, d) for d in batch))
+            pending = set()
+            for digest, fact in zip(batch, results, strict=True):
+                if fact is None:
+                    gone.add(digest)
+                    continue
+                facts[digest] = fact
+                pending.update(fact.children)
+            referrers = await asyncio.gather(*(client.referrers(name, d) for d in batch
+                                               if d in facts))
+            for found in referrers:
+                pending.update(found or ())
+            pending -= facts.keys() | gone
+
+        manifests = []
+        for digest, fact in sorted(facts.items()):
+            ordinary, referrer = split_tags(tags_of.get(digest, ()))
+            subject = fact.subject
+            if subject is None and referrer:
+                subject = referrer_tag_subject(referrer[0])
+            manifests.append(Manifest(
+                digest=digest, media_type=fact.media_type, size=fact.size, tags=ordinary,
+                referrer_tags=referrer, created=fact.created, blobs=fact.blobs,
+                children=fact.children, subject=subject, artifact_type=fact.artifact_type,
+                parsed=fact.parsed,
+                untagged_since=None if ordinary else self._untagged_since(name, digest),
+            ))
+        return Repository(name=name, manifests=tuple(manifests))
+
+    async def _facts(self, repository: str, digest: str) -> ManifestFacts | None:
+        cached = self._cache.get_facts(digest)
+        if cached is not None:
+            return cached
+        fetched = await self._client.get_manifest(repository, digest)
+        if fetched is None:
+            return None
+        size = len(fetched.body)
+        try:
+            parsed = parse_manifest(fetched.body, fetched.media_type)
+        except ManifestFormatError as exc:
+            log.warning("manifest not understood", registry=self._client.settings.name,
+                        repository=repository, digest=digest, error=str(exc))
+            facts = ManifestFacts(digest, fetched.media_type or "unknown", size, parsed=False)
+            self._cache.put_facts(facts)
+            return facts
+        created = None
+        blobs: tuple[Blob, ...] = ()
+        if parsed.config is not None:
+            blobs = (parsed.config, *parsed.layers)
+            if parsed.config_media_type in IMAGE_CONFIGS:
+                body = await self._client.get_blob(repository, parsed.config.digest)
+                created = config_created(body) if body is not None else None
+        facts = ManifestFacts(
+            digest=digest, media_type=parsed.media_type, size=size, blobs=blobs,
+            children=tuple(c.digest for c in parsed.children), subject=parsed.subject,
+            artifact_type=parsed.artifact_type, created=created or parsed.created_annotation,
+        )
+        self._cache.put_facts(facts)
+        return facts

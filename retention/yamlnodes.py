@@ -1,0 +1,160 @@
+"""Strict reading of YAML documents with the location of every value.
+
+PyYAML's constructors lose positions and silently accept YAML 1.1 surprises: an unquoted
+``1.10`` becomes the float 1.1, ``on`` becomes True, ``010`` becomes 8, and a duplicate key
+overwrites the first. We compose the node graph instead and read it field by field, so every
+problem is reported as ``path:line:col`` and collected rather than raised one at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import yaml
+
+from retention.errors import Problem
+
+STR = "tag:yaml.org,2002:str"
+INT = "tag:yaml.org,2002:int"
+FLOAT = "tag:yaml.org,2002:float"
+BOOL = "tag:yaml.org,2002:bool"
+NULL = "tag:yaml.org,2002:null"
+
+_KIND = {INT: "an integer", FLOAT: "a number", BOOL: "a boolean", NULL: "null (no value)"}
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
+def compose_documents(text: str, path: str, problems: list[Problem]) -> list[yaml.Node]:
+    """Every document of a YAML stream as nodes; a syntax error becomes a located problem."""
+    try:
+        return [doc for doc in yaml.compose_all(text, Loader=yaml.SafeLoader) if doc is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problems.append(Problem(path, line, col, f"invalid YAML: {exc.problem or exc}"))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(path, 1, 1, f"invalid YAML: {exc}"))
+    return []
+
+
+@dataclass(slots=True)
+class Reader:
+    """Reads typed values out of nodes of one file, collecting problems as it goes."""
+
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def error(self, node: yaml.Node | None, message: str) -> None:
+        if node is None:
+            self.problems.append(Problem(self.path, 1, 1, message))
+            return
+        mark = node.start_mark
+        self.problems.append(Problem(self.path, mark.line + 1, mark.column + 1, message))
+
+    def mapping(
+        self,
+        node: yaml.Node,
+        *,
+        what: str,
+        allowed: Mapping[str, bool],
+    ) -> dict[str, yaml.Node] | None:
+        """The keys of a mapping node; ``allowed`` maps each known key to whether it is required."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, f"{what} must be a mapping of keys to values")
+            return None
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or key_node.tag != STR:
+                self.error(key_node, f"{what}: keys must be plain strings")
+                continue
+            if key in out:
+                first = out[key].start_mark.line + 1
+                self.error(key_node, f"{what}: duplicate key {key!r} (first given on line {first})")
+                continue
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, list(allowed), n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else (
+                    f"; allowed keys: {', '.join(sorted(allowed))}")
+                self.error(key_node, f"{what}: unknown key {key!r}{suggestion}")
+                continue
+            out[key] = value_node
+        for key, required in allowed.items():
+            if required and key not in out:
+                self.error(node, f"{what}: missing required key {key!r}")
+        return out
+
+    def string(self, node: yaml.Node, *, what: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, f"{what} must be a string")
+            return None
+        if node.tag != STR:
+            kind = _KIND.get(node.tag, "something other than a string")
+            if node.tag == NULL and node.value in ("", "~"):
+                self.error(node, f"{what} is empty; give a value")
+            else:
+                shown = _as_read(node)
+                self.error(
+                    node,
+                    f"{what}: the unquoted value {node.value} is read by YAML as {kind}"
+                    f"{shown}; quote it: \"{node.value}\"",
+                )
+            return None
+        return node.value
+
+    def integer(self, node: yaml.Node, *, what: str, minimum: int = 0) -> int | None:
+        if (
+            not isinstance(node, yaml.ScalarNode)
+            or node.tag != INT
+            or not _DECIMAL.fullmatch(node.value)
+        ):
+            self.error(node, f"{what} must be a whole number written in decimal, like 10")
+            return None
+        value = int(node.value)
+        if value < minimum:
+            self.error(node, f"{what} must be at least {minimum}")
+            return None
+        return value
+
+    def boolean(self, node: yaml.Node, *, what: str) -> bool | None:
+        # Only true/false: yes/no/on/off are YAML 1.1 booleans but YAML 1.2 strings, and a
+        # reader of the file should not have to know which one we speak.
+        if (
+            not isinstance(node, yaml.ScalarNode)
+            or node.tag != BOOL
+            or node.value not in ("true", "false")
+        ):
+            self.error(node, f"{what} must be true or false")
+            return None
+        return node.value == "true"
+
+    def sequence(self, node: yaml.Node, *, what: str) -> list[yaml.Node] | None:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"{what} must be a list")
+            return None
+        return list(node.value)
+
+    def strings(self, node: yaml.Node, *, what: str) -> Iterator[tuple[str, yaml.Node]]:
+        items = self.sequence(node, what=what)
+        for i, item in enumerate(items or ()):
+            value = self.string(item, what=f"{what}[{i}]")
+            if value is not None:
+                yield value, item
+
+
+def _as_read(node: yaml.ScalarNode) -> str:
+    """How PyYAML would have read the scalar, when that differs from what was written."""
+    try:
+        value = yaml.safe_load(node.value)
+    except yaml.YAMLError:
+        return ""
+    if str(value) == node.value:
+        return ""
+    return f" ({value!r})"
+
+
+def location(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1

@@ -1,0 +1,342 @@
+"""Real servers for the tests: CNCF distribution (Debian's docker-registry), a token server
+issuing JWTs that distribution verifies, and a fault-injecting HTTP proxy."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import bcrypt
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def registry_binary() -> str:
+    found = shutil.which("docker-registry") or (
+        "/usr/bin/docker-registry" if Path("/usr/bin/docker-registry").exists() else None)
+    if found is None:
+        raise RuntimeError(
+            "docker-registry is not installed: the tests need Debian's docker-registry "
+            "package (CNCF distribution 2.8). Run ./scripts/test.sh, which installs it.")
+    return found
+
+
+@dataclass
+class Registry:
+    url: str
+    config_path: Path
+    root: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def garbage_collect(self) -> str:
+        """Run distribution's garbage collector (the registry must be stopped or read-only;
+        distribution documents GC on a live registry as unsafe only for concurrent pushes)."""
+        out = subprocess.run([registry_binary(), "garbage-collect", str(self.config_path)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout
+
+    def blob_store_bytes(self) -> int:
+        blobs = self.root / "docker/registry/v2/blobs"
+        return sum(p.stat().st_size for p in blobs.rglob("data") if p.is_file())
+
+
+def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True) -> Registry:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    root = workdir / "data"
+    config = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root)},
+            "delete": {"enabled": delete},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex},
+    }
+    if auth:
+        config["auth"] = auth
+    config_path = workdir / "config.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    log_path = workdir / "registry.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([registry_binary(), "serve", str(config_path)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"docker-registry exited: {log_path.read_text()}")
+        try:
+            if httpx.get(url + "/v2/", timeout=1).status_code in (200, 401):
+                return Registry(url, config_path, root, proc, log_path)
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"docker-registry did not start on {url}: {log_path.read_text()}")
+
+
+def write_htpasswd(path: Path, users: dict[str, str]) -> None:
+    lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}"
+             for u, p in users.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+# A small token server: distribution's `auth: token` verifies its JWTs against a certificate.
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def libtrust_key_id(public_key) -> str:
+    """The key ID distribution (libtrust) derives from a public key."""
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(der).digest()[:30]
+    b32 = base64.b32encode(digest).decode().rstrip("=")
+    return ":".join(b32[i:i + 4] for i in range(0, len(b32), 4))
+
+
+@dataclass
+class TokenServer:
+    users: dict[str, str]
+    workdir: Path
+    service: str = "retention-test"
+    issuer: str = "retention-test-issuer"
+    lifetime: int = 300
+    issued: Counter = field(default_factory=Counter)
+    authorizations_seen: list[str] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    def __post_init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "retention-test-token")])
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=1))
+                .not_valid_after(now + timedelta(days=30))
+                .sign(self.key, hashes.SHA256()))
+        self.cert_path = self.workdir / "token-cert.pem"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.kid = libtrust_key_id(self.key.public_key())
+
+    def token(self, subject: str, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            parts = scope.split(":")
+            if len(parts) >= 3:
+                access.append({"type": parts[0], "name": ":".join(parts[1:-1]),
+                               "actions": parts[-1].split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
+        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp":
+                  now + self.lifetime, "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex,
+                  "access": access}
+        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{_b64(signature)}"
+
+    def start(self) -> str:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                server.authorizations_seen.append(auth)
+                user = None
+                if auth.startswith("Basic "):
+                    name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    if server.users.get(name) == password:
+                        user = name
+                if user is None:
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                scopes = [s for v in query.get("scope", []) for s in v.split(" ")]
+                server.issued[tuple(scopes)] += 1
+                body = json.dumps({"token": server.token(user, scopes),
+                                   "expires_in": server.lifetime}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+# ------------------------------------------------------------------------------------------
+# A fault-injecting proxy between the client and the registry.
+
+
+@dataclass
+class Fault:
+    method: str  # "*" for any
+    path: str  # regular expression searched in the path and query
+    action: str  # "status", "reset" or "delay"
+    times: int = 1
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+class FaultProxy:
+    """Forwards HTTP to ``upstream``, injecting faults on request; counts every request."""
+
+    def __init__(self, upstream: str):
+        self.upstream = urlsplit(upstream)
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def inject(self, fault: Fault) -> None:
+        with self.lock:
+            self.faults.append(fault)
+
+    def count(self, method: str, pattern: str) -> int:
+        rx = re.compile(pattern)
+        return sum(1 for m, p in self.requests if m == method and rx.search(p))
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            self.requests.append((method, path))
+            for fault in self.faults:
+                if fault.times > 0 and fault.method in ("*", method) and \
+                        re.search(fault.path, path):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def start(self) -> str:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                fault = proxy._take_fault(self.command, self.path)
+                if fault is not None and fault.action == "reset":
+                    # SO_LINGER 0 makes close() send RST: a connection reset by peer.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.close()
+                    return
+                if fault is not None and fault.action == "status":
+                    payload = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}'
+                    self.send_response(fault.status)
+                    for k, v in fault.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault is not None and fault.action == "delay":
+                    time.sleep(fault.seconds)
+                conn = http.client.HTTPConnection(proxy.upstream.hostname,
+                                                  proxy.upstream.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                headers["Host"] = proxy.upstream.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in _HOP:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_DELETE = do_PUT = do_POST = do_PATCH = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@contextlib.contextmanager
+def running(registry: Registry) -> Iterator[Registry]:
+    try:
+        yield registry
+    finally:
+        registry.stop()

@@ -1,0 +1,114 @@
+"""Inventories built from a real registry: images, indexes, children, referrers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from retention.config import RegistrySettings
+from retention.registry.client import RegistryClient
+from retention.scanner import MemoryCache, Scanner
+from tests.pusher import Pusher
+
+
+def scan(url: str, **kwargs):
+    async def go():
+        async with RegistryClient(RegistrySettings(name="main", url=url)) as client:
+            return await Scanner(client, **kwargs).scan()
+    return asyncio.run(go())
+
+
+def test_images_tags_and_times(registry, pusher: Pusher):
+    t1 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    old = pusher.image("app", "v1", created=t1, layers=(b"a", b"b"))
+    pusher.tag("app", "stable", old)
+    new = pusher.image("app", "v2", created="2024-06-01T00:00:00.123456789Z", docker=True)
+    inv = scan(registry.url)
+    (repo,) = inv.repositories
+    by_digest = {m.digest: m for m in repo.manifests}
+    assert set(by_digest) == {old.digest, new.digest}
+    assert by_digest[old.digest].tags == ("stable", "v1")
+    assert by_digest[old.digest].created == t1
+    assert by_digest[new.digest].created == datetime(2024, 6, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    assert by_digest[new.digest].media_type.endswith("manifest.v2+json")
+    assert {b.digest for b in by_digest[old.digest].blobs} == {d for d, _ in old.blobs}
+    assert by_digest[old.digest].size == old.size
+    assert inv.host == registry.host
+
+
+def test_index_children_are_listed_untagged(registry, pusher: Pusher):
+    amd = pusher.image("multi", None, created="2024-01-01T00:00:00Z", arch="amd64")
+    arm = pusher.image("multi", None, created="2024-01-02T00:00:00Z", arch="arm64",
+                       layers=(b"arm",))
+    oci = pusher.index("multi", "1.0", [amd, arm])
+    dl_child = pusher.image("multi", None, docker=True, created="2024-01-03T00:00:00Z",
+                            layers=(b"d",))
+    docker_list = pusher.index("multi", "docker", [dl_child], docker=True)
+    inv = scan(registry.url)
+    ms = {m.digest: m for m in inv.repositories[0].manifests}
+    assert set(ms) == {amd.digest, arm.digest, oci.digest, dl_child.digest, docker_list.digest}
+    assert ms[oci.digest].children == (amd.digest, arm.digest)
+    assert ms[oci.digest].is_index
+    assert ms[amd.digest].tags == ()
+    assert ms[docker_list.digest].children == (dl_child.digest,)
+
+
+def test_cosign_and_oci_referrers(registry, pusher: Pusher):
+    image = pusher.image("signed", "v1", created="2024-01-01T00:00:00Z")
+    sig = pusher.cosign_signature("signed", image)
+    att = pusher.cosign_signature("signed", image, suffix="att")
+    sbom = pusher.oci_referrer("signed", image, "application/spdx+json")
+    inv = scan(registry.url)
+    ms = {m.digest: m for m in inv.repositories[0].manifests}
+    hexpart = image.digest.split(":")[1]
+    assert ms[sig.digest].subject == image.digest
+    assert ms[sig.digest].referrer_tags == (f"sha256-{hexpart}.sig",)
+    assert ms[sig.digest].tags == ()
+    assert ms[att.digest].subject == image.digest
+    assert ms[sbom.digest].subject == image.digest  # found through the fallback index
+    assert ms[sbom.digest].artifact_type == "application/spdx+json"
+    fallback = next(m for m in ms.values() if m.referrer_tags == (f"sha256-{hexpart}",))
+    assert fallback.subject == image.digest
+    assert fallback.children == (sbom.digest,)
+
+
+def test_schema1_and_garbage_marked_unparsed(registry, pusher: Pusher):
+    # distribution 2.8 refuses schema-1 pushes, so an OCI manifest with an unknown
+    # mediaType stands in for "a manifest the client cannot parse".
+    good = pusher.image("odd", "ok", created="2024-01-01T00:00:00Z")
+    cfg = pusher.blob("odd", b'{"x": 1}')
+    weird = pusher.manifest("odd", "weird", {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.example.config", "digest": cfg[0],
+                   "size": cfg[1]}, "layers": [], "unexpected": True,
+    }, "application/vnd.oci.image.manifest.v1+json")
+    inv = scan(registry.url)
+    ms = {m.digest: m for m in inv.repositories[0].manifests}
+    assert ms[good.digest].parsed
+    assert ms[weird.digest].parsed  # unknown fields are fine; the shape is an image
+    assert ms[weird.digest].artifact_type == "application/vnd.example.config"
+
+
+def test_second_scan_uses_cache(registry, pusher: Pusher, proxy):
+    pusher.image("c", "v1", created="2024-01-01T00:00:00Z")
+    amd = pusher.image("c", None, created="2024-01-01T00:00:00Z", layers=(b"x",))
+    pusher.index("c", "multi", [amd])
+    cache = MemoryCache()
+    first = scan(proxy.url, cache=cache)
+    before = len(proxy.requests)
+    second = scan(proxy.url, cache=cache)
+    later = proxy.requests[before:]
+    assert first.repositories == second.repositories
+    assert not [r for r in later if r[0] == "GET" and "/manifests/" in r[1]]
+    assert not [r for r in later if "/blobs/" in r[1]]
+
+
+def test_known_digest_of_orphan_is_found(registry, pusher: Pusher):
+    first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z")
+    pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"new",))
+    inv = scan(registry.url, known_digests=lambda repo: [first.digest])
+    ms = {m.digest: m for m in inv.repositories[0].manifests}
+    assert ms[first.digest].tags == ()
+    gone = "sha256:" + "0" * 64
+    inv = scan(registry.url, known_digests=lambda repo: [gone])
+    assert gone not in {m.digest for m in inv.repositories[0].manifests}
