@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pusher import Pusher
+from tests.pusher import Pusher, seed_many
 from tests.servers import FaultProxy, Registry, TokenServer, start_registry, write_htpasswd
 
 USER, PASSWORD = "robot", "s3cret-Pa55word-for-tests"
@@ -63,4 +63,23 @@ def proxy(registry: Registry) -> Iterator[FaultProxy]:
     p = FaultProxy(registry.url)
     p.url = p.start()
     yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def big_registry(tmp_path_factory):
+    reg = start_registry(tmp_path_factory.mktemp("big") / "registry")
+    names = [f"team-{i // 100:02d}/svc-{i:04d}" for i in range(1105)]
+    seed_many(reg.url, names)
+    yield reg, names
+    reg.stop()
+
+
+@pytest.fixture
+def proxy_big(big_registry):
+
+    reg, names = big_registry
+    p = FaultProxy(reg.url)
+    p.url = p.start()
+    yield p, names
     p.stop()

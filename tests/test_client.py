@@ -1,0 +1,229 @@
+"""The registry client against real registries: paging, auth, deletes and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from retention.config import Credentials, RegistrySettings
+from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
+from retention.registry.client import RegistryClient, RetryPolicy
+from retention.secrets import Secret
+from tests.conftest import PASSWORD, USER
+from tests.pusher import Pusher
+from tests.servers import Fault, start_registry
+
+FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
+
+
+def settings(url: str, *, user: str | None = None, password: str | None = None,
+             **kw) -> RegistrySettings:
+    creds = Credentials(user, Secret(password)) if user and password else None
+    return RegistrySettings(name="main", url=url, credentials=creds, **kw)
+
+
+def call(s: RegistrySettings, fn, **client_kw):
+    async def go():
+        async with RegistryClient(s, **client_kw) as client:
+            return await fn(client)
+    return asyncio.run(go())
+
+
+def test_catalog_pages_past_1000(tmp_path: Path, proxy_big):
+    proxy, names = proxy_big
+    found = call(settings(proxy.url), lambda c: c.catalog())
+    assert found == sorted(names)
+    assert proxy.count("GET", r"/v2/_catalog") == 2  # 1000 + the rest, never n > 1000
+    assert not any("n=1001" in p or "n=2000" in p for _, p in proxy.requests)
+
+
+def test_explicit_repositories_replace_catalog(registry, pusher: Pusher, proxy):
+    pusher.image("a", "v1")
+    found = call(settings(proxy.url, repositories=("x/y", "a")), lambda c: c.catalog())
+    assert found == ["a", "x/y"]
+    assert proxy.count("GET", "_catalog") == 0
+
+
+def test_tags_and_head(registry, pusher: Pusher):
+    img = pusher.image("team/app", "v1")
+    pusher.tag("team/app", "latest", img)
+    s = settings(registry.url)
+    assert call(s, lambda c: c.tags("team/app")) == ["latest", "v1"]
+    head = call(s, lambda c: c.head_manifest("team/app", "latest"))
+    assert head.digest == img.digest
+    assert call(s, lambda c: c.head_manifest("team/app", "nope")) is None
+    assert call(s, lambda c: c.tags("does/not-exist")) == []
+
+
+def test_basic_auth(basic_registry):
+    pusher = Pusher(basic_registry.url, auth=(USER, PASSWORD))
+    pusher.image("private", "v1")
+    s = settings(basic_registry.url, user=USER, password=PASSWORD)
+    assert call(s, lambda c: c.catalog()) == ["private"]
+
+
+def test_basic_auth_wrong_password_names_registry_not_password(basic_registry):
+    s = settings(basic_registry.url, user=USER, password="wrong-password-123")
+    with pytest.raises(AuthenticationError) as info:
+        call(s, lambda c: c.catalog())
+    message = str(info.value)
+    assert "registry 'main'" in message
+    assert "wrong-password-123" not in message
+
+
+def test_anonymous_against_protected_registry(basic_registry):
+    with pytest.raises(AuthenticationError, match="requires credentials"):
+        call(settings(basic_registry.url), lambda c: c.ping())
+
+
+def test_token_auth_and_token_cache(token_registry, token_server):
+    # Push through our own client's token flow: a pull+push token from the token server.
+    token = token_server.token(USER, ["repository:tok/app:pull,push"])
+    pusher = Pusher(token_registry.url)
+    pusher.client.headers["Authorization"] = f"Bearer {token}"
+    img = pusher.image("tok/app", "v1")
+    s = settings(token_registry.url, user=USER, password=PASSWORD)
+
+    async def work(c: RegistryClient):
+        await c.ping()
+        first = await c.tags("tok/app")
+        second = await c.tags("tok/app")
+        head = await c.head_manifest("tok/app", "v1")
+        return first, second, head
+
+    first, second, head = call(s, work)
+    assert first == second == ["v1"]
+    assert head.digest == img.digest
+    # One token for the repository scope, reused: not one per request.
+    assert token_server.issued[("repository:tok/app:pull",)] == 1
+
+
+def test_token_auth_wrong_password(token_registry, token_server):
+    s = settings(token_registry.url, user=USER, password="not-the-password")
+    with pytest.raises(AuthenticationError) as info:
+        call(s, lambda c: c.catalog())
+    assert "rejected" in str(info.value)
+    assert "not-the-password" not in str(info.value)
+
+
+def test_token_realm_on_foreign_host_gets_no_credentials(tmp_path, token_server):
+    # The realm names "localhost" while the registry is 127.0.0.1: another host as far as
+    # a URL goes, so the password must not be sent there unless token_hosts lists it.
+    realm = token_server.realm.replace("127.0.0.1", "localhost")
+    reg = start_registry(tmp_path / "r", auth={"token": {
+        "realm": realm, "service": token_server.service, "issuer": token_server.issuer,
+        "rootcertbundle": str(token_server.cert_path)}})
+    try:
+        s = settings(reg.url, user=USER, password=PASSWORD)
+        token_server.authorizations_seen.clear()
+        with pytest.raises(AuthenticationError):
+            call(s, lambda c: c.catalog())
+        assert token_server.authorizations_seen == [""]
+        allowed = settings(reg.url, user=USER, password=PASSWORD, token_hosts=("localhost",))
+        assert call(allowed, lambda c: c.catalog()) == []
+    finally:
+        reg.stop()
+
+
+def test_token_renewed_after_expiry(token_registry, token_server):
+    token_server.lifetime = 1  # seconds: every token expires almost at once
+    s = settings(token_registry.url, user=USER, password=PASSWORD)
+
+    async def work(c: RegistryClient):
+        await c.catalog()
+        await asyncio.sleep(1.2)
+        return await c.catalog()
+
+    assert call(s, work) == []
+    assert token_server.issued[("registry:catalog:*",)] == 2
+
+
+def test_delete_by_digest_then_404_is_done(registry, pusher: Pusher):
+    img = pusher.image("d", "v1")
+    s = settings(registry.url)
+    assert call(s, lambda c: c.delete_manifest("d", img.digest)) is True
+    assert call(s, lambda c: c.delete_manifest("d", img.digest)) is False
+    assert not pusher.exists("d", img.digest)
+
+
+def test_delete_disabled_gives_actionable_message(tmp_path):
+    reg = start_registry(tmp_path / "nodelete", delete=False)
+    try:
+        img = Pusher(reg.url).image("d", "v1")
+        with pytest.raises(DeletionDisabledError, match=r"storage\.delete\.enabled"):
+            call(settings(reg.url), lambda c: c.delete_manifest("d", img.digest))
+    finally:
+        reg.stop()
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("GET", r"/tags/list", "status", times=2, status=429, headers={"Retry-After": "1"}),
+    Fault("GET", r"/tags/list", "status", times=3, status=503),
+    Fault("GET", r"/tags/list", "status", times=1, status=502),
+    Fault("GET", r"/tags/list", "reset", times=2),
+    Fault("HEAD", r"/manifests/", "reset", times=1),
+    Fault("GET", r"/tags/list", "delay", times=1, seconds=0.3),
+])
+def test_retries_through_faults(registry, pusher: Pusher, proxy, fault: Fault):
+    pusher.image("r", "v1")
+    proxy.inject(fault)
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def work(c):
+        return await c.tags("r"), await c.head_manifest("r", "v1")
+
+    tags, head = call(settings(proxy.url), work, retry=FAST, sleep=fake_sleep)
+    assert tags == ["v1"] and head is not None
+    assert fault.times == 0  # every injected fault was met
+    if fault.headers.get("Retry-After"):
+        assert sleeps == [1.0, 1.0]  # the registry's Retry-After, not our backoff
+
+
+def test_retries_give_up_with_clear_error(registry, pusher: Pusher, proxy):
+    pusher.image("r", "v1")
+    proxy.inject(Fault("GET", r"/tags/list", "status", times=10, status=503))
+
+    async def no_sleep(_s):
+        return None
+
+    with pytest.raises(RegistryError, match="HTTP 503"):
+        call(settings(proxy.url), lambda c: c.tags("r"), retry=FAST, sleep=no_sleep)
+    assert proxy.count("GET", "/tags/list") == FAST.attempts
+
+
+def test_concurrency_limit_is_respected(registry, pusher: Pusher, proxy):
+    for i in range(12):
+        pusher.image("many", f"t{i}", extra=str(i))
+    proxy.inject(Fault("HEAD", r"/manifests/", "delay", times=100, seconds=0.05))
+    import threading
+
+    active = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    original = proxy._take_fault
+
+    def counting(method, path):
+        with lock:
+            active["now"] += 1
+            active["max"] = max(active["max"], active["now"])
+        try:
+            return original(method, path)
+        finally:
+            import time
+
+            time.sleep(0.05)
+            with lock:
+                active["now"] -= 1
+
+    proxy._take_fault = counting
+
+    async def work(c):
+        return await asyncio.gather(*(c.head_manifest("many", f"t{i}") for i in range(12)))
+
+    call(settings(proxy.url, concurrency=3), work)
+    assert active["max"] <= 3
+    assert active["max"] >= 2
