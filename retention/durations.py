@@ -30,7 +30,7 @@ def format_duration(value: timedelta) -> str:
     if seconds == 0:
         return "0s"
     out = []
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):  # days, not weeks: "14d" reads as written
         size = _UNIT_SECONDS[unit]
         if seconds >= size:
             out.append(f"{seconds // size}{unit}")

@@ -359,7 +359,9 @@ def _plan_repository(
         for linked in sorted(set(m.children) | set(view.referrers.get(cause, ()))):
             if linked not in by_digest or linked in doomed or linked in matched:
                 continue
-            if linked in kept_by:
+            if linked in kept_by or by_digest[linked].tags:
+                # A tagged child or referrer is an image in its own right: deleting it would
+                # remove tags no rule asked to remove.
                 continue
             if _intrinsic_protection(by_digest[linked], view, pinned, now, options):
                 continue

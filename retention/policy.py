@@ -124,24 +124,47 @@ def load_policies(
         except UnicodeDecodeError:
             problems.append(Problem(shown, 1, 1, "policy file is not UTF-8 text"))
             continue
-        reader = Reader(shown, problems)
-        for doc in compose_documents(text, shown, problems):
-            policy = _policy(reader, doc, registries)
-            if policy is None:
-                continue
-            if policy.name in first_seen:
-                line, col = location(doc)
-                problems.append(Problem(shown, line, col, f"policy name {policy.name!r} is "
-                                        f"already used at {first_seen[policy.name]}"))
-                continue
-            first_seen[policy.name] = policy.source
-            policies.append(policy)
+        _read(text, shown, registries, problems, policies, first_seen)
     if not files:
         shown = ", ".join(str(p) for p in paths) or "."
         problems.append(Problem(shown, 1, 1, "no policy files found (*.yaml or *.yml)"))
     if problems:
         raise ConfigError(problems)
     return tuple(policies)
+
+
+def policies_from_text(
+    text: str, *, path: str = "<policy>", registries: Collection[str] | None = None
+) -> tuple[Policy, ...]:
+    """Policies from YAML text: for tests and for tools that hold the text already."""
+    problems: list[Problem] = []
+    policies: list[Policy] = []
+    _read(text, path, registries, problems, policies, {})
+    if problems:
+        raise ConfigError(problems)
+    return tuple(policies)
+
+
+def _read(
+    text: str,
+    shown: str,
+    registries: Collection[str] | None,
+    problems: list[Problem],
+    policies: list[Policy],
+    first_seen: dict[str, str],
+) -> None:
+    reader = Reader(shown, problems)
+    for doc in compose_documents(text, shown, problems):
+        policy = _policy(reader, doc, registries)
+        if policy is None:
+            continue
+        if policy.name in first_seen:
+            line, col = location(doc)
+            problems.append(Problem(shown, line, col, f"policy name {policy.name!r} is "
+                                    f"already used at {first_seen[policy.name]}"))
+            continue
+        first_seen[policy.name] = policy.source
+        policies.append(policy)
 
 
 def _patterns(reader: Reader, node: yaml.Node, *, what: str, required: bool) -> PatternSet | None:
