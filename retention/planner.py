@@ -374,8 +374,8 @@ def _plan_repository(
         changed = False
         for digest in sorted(doomed):
             m = by_digest[digest]
-            surviving_parent = next((p for p in view.parents.get(digest, ())
-                                     if p not in doomed), None)
+            surviving_parent = min((p for p in view.parents.get(digest, ())
+                                    if p not in doomed), default=None)
             reason = None
             if surviving_parent is not None:
                 reason = (INDEX_CHILD, f"child of index {_short(surviving_parent)}, which stays")

@@ -1,0 +1,238 @@
+"""Property-based tests: the planner's safety invariants over random inventories, policies
+and allowlists. Each invariant is checked against a small reference computation here, not
+against the planner's own helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retention.allowlist import Allowlist, Pin
+from retention.inventory import Inventory, Manifest, Repository
+from retention.patterns import compile_pattern
+from retention.planner import Options, plan
+from retention.policy import policies_from_text
+from retention.report import to_json
+from tests.factories import NOW, dg
+
+TAGS = ["pr-1", "pr-2", "sha-a", "sha-b", "v1.0", "latest", "release-1", "release-2", "main"]
+PATTERNS = ["pr-*", "sha-*", "v*", "release-*", "latest", "*", "re:pr-[0-9]+", "{pr,sha}-?"]
+DURATIONS = ["0s", "1h", "1d", "7d", "14d", "30d"]
+TIMES = [None, "1970", "future", *range(0, 120, 3)]
+GRACE = timedelta(hours=24)
+PROPERTY = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def repositories(draw, name: str) -> Repository:
+    n = draw(st.integers(1, 10))
+    names = [f"{name}-m{i}" for i in range(n)]
+    owners = {t: draw(st.sampled_from([None, *range(n)])) for t in TAGS}
+    manifests = []
+    for i, mname in enumerate(names):
+        tags = tuple(sorted(t for t, o in owners.items() if o == i))
+        is_index = i > 0 and draw(st.booleans())
+        children = tuple(dg(names[j]) for j in
+                         draw(st.sets(st.integers(0, i - 1), max_size=3))) if is_index else ()
+        subject = None
+        if draw(st.integers(0, 4)) == 0:
+            subject = dg(draw(st.sampled_from([*names, "missing"])))
+            if subject == dg(mname):
+                subject = None
+        when = draw(st.sampled_from(TIMES))
+        created = (None if when is None else
+                   datetime(1970, 1, 1, tzinfo=UTC) if when == "1970" else
+                   NOW + timedelta(days=2) if when == "future" else
+                   NOW - timedelta(days=when, hours=draw(st.integers(0, 23))))
+        untagged = draw(st.sampled_from([None, 0, 0.5, 2, 30]))
+        manifests.append(Manifest(
+            digest=dg(mname), media_type="application/vnd.oci.image.manifest.v1+json",
+            size=100, tags=tags, created=None if is_index else created,
+            blobs=(), children=children, subject=subject,
+            locked=draw(st.integers(0, 9)) == 0, parsed=draw(st.integers(0, 14)) != 0,
+            untagged_since=None if untagged is None else NOW - timedelta(days=untagged),
+        ))
+    return Repository(name, tuple(manifests))
+
+
+@st.composite
+def scenarios(draw):
+    repos = (draw(repositories("ci/a")), draw(repositories("ci/b")))
+    inventory = Inventory("main", "reg.test", repos, NOW)
+    keep_lines, delete_lines = [], []
+    for _ in range(draw(st.integers(0, 3))):
+        rule = {}
+        if draw(st.booleans()):
+            rule["tags"] = draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=2))
+        if draw(st.booleans()):
+            rule["newest"] = draw(st.integers(0, 4))
+        if draw(st.booleans()) or not rule:
+            rule["younger_than"] = draw(st.sampled_from(DURATIONS))
+        keep_lines.append(rule)
+    for _ in range(draw(st.integers(1, 3))):
+        rule = ({"untagged": True} if draw(st.booleans()) else
+                {"tags": draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3))})
+        if draw(st.booleans()):
+            rule["older_than"] = draw(st.sampled_from(DURATIONS))
+        delete_lines.append(rule)
+    text = json.dumps({"name": "p", "repositories": {"include": ["**"]},
+                       "keep": keep_lines, "delete": delete_lines})
+    all_digests = sorted(m.digest for r in repos for m in r.manifests)
+    pins = draw(st.sets(st.sampled_from(all_digests), max_size=3))
+    return inventory, text, keep_lines, delete_lines, Allowlist.of(Pin(d) for d in pins)
+
+
+def run(inventory, text, allowlist):
+    options = Options(untagged_grace=GRACE, allowlist=allowlist)
+    return plan(inventory, policies_from_text(text, registries=["main"]), now=NOW,
+                options=options)
+
+
+# -- reference computations ------------------------------------------------------------------
+
+def ref_time(repo: Repository, digest: str, seen=frozenset()) -> datetime | None:
+    m = next((x for x in repo.manifests if x.digest == digest), None)
+    if m is None or digest in seen:
+        return None
+    if m.children:
+        times = [ref_time(repo, c, seen | {digest}) for c in m.children]
+        return None if None in times else max(times)
+    t = m.created
+    return t if t is not None and datetime(2000, 1, 1, tzinfo=UTC) <= t <= NOW else None
+
+
+def matches_any(patterns, tag) -> bool:
+    return any(compile_pattern(p).matches(tag) for p in patterns)
+
+
+def ref_kept(repo: Repository, keep_lines) -> set[str]:
+    out = set()
+    for rule in keep_lines:
+        chosen = list(repo.manifests)
+        if "newest" in rule:
+            pool = [m for m in chosen if m.tags and ("tags" not in rule or
+                    any(matches_any(rule["tags"], t) for t in m.tags))]
+
+            def rank(m):
+                t = ref_time(repo, m.digest)
+                return (0, 0, m.digest) if t is None else (1, -t.timestamp(), m.digest)
+            chosen = sorted(pool, key=rank)[: rule["newest"]]
+        elif "tags" in rule:
+            chosen = [m for m in chosen if any(matches_any(rule["tags"], t) for t in m.tags)]
+        if "younger_than" in rule:
+            from retention.durations import parse_duration
+            limit = parse_duration(rule["younger_than"])
+            chosen = [m for m in chosen if (t := ref_time(repo, m.digest)) is None
+                      or NOW - t < limit]
+        out |= {m.digest for m in chosen}
+    return out
+
+
+def pinned_closure(repo: Repository, allowlist: Allowlist) -> set[str]:
+    by = {m.digest: m for m in repo.manifests}
+    pinned = {d for d in by if allowlist.pinned(d, repository=repo.name, host="reg.test")}
+    changed = True
+    while changed:
+        changed = False
+        for m in repo.manifests:
+            linked = set(m.children) if m.digest in pinned else set()
+            if m.subject in pinned and m.digest not in pinned:
+                linked.add(m.digest)
+            for d in linked:
+                if d in by and d not in pinned:
+                    pinned.add(d)
+                    changed = True
+    return pinned
+
+
+# -- invariants -------------------------------------------------------------------------------
+
+@PROPERTY
+@given(scenarios())
+def test_nothing_protected_is_ever_deleted(scenario):
+    inventory, text, keep_lines, delete_lines, allowlist = scenario
+    p = run(inventory, text, allowlist)
+    deleted = {(a.repository, a.digest) for a in p.actions}
+    for repo in inventory.repositories:
+        gone = {d for r, d in deleted if r == repo.name}
+        pinned = pinned_closure(repo, allowlist)
+        kept = ref_kept(repo, keep_lines)
+        by = {m.digest: m for m in repo.manifests}
+        for digest in gone:
+            m = by[digest]
+            assert digest not in pinned, "pinned deleted"
+            assert not m.locked, "locked deleted"
+            assert m.parsed, "unparsed deleted"
+            assert digest not in kept, "kept by a keep rule but deleted"
+            if not m.tags:
+                since = m.untagged_since or NOW
+                assert NOW - since >= GRACE, "untagged within grace deleted"
+        for m in repo.manifests:
+            if m.digest in gone:
+                continue
+            assert not (set(m.children) & gone), "child of a surviving index deleted"
+        for digest in gone:
+            subject = by[digest].subject
+            if subject in by:
+                assert subject in gone, "referrer of a surviving subject deleted"
+
+
+@PROPERTY
+@given(scenarios())
+def test_tag_outside_every_delete_pattern_is_never_deleted(scenario):
+    inventory, text, _keep, delete_lines, allowlist = scenario
+    patterns = [p for rule in delete_lines for p in rule.get("tags", [])]
+    p = run(inventory, text, allowlist)
+    by = {(r.name, m.digest): m for r in inventory.repositories for m in r.manifests}
+    for a in p.actions:
+        for tag in by[(a.repository, a.digest)].tags:
+            assert matches_any(patterns, tag), f"{tag} deleted but no delete rule names it"
+
+
+@PROPERTY
+@given(scenarios())
+def test_unknown_time_never_leads_to_deletion_by_age(scenario):
+    inventory, text, _keep, delete_lines, allowlist = scenario
+    p = run(inventory, text, allowlist)
+    repos = {r.name: r for r in inventory.repositories}
+    for a in p.actions:
+        if a.cascade_of is not None:
+            continue
+        number = int(a.reason.split()[2].rstrip(":"))
+        if "older_than" in delete_lines[number - 1]:
+            assert ref_time(repos[a.repository], a.digest) is not None
+
+
+@PROPERTY
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_plan_does_not_depend_on_listing_order(scenario, rnd: random.Random):
+    inventory, text, _keep, _delete, allowlist = scenario
+    shuffled_repos = []
+    for repo in inventory.repositories:
+        manifests = list(repo.manifests)
+        rnd.shuffle(manifests)
+        shuffled_repos.append(Repository(repo.name, tuple(manifests)))
+    rnd.shuffle(shuffled_repos)
+    shuffled = Inventory("main", "reg.test", tuple(shuffled_repos), NOW)
+    a = to_json(run(inventory, text, allowlist), mode="dry-run")
+    b = to_json(run(shuffled, text, allowlist), mode="dry-run")
+    assert a == b
+
+
+@PROPERTY
+@given(scenarios())
+def test_cascades_follow_their_cause_and_bytes_add_up(scenario):
+    inventory, text, _keep, _delete, allowlist = scenario
+    p = run(inventory, text, allowlist)
+    seen: set[tuple[str, str]] = set()
+    for a in p.actions:
+        if a.cascade_of is not None:
+            assert (a.repository, a.cascade_of) in seen, "cascade before its cause"
+        seen.add((a.repository, a.digest))
+    assert len(seen) == len(p.actions), "a manifest deleted twice"
+    assert sum(a.bytes for a in p.actions) == p.reclaimable_bytes
