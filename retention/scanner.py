@@ -132,7 +132,10 @@ class Scanner:
 
         facts: dict[str, ManifestFacts] = {}
         gone: set[str] = set()
-        pending = set(tags_of) | set(self._known(name))
+        # A referrer tag names its subject: that finds an image whose own tag moved on
+        # while its signature stayed (it is an orphan now, and so is the signature).
+        subjects = {referrer_tag_subject(t) for ts in tags_of.values() for t in ts}
+        pending = set(tags_of) | set(self._known(name)) | (subjects - {None})
         while pending:
             batch = sorted(pending)
             results = await asyncio.gather(*(self._facts(name, d) for d in batch))

@@ -112,3 +112,14 @@ def test_known_digest_of_orphan_is_found(registry, pusher: Pusher):
     gone = "sha256:" + "0" * 64
     inv = scan(registry.url, known_digests=lambda repo: [gone])
     assert gone not in {m.digest for m in inv.repositories[0].manifests}
+
+
+def test_subject_of_a_signature_is_found_after_its_tag_moved(registry, pusher: Pusher):
+    old = pusher.image("app", "stable", created="2024-01-01T00:00:00Z")
+    sig = pusher.cosign_signature("app", old)
+    new = pusher.image("app", "stable", created="2024-02-01T00:00:00Z", layers=(b"n",))
+    inv = scan(registry.url)
+    ms = {m.digest: m for m in inv.repositories[0].manifests}
+    assert set(ms) == {old.digest, sig.digest, new.digest}
+    assert ms[old.digest].tags == ()
+    assert ms[sig.digest].subject == old.digest
