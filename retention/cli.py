@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TextIO
 
 from retention import __version__, logs
-from retention.collect import collect, plan_all, registries_of
-from retention.errors import ConfigError, Problem, RegistryError, RetentionError, UsageError
+from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import inventory_from_json, inventory_to_json
 from retention.policy import load_policies
 from retention.report import to_json, to_table
+from retention.runs import collect, open_clients, plan_all, registries_of, run_pass
 from retention.schema import policy_schema
 from retention.setup import Setup, load_setup
+from retention.state import State
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -128,10 +129,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "plan":
         return _plan(setup, args, out)
     if args.command == "run":
-        from retention.executor import run_once
-
-        policies = setup.select(args.policy)
-        return run_once(setup, policies, dry_run=args.dry_run, output=args.output, out=out)
+        return _run(setup, args, out)
     if args.command == "serve":
         from retention.daemon import serve
 
@@ -160,7 +158,7 @@ def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     unknown = [n for n in names if n not in setup.config.registries]
     if unknown:
         raise UsageError(f"no registry named {', '.join(unknown)} in {args.config}")
-    inventories = asyncio.run(collect(setup, names))
+    inventories = asyncio.run(_collect(setup, names))
     if args.output == "json":
         json.dump({"format_version": 1,
                    "inventories": [inventory_to_json(inventories[n]) for n in names]},
@@ -194,16 +192,50 @@ def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError([Problem(str(args.inventory), 1, 1,
                                        f"cannot read inventory: {exc}")]) from None
+        the_plan = plan_all(setup, inventories, policies, now=datetime.now(UTC))
+        missing = [n for n in registries_of(policies) if n not in inventories]
+        if missing:
+            raise UsageError(f"{args.inventory} holds no inventory of registry "
+                             f"{', '.join(missing)}")
     else:
-        inventories = asyncio.run(collect(setup, registries_of(setup, policies)))
-    missing = [n for n in registries_of(setup, policies) if n not in inventories]
-    if missing:
-        raise RegistryError(f"no inventory for registry {', '.join(missing)}")
-    the_plan = plan_all(setup, inventories, policies, now=datetime.now(UTC))
-    if args.output == "json":
-        json.dump(to_json(the_plan, mode="dry-run"), out, indent=2)
-        out.write("\n")
-    else:
-        out.write(to_table(the_plan, mode="dry-run"))
+        the_plan = _pass(setup, policies, dry_run=True).plan
+    _print(to_json(the_plan, mode="dry-run") if args.output == "json" else
+           to_table(the_plan, mode="dry-run"), out)
     failed = any(p.aborted or p.errors for p in the_plan.policies)
     return FAILED if failed else OK
+
+
+def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+    policies = setup.select(args.policy)
+    dry_run = args.dry_run or not setup.config.enforce
+    result = _pass(setup, policies, dry_run=dry_run)
+    mode = "dry-run" if dry_run else "enforce"
+    outcomes = result.report.outcomes
+    _print(to_json(result.plan, mode=mode, outcomes=outcomes) if args.output == "json" else
+           to_table(result.plan, mode=mode, outcomes=outcomes), out)
+    return FAILED if result.failed else OK
+
+
+def _pass(setup: Setup, policies, *, dry_run: bool):
+    state = State.open(setup.config.state_dir)
+    try:
+        return asyncio.run(run_pass(setup, policies, dry_run=dry_run, state=state))
+    finally:
+        state.close()
+
+
+async def _collect(setup: Setup, names: list[str]):
+    state = State.open(setup.config.state_dir)
+    try:
+        async with open_clients(setup, names) as clients:
+            return await collect(clients, state)
+    finally:
+        state.close()
+
+
+def _print(document: dict | str, out: TextIO) -> None:
+    if isinstance(document, str):
+        out.write(document)
+    else:
+        json.dump(document, out, indent=2)
+        out.write("\n")

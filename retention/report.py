@@ -112,8 +112,14 @@ def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
 
 
+def _tag(tag: str) -> str:
+    # Referrer tags hold a whole digest: shorten it as digests are shortened.
+    return f"{tag[:19]}…{tag[71:]}" if tag.startswith("sha256-") and len(tag) >= 71 else tag
+
+
 def _tags(tags: tuple[str, ...]) -> str:
-    shown = ",".join(tags[:3]) + (f",+{len(tags) - 3}" if len(tags) > 3 else "")
+    shown = ",".join(_tag(t) for t in tags[:3]) + (f",+{len(tags) - 3}" if len(tags) > 3
+                                                    else "")
     return shown or "<none>"
 
 

@@ -135,22 +135,13 @@ class Scanner:
         # A referrer tag names its subject: that finds an image whose own tag moved on
         # while its signature stayed (it is an orphan now, and so is the signature).
         subjects = {referrer_tag_subject(t) for ts in tags_of.values() for t in ts}
-        pending = set(tags_of) | set(self._known(name)) | (subjects - {None})
-        while pending:
-            batch = sorted(pending)
-            results = await asyncio.gather(*(self._facts(name, d) for d in batch))
-            pending = set()
-            for digest, fact in zip(batch, results, strict=True):
-                if fact is None:
-                    gone.add(digest)
-                    continue
-                facts[digest] = fact
-                pending.update(fact.children)
-            referrers = await asyncio.gather(*(client.referrers(name, d) for d in batch
-                                               if d in facts))
-            for found in referrers:
-                pending.update(found or ())
-            pending -= facts.keys() | gone
+        await self._resolve(name, set(tags_of) | (subjects - {None}), facts, gone)
+        # Digests seen here before and reachable no more may be orphans now: a HEAD by
+        # digest tells whether each still exists, without fetching it again.
+        earlier = sorted(set(self._known(name)) - facts.keys() - gone)
+        heads = await asyncio.gather(*(client.head_manifest(name, d) for d in earlier))
+        await self._resolve(name, {d for d, h in zip(earlier, heads, strict=True) if h},
+                            facts, gone)
 
         manifests = []
         for digest, fact in sorted(facts.items()):
@@ -166,6 +157,26 @@ class Scanner:
                 untagged_since=None if ordinary else self._untagged_since(name, digest),
             ))
         return Repository(name=name, manifests=tuple(manifests))
+
+    async def _resolve(self, name: str, pending: set[str], facts: dict[str, ManifestFacts],
+                       gone: set[str]) -> None:
+        """Facts for ``pending`` and for everything they lead to: children and referrers."""
+        pending = pending - facts.keys() - gone
+        while pending:
+            batch = sorted(pending)
+            results = await asyncio.gather(*(self._facts(name, d) for d in batch))
+            pending = set()
+            for digest, fact in zip(batch, results, strict=True):
+                if fact is None:
+                    gone.add(digest)
+                    continue
+                facts[digest] = fact
+                pending.update(fact.children)
+            found = await asyncio.gather(*(self._client.referrers(name, d) for d in batch
+                                           if d in facts))
+            for digests in found:
+                pending.update(digests or ())
+            pending -= facts.keys() | gone
 
     async def _facts(self, repository: str, digest: str) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)

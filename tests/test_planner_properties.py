@@ -155,7 +155,7 @@ def pinned_closure(repo: Repository, allowlist: Allowlist) -> set[str]:
 @PROPERTY
 @given(scenarios())
 def test_nothing_protected_is_ever_deleted(scenario):
-    inventory, text, keep_lines, delete_lines, allowlist = scenario
+    inventory, text, keep_lines, _delete_lines, allowlist = scenario
     p = run(inventory, text, allowlist)
     deleted = {(a.repository, a.digest) for a in p.actions}
     for repo in inventory.repositories:

@@ -1,0 +1,143 @@
+"""One pass: scan the registries, plan, apply. Shared by `plan`, `run` and the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import structlog
+
+from retention.config import RegistrySettings
+from retention.executor import Executor, Report
+from retention.inventory import Inventory
+from retention.metrics import Metrics
+from retention.planner import Plan, plan
+from retention.policy import Policy
+from retention.registry.client import RegistryClient, RetryPolicy
+from retention.scanner import Scanner
+from retention.setup import Setup
+from retention.state import State
+
+log = structlog.get_logger("retention.runs")
+
+TransportFactory = Callable[[RegistrySettings], httpx.AsyncBaseTransport | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """How to reach registries: injectable for tests."""
+
+    transport: TransportFactory | None = None
+    retry: RetryPolicy | None = None
+
+
+def registries_of(policies: Iterable[Policy]) -> list[str]:
+    return sorted({p.registry for p in policies if p.registry is not None})
+
+
+@contextlib.asynccontextmanager
+async def open_clients(setup: Setup, names: Iterable[str], *, metrics: Metrics | None = None,
+                       connections: Connections | None = None):
+    connections = connections or Connections()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name in names:
+            settings = setup.config.registries[name]
+            clients[name] = await stack.enter_async_context(RegistryClient(
+                settings,
+                transport=connections.transport(settings) if connections.transport else None,
+                observe=metrics.observer(name) if metrics else None,
+                retry=connections.retry,
+            ))
+        yield clients
+
+
+async def collect(clients: Mapping[str, RegistryClient], state: State, *,
+                  now: Callable[[], datetime] = lambda: datetime.now(UTC)
+                  ) -> dict[str, Inventory]:
+    """Scan each registry (at once: they are independent) and record what was seen."""
+
+    async def one(name: str, client: RegistryClient) -> Inventory:
+        scanner = Scanner(client, cache=state,
+                          known_digests=lambda repo: state.known_digests(name, repo), clock=now)
+        inventory = await scanner.scan()
+        return state.observe(inventory, now())
+
+    names = list(clients)
+    inventories = await asyncio.gather(*(one(n, clients[n]) for n in names))
+    return dict(zip(names, inventories, strict=True))
+
+
+def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
+             *, now: datetime) -> Plan:
+    """One plan over every registry, each policy planned against its own registry."""
+    by_registry: dict[str, list[Policy]] = {}
+    for p in policies:
+        if p.registry is not None:
+            by_registry.setdefault(p.registry, []).append(p)
+    parts = [plan(inventories[name], chosen, now=now, options=setup.planner_options())
+             for name, chosen in sorted(by_registry.items()) if name in inventories]
+    merged = sorted((pp for part in parts for pp in part.policies), key=lambda pp: pp.policy)
+    return Plan(now=now, policies=tuple(merged))
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    plan: Plan
+    report: Report
+    dry_run: bool
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.report.failed or self.report.errors
+                    or any(p.aborted or p.errors for p in self.plan.policies))
+
+    def policy_outcome(self, name: str) -> str:
+        """success, failure or aborted, for retention_runs_total."""
+        p = next(pp for pp in self.plan.policies if pp.policy == name)
+        if p.aborted:
+            return "aborted"
+        failed = any(self.report.outcomes.get((a.registry, a.repository, a.digest)) is not None
+                     and self.report.outcomes[(a.registry, a.repository, a.digest)].status
+                     == "failed" for a in p.actions)
+        return "failure" if failed or p.errors or self.report.errors else "success"
+
+
+async def run_pass(
+    setup: Setup,
+    policies: Iterable[Policy],
+    *,
+    dry_run: bool,
+    state: State,
+    metrics: Metrics | None = None,
+    connections: Connections | None = None,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RunResult:
+    """Scan, plan and apply the given policies. Raises RegistryError when a registry cannot
+    be scanned at all (unreachable, credentials refused)."""
+    policies = list(policies)
+    started = time.monotonic()
+    async with open_clients(setup, registries_of(policies), metrics=metrics,
+                            connections=connections) as clients:
+        inventories = await collect(clients, state, now=clock)
+        the_plan = plan_all(setup, inventories, policies, now=clock())
+        if metrics:
+            metrics.record_plan(the_plan)
+        report = await Executor(clients, state=state, metrics=metrics, clock=clock,
+                                stop=stop).apply(the_plan, dry_run=dry_run)
+    result = RunResult(the_plan, report, dry_run)
+    if metrics:
+        elapsed = time.monotonic() - started
+        for p in the_plan.policies:
+            outcome = result.policy_outcome(p.policy)
+            metrics.runs.labels(p.policy, outcome).inc()
+            metrics.run_duration.labels(p.policy).observe(elapsed)
+            if outcome == "success":
+                metrics.last_success.labels(p.policy).set(time.time())
+    return result
