@@ -1,0 +1,323 @@
+"""The daemon: policies on cron schedules, hot reload, metrics and health over HTTP.
+
+Each policy is one APScheduler job (max_instances=1, coalesce, misfire grace), so two runs of
+one policy never overlap and missed runs collapse into one. Configuration, policy and
+allowlist files are polled for changes and re-read on SIGHUP; a version that does not
+validate is rejected whole and the running one stays. SIGTERM stops scheduling, lets the
+deletion in flight finish (no new one starts), and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from retention import logs
+from retention.allowlist import allowlist_files
+from retention.errors import ConfigError, RetentionError
+from retention.metrics import Metrics
+from retention.policy import Policy, policy_files
+from retention.registry.client import RegistryClient
+from retention.runs import Connections, run_pass
+from retention.setup import Setup, load_setup
+from retention.state import State
+
+log = structlog.get_logger("retention.daemon")
+
+TriggerFactory = Callable[[str], BaseTrigger]
+
+
+def cron_trigger(expression: str) -> BaseTrigger:
+    return CronTrigger.from_crontab(expression, timezone="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    poll_interval: float = 5.0  # seconds between checks of the watched files
+    ping_interval: float = 60.0  # seconds between registry pings for /readyz
+    shutdown_grace: float = 60.0  # how long SIGTERM waits for a run to finish its deletion
+    misfire_grace: int = 3600  # a run missed by less than this still happens, once
+    trigger: TriggerFactory = cron_trigger
+
+
+class Daemon:
+    def __init__(self, config_path: Path, *, metrics: Metrics | None = None,
+                 options: DaemonOptions | None = None, connections: Connections | None = None,
+                 err: TextIO | None = None):
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.options = options or DaemonOptions()
+        self.connections = connections
+        self.err = err
+        self.setup: Setup | None = None
+        self.state: State | None = None
+        self.stopping = asyncio.Event()
+        self.stop_deleting = asyncio.Event()
+        self.registry_ok: dict[str, bool] = {}
+        self.heartbeat = time.monotonic()
+        self.port: int | None = None
+        self._fingerprint: tuple = ()
+        self._reload_requested = asyncio.Event()
+        self._running: set[asyncio.Task] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._http: ThreadingHTTPServer | None = None
+        self._redactor: logs.Redactor | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            setup = load_setup(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=self.err)
+            print("retention: the configuration is invalid; not starting", file=self.err)
+            return 2
+        self._redactor = logs.configure(fmt=setup.config.log_format, stream=self.err,
+                                        secrets=_secrets(setup))
+        self.state = State.open(setup.config.state_dir)
+        self._apply(setup)
+        self._start_http(setup)
+        self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
+            "coalesce": True, "max_instances": 1,
+            "misfire_grace_time": self.options.misfire_grace})
+        self._schedule()
+        self._scheduler.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        log.info("daemon started", policies=len(setup.policies), mode=setup.config.mode,
+                 listen=f"{setup.config.listen[0]}:{self.port}")
+        background = [asyncio.create_task(self._watch()), asyncio.create_task(self._pings())]
+        await self.stopping.wait()
+        await self._shutdown(background)
+        return 0
+
+    async def _shutdown(self, background: list[asyncio.Task]) -> None:
+        log.info("daemon stopping", running=len(self._running))
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        self.stop_deleting.set()  # the deletion in flight finishes; no new one starts
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=self.options.shutdown_grace)
+            for task in pending:
+                task.cancel()
+        for task in background:
+            task.cancel()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self.state is not None:
+            self.state.close()
+        log.info("daemon stopped")
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def _watched(self, setup: Setup) -> list[Path]:
+        files = [setup.config.path, *policy_files([setup.config.policies])]
+        if setup.config.policies.is_dir():
+            files.append(setup.config.policies)  # a new file changes the directory
+        if setup.config.allowlist is not None:
+            files.extend(allowlist_files(setup.config.allowlist))
+        return files
+
+    def _fingerprint_of(self, setup: Setup) -> tuple:
+        out = []
+        for path in self._watched(setup):
+            try:
+                st = path.stat()
+                out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append((str(path), None))
+        return tuple(out)
+
+    def _apply(self, setup: Setup) -> None:
+        self.setup = setup
+        self._fingerprint = self._fingerprint_of(setup)
+        self.metrics.policies_loaded.set(len(setup.policies))
+        if self._redactor is not None:
+            self._redactor.set_secrets(_secrets(setup))
+
+    def reload(self) -> bool:
+        """Re-read everything; keep the running configuration if the new one is invalid."""
+        try:
+            setup = load_setup(self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reload_failures.inc()
+            log.error("configuration rejected", problems=[str(p) for p in exc.problems],
+                      consequence="the previous configuration stays active")
+            if self.setup is not None:
+                self._fingerprint = self._fingerprint_of(self.setup)
+            return False
+        old = self.setup
+        if old is not None and (old.config.listen != setup.config.listen
+                                or old.config.state_dir != setup.config.state_dir):
+            log.warning("listen and state_dir changes take effect on restart")
+        self._apply(setup)
+        self._schedule()
+        log.info("configuration reloaded", policies=len(setup.policies),
+                 mode=setup.config.mode)
+        return True
+
+    def _schedule(self) -> None:
+        assert self._scheduler is not None and self.setup is not None
+        wanted = {f"policy:{p.name}": p for p in self.setup.policies}
+        for job in self._scheduler.get_jobs():
+            if job.id not in wanted:
+                job.remove()
+        for job_id, policy in wanted.items():
+            cron = policy.schedule or self.setup.config.schedule
+            self._scheduler.add_job(self._job, self.options.trigger(cron), id=job_id,
+                                    args=[policy.name], replace_existing=True,
+                                    name=f"{policy.name} ({cron})")
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._reload_requested.wait(),
+                                       timeout=self.options.poll_interval)
+                self._reload_requested.clear()
+                log.info("reload requested")
+                self.reload()
+            except TimeoutError:
+                if self.setup is not None and \
+                        self._fingerprint_of(self.setup) != self._fingerprint:
+                    log.info("configuration files changed")
+                    self.reload()
+            self.heartbeat = time.monotonic()
+
+    async def _pings(self) -> None:
+        while True:
+            setup = self.setup
+            if setup is not None:
+                for name, settings in setup.config.registries.items():
+                    try:
+                        async with RegistryClient(settings, observe=self.metrics.observer(name),
+                                                  **_client_args(self.connections, settings)
+                                                  ) as client:
+                            await client.ping()
+                        self.registry_ok[name] = True
+                    except RetentionError as exc:
+                        if self.registry_ok.get(name, True):
+                            log.error("registry unreachable", registry=name, error=str(exc))
+                        self.registry_ok[name] = False
+            await asyncio.sleep(self.options.ping_interval)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def _job(self, name: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            await self.run_policy(name)
+        finally:
+            self._running.discard(task)
+
+    async def run_policy(self, name: str) -> None:
+        """One run of one policy. Never raises: the loop survives a failed run."""
+        setup, state = self.setup, self.state
+        policy: Policy | None = next((p for p in setup.policies if p.name == name), None) \
+            if setup else None
+        if setup is None or state is None or policy is None:
+            return
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            log.warning("run skipped: the previous run of this policy is still going",
+                        policy=name)
+            return
+        async with lock:
+            started = time.monotonic()
+            log.info("run started", policy=name, dry_run=not setup.config.enforce)
+            try:
+                result = await run_pass(setup, [policy], dry_run=not setup.config.enforce,
+                                        state=state, metrics=self.metrics,
+                                        connections=self.connections, stop=self.stop_deleting)
+            except RetentionError as exc:
+                self.metrics.runs.labels(name, "failure").inc()
+                self.metrics.run_duration.labels(name).observe(time.monotonic() - started)
+                log.error("run failed", policy=name, error=str(exc))
+                return
+            except Exception as exc:  # a bug must not kill the daemon: log it, go on
+                self.metrics.runs.labels(name, "failure").inc()
+                log.exception("run crashed", policy=name, error=repr(exc))
+                return
+            summary = result.report
+            log.info("run finished", policy=name, outcome=result.policy_outcome(name),
+                     planned=len(result.plan.actions), failed=summary.failed,
+                     seconds=round(time.monotonic() - started, 3))
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.heartbeat < max(60.0, 3 * self.options.poll_interval)
+
+    def ready(self) -> bool:
+        if self.setup is None:
+            return False
+        return all(self.registry_ok.get(name) is True for name in self.setup.config.registries)
+
+    def _start_http(self, setup: Setup) -> None:
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, status, ctype = generate_latest(daemon.metrics.registry), 200, \
+                        CONTENT_TYPE_LATEST
+                elif path == "/healthz":
+                    ok = daemon.healthy()
+                    body, status, ctype = (b"ok\n" if ok else b"stalled\n"), \
+                        (200 if ok else 503), "text/plain"
+                elif path == "/readyz":
+                    ok = daemon.ready()
+                    body, status, ctype = (b"ready\n" if ok else b"not ready\n"), \
+                        (200 if ok else 503), "text/plain"
+                else:
+                    body, status, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        host, port = setup.config.listen
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http.daemon_threads = True
+        self.port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+
+
+def _secrets(setup: Setup) -> list:
+    return [r.credentials.password for r in setup.config.registries.values()
+            if r.credentials is not None]
+
+
+def _client_args(connections: Connections | None, settings) -> dict:
+    if connections is None:
+        return {}
+    return {"transport": connections.transport(settings) if connections.transport else None,
+            "retry": connections.retry}
+
+
+def serve(config_path: Path, *, err: TextIO | None = None) -> int:
+    return asyncio.run(Daemon(config_path, err=err).run())

@@ -1,0 +1,179 @@
+"""The daemon: scheduled runs, metrics over HTTP, hot reload, SIGHUP and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from apscheduler.triggers.interval import IntervalTrigger
+
+from retention.daemon import Daemon, DaemonOptions
+from tests.pusher import Pusher
+from tests.servers import free_port
+from tests.test_run_e2e import POLICY, write_config
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Pusher):
+    first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z", layers=(b"one",))
+    config = write_config(tmp_path, registry.url, extra="listen: 127.0.0.1:0")
+    options = DaemonOptions(poll_interval=0.1, ping_interval=0.2,
+                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+
+    async def scenario():
+        daemon = Daemon(config, options=options)
+        task = asyncio.create_task(daemon.run())
+        await wait_for(lambda: asyncio.sleep(0, daemon.port))
+        base = f"http://127.0.0.1:{daemon.port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            async def scrape():
+                return (await http.get("/metrics")).text
+
+            async def runs_done(n):
+                text = await scrape()
+                value = metric(text, "retention_runs_total", policy="orphans",
+                               outcome="success")
+                return text if value is not None and value >= n else None
+
+            await runs_done(0) or await wait_for(lambda: runs_done(1))
+            # The first run recorded app:latest; now re-push it and let a run delete the
+            # orphan.
+            pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"two",))
+
+            async def orphan_gone():
+                return not pusher.exists("app", first.digest)
+
+            await wait_for(orphan_gone)
+            text = await wait_for(lambda: runs_done(3))
+            assert metric(text, "retention_manifests_deleted_total", registry="main",
+                          policy="orphans") == 1
+            assert metric(text, "retention_reclaimed_bytes_total", registry="main",
+                          policy="orphans") > 0
+            assert metric(text, "retention_policies_loaded") == 1
+            assert metric(text, "retention_last_success_timestamp_seconds",
+                          policy="orphans") > 0
+            assert metric(text, "retention_registry_requests_total", registry="main",
+                          method="GET", code="200") > 0
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await wait_for(lambda: _ready(http))) is True
+
+            # A broken policy is rejected whole; the old one keeps running.
+            policy_file = tmp_path / "policies" / "p.yaml"
+            policy_file.write_text(POLICY + "  - tags: [on]\n")
+
+            async def rejected():
+                return metric(await scrape(), "retention_config_reload_failures_total") == 1
+
+            await wait_for(rejected)
+            before = metric(await scrape(), "retention_runs_total", policy="orphans",
+                            outcome="success")
+            await wait_for(lambda: runs_done(before + 1))
+            # A fixed policy with a second one is picked up.
+            policy_file.write_text(POLICY + "---\n" + POLICY.replace("name: orphans",
+                                                                       "name: second"))
+
+            async def two_loaded():
+                return metric(await scrape(), "retention_policies_loaded") == 2
+
+            await wait_for(two_loaded)
+        daemon.stopping.set()
+        return await task
+
+    assert asyncio.run(scenario()) == 0
+
+
+async def _ready(http: httpx.AsyncClient) -> bool:
+    return (await http.get("/readyz")).status_code == 200
+
+
+def test_failed_run_does_not_stop_the_loop(tmp_path: Path):
+    # Nothing listens on this port: every run fails; the daemon goes on and counts them.
+    config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}",
+                          extra="listen: 127.0.0.1:0")
+    options = DaemonOptions(poll_interval=0.1, ping_interval=0.2,
+                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+
+    async def scenario():
+        daemon = Daemon(config, options=options)
+        task = asyncio.create_task(daemon.run())
+        await wait_for(lambda: asyncio.sleep(0, daemon.port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+            async def failures():
+                text = (await http.get("/metrics")).text
+                value = metric(text, "retention_runs_total", policy="orphans",
+                               outcome="failure")
+                return value is not None and value >= 2
+
+            await wait_for(failures, timeout=30)
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200
+        daemon.stopping.set()
+        return await task
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_serve_process_sighup_and_sigterm(tmp_path: Path, registry):
+    port = free_port()
+    config = write_config(tmp_path, registry.url, extra=f"listen: 127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "retention", "serve", "--config",
+                             str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"daemon not ready: {proc.stderr.read() if proc.poll() else ''}")
+        assert httpx.get(base + "/healthz").status_code == 200
+        (tmp_path / "policies" / "p.yaml").write_text("name: [broken\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = httpx.get(base + "/metrics").text
+            if metric(text, "retention_config_reload_failures_total") == 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("reload failure not counted")
+        assert metric(text, "retention_policies_loaded") == 1
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        logs = proc.stderr.read()
+        assert "configuration rejected" in logs
+        assert re.search(r'"event": "daemon stopped"', logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
