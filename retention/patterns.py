@@ -8,7 +8,7 @@ exponentially in Python's own ``re``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import re2
 
@@ -33,14 +33,9 @@ class Pattern:
 
 
 def compile_pattern(text: str) -> Pattern:
-    if text.startswith("re:"):
-        expression = text[3:]
-        if not expression:
-            raise PatternError("empty regular expression after 're:'")
-    else:
-        if not text:
-            raise PatternError("empty pattern")
-        expression = glob_to_regex(text)
+    if text in ("", "re:"):
+        raise PatternError("empty pattern")
+    expression = _expression(text)
     try:
         compiled = re2.compile(expression, _OPTIONS)
     except re2.error as exc:
@@ -98,14 +93,66 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
+_PLAIN = re.compile(r"[^*?{}\[\]]*")
+
+
 @dataclass(frozen=True, slots=True)
 class PatternSet:
-    """Several patterns; a name matches the set when it matches any of them."""
+    """Several patterns; a name matches the set when it matches any of them.
+
+    Matching is the planner's hot path (a million manifests, several rules each), so the
+    common shapes skip the regex engine: literal names compare as strings and ``prefix*``
+    globs as a prefix without ``/``; the rest are joined into one RE2 alternation. Results
+    are memoized per name, bounded, since the same tags recur across repositories.
+    """
 
     patterns: tuple[Pattern, ...]
+    _literals: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    _prefixes: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _combined: object = field(default=None, compare=False, repr=False)
+    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, patterns: tuple[Pattern, ...]) -> PatternSet:
+        literals, prefixes, rest = set(), [], []
+        for p in patterns:
+            if not p.text.startswith("re:") and _PLAIN.fullmatch(p.text):
+                literals.add(p.text)
+            elif (not p.text.startswith("re:") and p.text.endswith("*")
+                  and not p.text.endswith("**") and _PLAIN.fullmatch(p.text[:-1])):
+                prefixes.append(p.text[:-1])
+            else:
+                rest.append(p)
+        combined = None
+        if rest:
+            expression = "|".join(f"(?:{_expression(p.text)})" for p in rest)
+            combined = re2.compile(expression, _OPTIONS)
+        return cls(tuple(patterns), frozenset(literals), tuple(prefixes), combined)
 
     def matches(self, name: str) -> bool:
-        return any(p.matches(name) for p in self.patterns)
+        memo = self._memo
+        found = memo.get(name)
+        if found is None:
+            found = self._match(name)
+            if len(memo) >= 65536:
+                memo.clear()  # bounded: a daemon sees an unbounded stream of tags
+            memo[name] = found
+        return found
+
+    def _match(self, name: str) -> bool:
+        if name in self._literals:
+            return True
+        if self._prefixes and "/" not in name and name.startswith(self._prefixes):
+            return True
+        return self._combined is not None and \
+            self._combined.fullmatch(name) is not None  # type: ignore[attr-defined]
 
     def __str__(self) -> str:
         return ", ".join(p.text for p in self.patterns)
+
+    def __hash__(self) -> int:
+        return hash(self.patterns)
+
+
+def _expression(text: str) -> str:
+    return text[3:] if text.startswith("re:") else glob_to_regex(text)

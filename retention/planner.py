@@ -119,11 +119,52 @@ def plan(
 ) -> Plan:
     """Decide, for every manifest some policy's delete rule matches, whether it goes."""
     options = options or Options()
+    ordered = sorted(policies, key=lambda p: p.name)
+    parts = {p.name: _Parts() for p in ordered}
+    # Rules are described once, not once per manifest they decide.
+    describe = {rule: rule.describe() for p in ordered for rule in (*p.keep, *p.delete)}
+    for repo in sorted(inventory.repositories, key=lambda r: r.name):
+        applying = [p for p in ordered if p.applies_to(repo.name)]
+        if not applying:
+            continue
+        if repo.error is not None:
+            for p in applying:
+                parts[p.name].errors.append(
+                    RepositoryError(p.name, inventory.registry, repo.name, repo.error))
+            continue
+        view = _RepoView.of(repo, now)  # built once, shared by every policy
+        taken: set[str] = set()  # digests an earlier policy (by name) already deletes
+        for p in applying:
+            a, protected, kept = _plan_repository(inventory, p, view, now=now,
+                                                  options=options, describe=describe)
+            part = parts[p.name]
+            for action in a:
+                if action.digest not in taken:
+                    taken.add(action.digest)
+                    part.actions.append(action)
+            part.protected.extend(protected)
+            part.kept.extend(kept)
     plans = []
-    taken: set[tuple[str, str]] = set()  # (repository, digest) already deleted by a policy
-    for policy in sorted(policies, key=lambda p: p.name):
-        plans.append(_plan_policy(inventory, policy, now=now, options=options, taken=taken))
+    for p in ordered:
+        part = parts[p.name]
+        limit = p.max_deletions if p.max_deletions is not None else options.max_deletions
+        aborted = None
+        if len(part.actions) > limit:
+            aborted = (f"max_deletions exceeded: {len(part.actions)} deletions planned, the "
+                       f"limit is {limit}; nothing is deleted (raise max_deletions if this is "
+                       "intended)")
+        plans.append(PolicyPlan(p.name, inventory.registry, tuple(part.actions),
+                                tuple(part.protected), tuple(part.kept), tuple(part.errors),
+                                limit, aborted))
     return Plan(now=now, policies=_count_bytes(inventory, plans))
+
+
+@dataclass(slots=True)
+class _Parts:
+    actions: list[Action] = field(default_factory=list)
+    protected: list[Decision] = field(default_factory=list)
+    kept: list[Decision] = field(default_factory=list)
+    errors: list[RepositoryError] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,42 +226,6 @@ def _age(time: datetime | None, now: datetime) -> timedelta | None:
 
 
 # ---------------------------------------------------------------------------------------
-
-
-def _plan_policy(
-    inventory: Inventory,
-    policy: Policy,
-    *,
-    now: datetime,
-    options: Options,
-    taken: set[tuple[str, str]],
-) -> PolicyPlan:
-    actions: list[Action] = []
-    protected: list[Decision] = []
-    kept: list[Decision] = []
-    errors: list[RepositoryError] = []
-    for repo in sorted(inventory.repositories, key=lambda r: r.name):
-        if not policy.applies_to(repo.name):
-            continue
-        if repo.error is not None:
-            errors.append(RepositoryError(policy.name, inventory.registry, repo.name, repo.error))
-            continue
-        view = _RepoView.of(repo, now)
-        a, p, k = _plan_repository(inventory, policy, view, now=now, options=options)
-        for action in a:
-            key = (repo.name, action.digest)
-            if key not in taken:  # an earlier policy already deletes it
-                taken.add(key)
-                actions.append(action)
-        protected.extend(p)
-        kept.extend(k)
-    limit = policy.max_deletions if policy.max_deletions is not None else options.max_deletions
-    aborted = None
-    if len(actions) > limit:
-        aborted = (f"max_deletions exceeded: {len(actions)} deletions planned, the limit is "
-                   f"{limit}; nothing is deleted (raise max_deletions if this is intended)")
-    return PolicyPlan(policy.name, inventory.registry, tuple(actions), tuple(protected),
-                      tuple(kept), tuple(errors), limit, aborted)
 
 
 def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime) -> set[str]:
@@ -314,6 +319,7 @@ def _plan_repository(
     *,
     now: datetime,
     options: Options,
+    describe: Mapping[object, str],
 ) -> tuple[list[Action], list[Decision], list[Decision]]:
     by_digest = view.by_digest
     matched: dict[str, DeleteRule] = {}
@@ -335,14 +341,14 @@ def _plan_repository(
         m = by_digest[digest]
         return Decision(policy.name, inventory.registry, view.repo.name, digest,
                         m.tags + m.referrer_tags, reason, detail,
-                        matched[digest].describe(), view.time[digest])
+                        describe[matched[digest]], view.time[digest])
 
     kept: list[Decision] = []
     protected: dict[str, Decision] = {}
     doomed: dict[str, str | None] = {}  # digest -> cascade_of
     for digest in matched:
         if digest in kept_by:
-            kept.append(decision(digest, "keep", kept_by[digest].describe()))
+            kept.append(decision(digest, "keep", describe[kept_by[digest]]))
             continue
         saved = _intrinsic_protection(by_digest[digest], view, pinned, now, options)
         if saved:
@@ -393,7 +399,7 @@ def _plan_repository(
         m = by_digest[digest]
         cause = doomed[digest]
         if cause is None:
-            reason = matched[digest].describe()
+            reason = describe[matched[digest]]
         else:
             link = "child of index" if digest in by_digest[cause].children else "referrer of"
             reason = f"cascade: {link} {_short(cause)}, which is deleted"
@@ -437,19 +443,23 @@ def _count_bytes(inventory: Inventory, plans: Iterable[PolicyPlan]) -> tuple[Pol
     that survives anywhere in the registry. Each blob is counted once, for the first action
     that frees it."""
     plans = list(plans)
-    deleted: set[tuple[str, str]] = {
-        (a.repository, a.digest) for p in plans if not p.aborted for a in p.actions
-    }
+    deleted: dict[str, set[str]] = defaultdict(set)  # repository -> digests deleted there
+    for p in plans:
+        if not p.aborted:
+            for a in p.actions:
+                deleted[a.repository].add(a.digest)
     surviving: set[str] = set()
+    repos: dict[str, dict[str, Manifest]] = {}
     for repo in inventory.repositories:
-        for m in repo.manifests:
-            if (repo.name, m.digest) in deleted:
-                continue
+        gone = deleted.get(repo.name)
+        if gone:
+            repos[repo.name] = {m.digest: m for m in repo.manifests if m.digest in gone}
+            manifests: Iterable[Manifest] = (m for m in repo.manifests if m.digest not in gone)
+        else:
+            manifests = repo.manifests
+        for m in manifests:
             surviving.add(m.digest)  # the manifest body is a blob too
-            surviving.update(b.digest for b in m.blobs)
-    touched = {name for name, _ in deleted}
-    repos = {r.name: {m.digest: m for m in r.manifests} for r in inventory.repositories
-             if r.name in touched}
+            surviving.update([b.digest for b in m.blobs])
     counted: set[str] = set()
     out = []
     for p in plans:
@@ -465,6 +475,7 @@ def _count_bytes(inventory: Inventory, plans: Iterable[PolicyPlan]) -> tuple[Pol
                     continue
                 counted.add(digest)
                 freed += size
-            actions.append(replace(a, bytes=freed))
+            actions.append(Action(a.policy, a.registry, a.repository, a.digest, a.tags,
+                                  a.media_type, a.reason, a.cascade_of, freed, a.time))
         out.append(replace(p, actions=tuple(actions)))
     return tuple(out)

@@ -177,7 +177,7 @@ def _patterns(reader: Reader, node: yaml.Node, *, what: str, required: bool) -> 
             reader.error(item, f"{what}: {exc}")
     if required and isinstance(node, yaml.SequenceNode) and not node.value:
         reader.error(node, f"{what} needs at least one pattern")
-    return PatternSet(tuple(compiled))
+    return PatternSet.of(tuple(compiled))
 
 
 def _duration(reader: Reader, node: yaml.Node, *, what: str) -> timedelta | None:
@@ -222,7 +222,7 @@ def _policy(
     schedule = check_cron(reader, fields["schedule"], what=f"{what}: schedule") \
         if "schedule" in fields else None
 
-    include = exclude = PatternSet(())
+    include = exclude = PatternSet.of(())
     if "repositories" in fields:
         repos = reader.mapping(fields["repositories"], what=f"{what}: repositories",
                                allowed={"include": True, "exclude": False})

@@ -100,7 +100,8 @@ class RegistryClient:
             limits=httpx.Limits(max_connections=settings.concurrency * 2),
         )
         self._auth = Authenticator(settings, self._http)
-        self._referrers_api: bool | None = None
+        self._referrers_api: bool | None = None  # None: not known yet
+        self._referrers_probe = asyncio.Lock()
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -299,8 +300,17 @@ class RegistryClient:
         None when the registry has no referrers API (then the ``sha256-<hex>`` fallback tag
         and cosign's tags are how referrers are found).
         """
+        if self._referrers_api is None:
+            # Probe once: concurrent callers wait for the first answer instead of each
+            # asking a registry that has no such API.
+            async with self._referrers_probe:
+                if self._referrers_api is None:
+                    return await self._referrers(repository, digest)
         if self._referrers_api is False:
             return None
+        return await self._referrers(repository, digest)
+
+    async def _referrers(self, repository: str, digest: str) -> list[str] | None:
         path = f"/v2/{repository}/referrers/{digest}"
         found: list[str] = []
         url: str | httpx.URL = path

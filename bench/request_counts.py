@@ -1,0 +1,79 @@
+"""Counts the HTTP requests of a first and a second `retention run` against a real registry
+(Debian's docker-registry) holding images, multi-arch indexes and signatures, through a
+counting proxy. Prints figures; it asserts nothing.
+
+    .venv/bin/python bench/request_counts.py [--repositories N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from retention.cli import main as retention  # noqa: E402
+from tests.pusher import Pusher  # noqa: E402
+from tests.servers import FaultProxy, start_registry  # noqa: E402
+
+
+def kind(method: str, path: str) -> str:
+    if "/tags/list" in path:
+        return "GET tags/list"
+    if "_catalog" in path:
+        return "GET _catalog"
+    if "/referrers/" in path:
+        return "GET referrers"
+    if "/blobs/" in path:
+        return f"{method} blob (config)"
+    if re.search(r"/manifests/sha256:", path):
+        return f"{method} manifest by digest"
+    if "/manifests/" in path:
+        return f"{method} manifest by tag"
+    return f"{method} {path}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repositories", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        registry = start_registry(work / "registry")
+        try:
+            pusher = Pusher(registry.url)
+            for r in range(args.repositories):
+                repo = f"team/app-{r}"
+                for i in range(5):
+                    pusher.image(repo, f"v{i}", created="2026-01-01T00:00:00Z", extra=f"{r}-{i}")
+                children = [pusher.image(repo, None, created="2026-01-01T00:00:00Z", arch=a,
+                                         extra=f"{r}-{a}") for a in ("amd64", "arm64")]
+                index = pusher.index(repo, "multi", children)
+                pusher.cosign_signature(repo, index)
+            proxy = FaultProxy(registry.url)
+            url = proxy.start()
+            (work / "p.yaml").write_text('name: p\nrepositories: {include: ["**"]}\n'
+                                         'delete: [{untagged: true, older_than: 3650d}]\n')
+            config = work / "retention.yaml"
+            config.write_text(f"registries:\n  main: {{url: '{url}'}}\npolicies: p.yaml\n"
+                              "state_dir: state\nmode: enforce\n")
+            for label in ("first run", "second run (unchanged registry)"):
+                start = len(proxy.requests)
+                code = retention(["run", "--config", str(config)], stdout=io.StringIO())
+                counts = Counter(kind(m, p) for m, p in proxy.requests[start:])
+                total = sum(counts.values())
+                print(f"{label}: exit {code}, {total} requests")
+                for name, n in sorted(counts.items()):
+                    print(f"  {name:28s} {n}")
+            proxy.stop()
+        finally:
+            registry.stop()
+
+
+if __name__ == "__main__":
+    main()
