@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retention.allowlist import Allowlist, Pin  # noqa: E402
-from retention.inventory import Blob, Inventory, Manifest, Repository  # noqa: E402
-from retention.planner import Options, plan  # noqa: E402
-from retention.policy import policies_from_text  # noqa: E402
+from retention.allowlist import Allowlist, Pin
+from retention.inventory import Blob, Inventory, Manifest, Repository
+from retention.planner import Options, plan
+from retention.policy import policies_from_text
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 POLICIES = (Path(__file__).resolve().parent.parent / "tests/data/spec-example.yaml"

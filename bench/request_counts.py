@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retention.cli import main as retention  # noqa: E402
-from tests.pusher import Pusher  # noqa: E402
-from tests.servers import FaultProxy, start_registry  # noqa: E402
+from retention.cli import main as retention
+from tests.pusher import Pusher
+from tests.servers import FaultProxy, start_registry
 
 
 def kind(method: str, path: str) -> str:

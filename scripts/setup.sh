@@ -34,9 +34,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 \
-  | grep -v -i "warning" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
-  | grep -v -i "warning" || true
+pip_log=$(mktemp)
+if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[test]" >"$pip_log" 2>&1
+then
+  cat "$pip_log" >&2
+  echo "setup: installing retention into .venv failed" >&2
+  exit 1
+fi
+rm -f "$pip_log"
 .venv/bin/python -c "import retention, pytest, hypothesis" \
   || { echo "setup: installing retention into .venv failed" >&2; exit 1; }
