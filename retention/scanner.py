@@ -25,6 +25,7 @@ from retention.inventory import (
     referrer_tag_subject,
     split_tags,
 )
+from retention.registry.acr import AcrApi
 from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
@@ -49,6 +50,9 @@ class ManifestFacts:
     artifact_type: str | None = None
     created: datetime | None = None
     parsed: bool = True
+    # False when the image config was not read (on ACR, where the push time is used): a
+    # registry that needs `created` reads it then.
+    config_read: bool = True
 
 
 class FactsCache(Protocol):
@@ -94,10 +98,16 @@ class Scanner:
         self._untagged_since = untagged_since or (lambda _repo, _digest: None)
         self._clock = clock
         self._options = options or ScanOptions()
+        # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
+        # no tag-by-tag resolution, no referrers API and no config blobs are needed there.
+        self._acr = AcrApi(client) if client.settings.type == "acr" else None
 
     async def scan(self, *, repositories: Callable[[str], bool] | None = None) -> Inventory:
         """Scan every repository (or those ``repositories`` accepts)."""
-        names = await self._client.catalog()
+        if self._acr is not None and not self._client.settings.repositories:
+            names = await self._acr.catalog()
+        else:
+            names = await self._client.catalog()
         if repositories is not None:
             names = [n for n in names if repositories(n)]
         gate = asyncio.Semaphore(self._options.parallel_repositories)
@@ -122,6 +132,8 @@ class Scanner:
             return Repository(name=name, error=str(exc))
 
     async def _scan_repository(self, name: str) -> Repository:
+        if self._acr is not None:
+            return await self._scan_acr_repository(self._acr, name)
         client = self._client
         tags = await client.tags(name)
         heads = await asyncio.gather(*(client.head_manifest(name, t) for t in tags))
@@ -143,6 +155,25 @@ class Scanner:
         await self._resolve(name, {d for d, h in zip(earlier, heads, strict=True) if h},
                             facts, gone)
 
+        return self._repository(name, facts, tags_of)
+
+    async def _scan_acr_repository(self, acr: AcrApi, name: str) -> Repository:
+        listing = {m.digest: m for m in await acr.manifests(name)}
+        locked_by_tag = {t.digest for t in await acr.tags(name) if not t.delete_enabled}
+        facts: dict[str, ManifestFacts] = {}
+        await self._resolve(name, set(listing), facts, set(), referrers=False)
+        tags_of = {d: list(m.tags) for d, m in listing.items()}
+        pushed = {d: m.created for d, m in listing.items()}
+        # Locked when the manifest or any of its tags says deleteEnabled: false; a
+        # manifest ACR did not list (a child) is not known to be deletable: locked.
+        locked = {d for d in facts if d not in listing or not listing[d].delete_enabled
+                  or d in locked_by_tag}
+        return self._repository(name, facts, tags_of, pushed=pushed, locked=locked)
+
+    def _repository(self, name: str, facts: dict[str, ManifestFacts],
+                    tags_of: dict[str, list[str]], *,
+                    pushed: dict[str, datetime | None] | None = None,
+                    locked: set[str] | None = None) -> Repository:
         manifests = []
         for digest, fact in sorted(facts.items()):
             ordinary, referrer = split_tags(tags_of.get(digest, ()))
@@ -151,15 +182,16 @@ class Scanner:
                 subject = referrer_tag_subject(referrer[0])
             manifests.append(Manifest(
                 digest=digest, media_type=fact.media_type, size=fact.size, tags=ordinary,
-                referrer_tags=referrer, created=fact.created, blobs=fact.blobs,
+                referrer_tags=referrer, created=fact.created,
+                pushed=(pushed or {}).get(digest), blobs=fact.blobs,
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
-                parsed=fact.parsed,
+                locked=digest in (locked or ()), parsed=fact.parsed,
                 untagged_since=None if ordinary else self._untagged_since(name, digest),
             ))
         return Repository(name=name, manifests=tuple(manifests))
 
     async def _resolve(self, name: str, pending: set[str], facts: dict[str, ManifestFacts],
-                       gone: set[str]) -> None:
+                       gone: set[str], *, referrers: bool = True) -> None:
         """Facts for ``pending`` and for everything they lead to: children and referrers."""
         pending = pending - facts.keys() - gone
         while pending:
@@ -173,14 +205,14 @@ class Scanner:
                 facts[digest] = fact
                 pending.update(fact.children)
             found = await asyncio.gather(*(self._client.referrers(name, d) for d in batch
-                                           if d in facts))
+                                           if d in facts and referrers))
             for digests in found:
                 pending.update(digests or ())
             pending -= facts.keys() | gone
 
     async def _facts(self, repository: str, digest: str) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)
-        if cached is not None:
+        if cached is not None and (cached.config_read or self._acr is not None):
             return cached
         fetched = await self._client.get_manifest(repository, digest)
         if fetched is None:
@@ -198,13 +230,14 @@ class Scanner:
         blobs: tuple[Blob, ...] = ()
         if parsed.config is not None:
             blobs = (parsed.config, *parsed.layers)
-            if parsed.config_media_type in IMAGE_CONFIGS:
+            if parsed.config_media_type in IMAGE_CONFIGS and self._acr is None:
                 body = await self._client.get_blob(repository, parsed.config.digest)
                 created = config_created(body) if body is not None else None
         facts = ManifestFacts(
             digest=digest, media_type=parsed.media_type, size=size, blobs=blobs,
             children=tuple(c.digest for c in parsed.children), subject=parsed.subject,
             artifact_type=parsed.artifact_type, created=created or parsed.created_annotation,
+            config_read=self._acr is None,
         )
         self._cache.put_facts(facts)
         return facts

@@ -58,6 +58,7 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "blobs": [[b.digest, b.size] for b in f.blobs], "children": list(f.children),
         "subject": f.subject, "artifact_type": f.artifact_type,
         "created": _ts(f.created) if f.created else None, "parsed": f.parsed,
+        "config_read": f.config_read,
     }, separators=(",", ":"))
 
 
@@ -67,7 +68,7 @@ def _facts_from_json(digest: str, text: str) -> ManifestFacts:
         digest=digest, media_type=d["media_type"], size=d["size"],
         blobs=tuple(Blob(x, s) for x, s in d["blobs"]), children=tuple(d["children"]),
         subject=d["subject"], artifact_type=d["artifact_type"], created=_dt(d["created"]),
-        parsed=d["parsed"],
+        parsed=d["parsed"], config_read=d.get("config_read", True),
     )
 
 

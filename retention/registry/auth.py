@@ -21,6 +21,7 @@ import structlog
 
 from retention.config import Credentials, RegistrySettings
 from retention.errors import AuthenticationError
+from retention.registry.entra import EntraExchange
 
 log = structlog.get_logger("retention.registry.auth")
 
@@ -65,10 +66,12 @@ class Authenticator:
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.monotonic,
+        entra: EntraExchange | None = None,
     ):
         self._settings = settings
         self._http = http
         self._clock = clock
+        self._entra = entra  # ACR with Microsoft Entra ID instead of a password
         self._basic = False  # the registry asked for basic auth
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -123,6 +126,11 @@ class Authenticator:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AuthenticationError(f"token realm {realm!r} is not an http(s) URL",
                                       registry=name)
+        if self._entra is not None:
+            token, lifetime = await self._entra.access_token(
+                self._http, realm=realm, service=params.get("service", ""),
+                scope=params.get("scope") or scope)
+            return _Token(token, self._clock() + lifetime - min(_EXPIRY_MARGIN, lifetime / 5))
         query: dict[str, str] = {}
         if "service" in params:
             query["service"] = params["service"]

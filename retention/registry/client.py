@@ -25,6 +25,7 @@ from retention import __version__
 from retention.config import RegistrySettings
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
 from retention.registry.auth import Authenticator
+from retention.registry.entra import EntraExchange
 from retention.registry.mediatypes import ACCEPT, OCI_INDEX
 
 log = structlog.get_logger("retention.registry")
@@ -78,6 +79,7 @@ class RegistryClient:
         timeout: float = 30.0,
         observe: Observer | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        entra: EntraExchange | None = None,
     ):
         self.settings = settings
         self._retry = retry or RetryPolicy()
@@ -99,7 +101,7 @@ class RegistryClient:
             headers={"User-Agent": f"retention/{__version__}"},
             limits=httpx.Limits(max_connections=settings.concurrency * 2),
         )
-        self._auth = Authenticator(settings, self._http)
+        self._auth = Authenticator(settings, self._http, entra=entra)
         self._referrers_api: bool | None = None  # None: not known yet
         self._referrers_probe = asyncio.Lock()
 
@@ -175,7 +177,7 @@ class RegistryClient:
         if self._observe is not None:
             self._observe(method, code, time.monotonic() - started)
 
-    def _fail(self, response: httpx.Response, what: str) -> RegistryError:
+    def failure(self, response: httpx.Response, what: str) -> RegistryError:
         detail = _error_detail(response)
         if response.status_code == 403:
             return AuthenticationError(f"{what}: access denied (HTTP 403){detail}",
@@ -189,7 +191,7 @@ class RegistryClient:
         """GET /v2/: checks reachability and credentials."""
         response = await self.request("GET", "/v2/", scope="")
         if response.status_code != 200:
-            raise self._fail(response, "GET /v2/")
+            raise self.failure(response, "GET /v2/")
 
     async def _paged(self, path: str, key: str, *, scope: str) -> AsyncIterator[list[str]]:
         url: str | httpx.URL = path
@@ -207,14 +209,14 @@ class RegistryClient:
             if response.status_code == 404 and key == "tags":
                 return  # a repository in the catalog whose tags are all gone
             if response.status_code != 200:
-                raise self._fail(response, f"GET {path}")
+                raise self.failure(response, f"GET {path}")
             try:
                 items = response.json().get(key) or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"GET {path}: the answer is not the expected JSON",
                                     registry=self.settings.name) from None
             yield [str(i) for i in items]
-            link = _next_link(response.headers.get("link"))
+            link = next_link(response.headers.get("link"))
             if link is None:
                 return
             # The Link target carries its own query (n, last): use it as the registry wrote it.
@@ -245,7 +247,7 @@ class RegistryClient:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise self._fail(response, f"HEAD {path}")
+            raise self.failure(response, f"HEAD {path}")
         digest = response.headers.get("docker-content-digest")
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         size = int(response.headers.get("content-length") or 0)
@@ -265,7 +267,7 @@ class RegistryClient:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise self._fail(response, f"GET {path}")
+            raise self.failure(response, f"GET {path}")
         body = response.content
         computed = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and computed != reference:
@@ -286,7 +288,7 @@ class RegistryClient:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise self._fail(response, f"GET {path}")
+            raise self.failure(response, f"GET {path}")
         if len(response.content) > max_bytes:
             return None
         if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
@@ -326,7 +328,7 @@ class RegistryClient:
                     self._referrers_api = False
                 return found or None
             if response.status_code != 200:
-                raise self._fail(response, f"GET {path}")
+                raise self.failure(response, f"GET {path}")
             self._referrers_api = True
             try:
                 entries = response.json().get("manifests") or []
@@ -334,7 +336,7 @@ class RegistryClient:
             except (ValueError, AttributeError, KeyError, TypeError):
                 raise RegistryError(f"GET {path}: the referrers answer is not an OCI index",
                                     registry=self.settings.name) from None
-            link = _next_link(response.headers.get("link"))
+            link = next_link(response.headers.get("link"))
             if link is None:
                 return found
             url = response.url.join(link)
@@ -354,7 +356,7 @@ class RegistryClient:
                 "true in its config (or REGISTRY_STORAGE_DELETE_ENABLED=true) and restart it; "
                 "on other registries grant the account delete rights",
                 registry=self.settings.name, status=response.status_code)
-        raise self._fail(response, f"DELETE {path}")
+        raise self.failure(response, f"DELETE {path}")
 
 
 def _path(url: str | httpx.URL) -> str:
@@ -364,7 +366,7 @@ def _path(url: str | httpx.URL) -> str:
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
 
 
-def _next_link(header: str | None) -> str | None:
+def next_link(header: str | None) -> str | None:
     """The target of rel="next" in a Link header."""
     for m in _LINK.finditer(header or ""):
         params = m.group(2).replace(" ", "").lower()

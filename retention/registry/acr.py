@@ -1,0 +1,110 @@
+"""Azure Container Registry's data-plane API (``/acr/v1/``), beside the OCI one.
+
+One paged call lists up to 100 manifests of a repository with digest, tags, push time, size,
+media type and ``changeableAttributes``, untagged manifests included: no need to resolve
+tags one by one, and orphans are found without remembering them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from retention.errors import RegistryError
+from retention.registry.client import RegistryClient, next_link
+from retention.registry.mediatypes import parse_time
+
+PAGE = 100  # ACR's page size for _catalog, _manifests and _tags
+
+
+@dataclass(frozen=True, slots=True)
+class AcrManifest:
+    digest: str
+    tags: tuple[str, ...]
+    media_type: str
+    size: int
+    created: datetime | None  # push time
+    delete_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AcrTag:
+    name: str
+    digest: str
+    delete_enabled: bool
+
+
+def _delete_enabled(entry: dict[str, Any]) -> bool:
+    attributes = entry.get("changeableAttributes") or {}
+    # Absent means the default, which is deletable; anything but a real true locks.
+    return attributes.get("deleteEnabled", True) is True
+
+
+class AcrApi:
+    def __init__(self, client: RegistryClient):
+        self._client = client
+
+    async def _pages(self, path: str, key: str, *, scope: str) -> AsyncIterator[list[Any]]:
+        url: str | httpx.URL = path
+        params: dict[str, Any] | None = {"n": PAGE}
+        while True:
+            response = await self._client.request("GET", url, scope=scope, params=params)
+            if response.status_code == 404 and key != "repositories":
+                return
+            if response.status_code != 200:
+                raise self._client.failure(response, f"GET {path}")
+            try:
+                items = response.json().get(key) or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"GET {path}: the answer is not the expected JSON",
+                                    registry=self._client.settings.name) from None
+            yield items
+            link = next_link(response.headers.get("link"))
+            if link is None:
+                return
+            url = response.url.join(link)
+            params = None
+
+    async def catalog(self) -> list[str]:
+        names: list[str] = []
+        async for page in self._pages("/acr/v1/_catalog", "repositories",
+                                      scope="registry:catalog:*"):
+            names.extend(str(n) for n in page)
+        return sorted(set(names))
+
+    async def manifests(self, repository: str) -> list[AcrManifest]:
+        out = []
+        async for page in self._pages(f"/acr/v1/{repository}/_manifests", "manifests",
+                                      scope=f"repository:{repository}:metadata_read"):
+            for entry in page:
+                out.append(AcrManifest(
+                    digest=str(entry["digest"]),
+                    tags=tuple(str(t) for t in entry.get("tags") or ()),
+                    media_type=str(entry.get("mediaType") or ""),
+                    size=int(entry.get("imageSize") or 0),
+                    created=parse_time(entry.get("createdTime")),
+                    delete_enabled=_delete_enabled(entry),
+                ))
+        return out
+
+    async def tags(self, repository: str) -> list[AcrTag]:
+        out = []
+        async for page in self._pages(f"/acr/v1/{repository}/_tags", "tags",
+                                      scope=f"repository:{repository}:metadata_read"):
+            for entry in page:
+                out.append(AcrTag(str(entry["name"]), str(entry["digest"]),
+                                  _delete_enabled(entry)))
+        return out
+
+    async def delete_repository(self, repository: str) -> bool:
+        response = await self._client.request(
+            "DELETE", f"/acr/v1/{repository}", scope=f"repository:{repository}:delete")
+        if response.status_code in (200, 202, 204):
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._client.failure(response, f"DELETE /acr/v1/{repository}")
