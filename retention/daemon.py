@@ -30,8 +30,7 @@ from retention.allowlist import allowlist_files
 from retention.errors import ConfigError, RetentionError
 from retention.metrics import Metrics
 from retention.policy import Policy, policy_files
-from retention.registry.client import RegistryClient
-from retention.runs import Connections, run_pass
+from retention.runs import Connections, make_client, run_pass
 from retention.setup import Setup, load_setup
 from retention.state import State
 
@@ -207,9 +206,8 @@ class Daemon:
             if setup is not None:
                 for name, settings in setup.config.registries.items():
                     try:
-                        async with RegistryClient(settings, observe=self.metrics.observer(name),
-                                                  **_client_args(self.connections, settings)
-                                                  ) as client:
+                        async with make_client(settings, metrics=self.metrics,
+                                               connections=self.connections) as client:
                             await client.ping()
                         self.registry_ok[name] = True
                     except RetentionError as exc:
@@ -310,13 +308,6 @@ class Daemon:
 def _secrets(setup: Setup) -> list:
     return [r.credentials.password for r in setup.config.registries.values()
             if r.credentials is not None]
-
-
-def _client_args(connections: Connections | None, settings) -> dict:
-    if connections is None:
-        return {}
-    return {"transport": connections.transport(settings) if connections.transport else None,
-            "retry": connections.retry}
 
 
 def serve(config_path: Path, *, err: TextIO | None = None) -> int:

@@ -19,6 +19,7 @@ import structlog
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
 from retention.metrics import Metrics
 from retention.planner import CHANGED, Action, Plan, PolicyPlan
+from retention.registry.acr import AcrApi
 from retention.registry.client import RegistryClient
 from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
 from retention.state import State
@@ -96,6 +97,34 @@ class Executor:
                              cascade_of=a.cascade_of, dry_run=True)
                 continue
             await self._apply_repository(p, repository, actions, report, broken)
+            if repository in p.emptied:
+                await self._delete_if_empty(p, repository, actions, report)
+
+    async def _delete_if_empty(self, p: PolicyPlan, repository: str, actions: list[Action],
+                               report: Report) -> None:
+        """delete_empty_repositories (ACR only): remove a repository this run emptied, once
+        ACR's own listing confirms nothing is left in it."""
+        client = self._clients[p.registry]
+        if client.settings.type != "acr":
+            return
+        if any(report.outcomes.get(outcome_key(a), Outcome(SKIPPED)).status != DELETED
+               for a in actions):
+            return
+        acr = AcrApi(client)
+        try:
+            if await acr.manifests(repository):
+                log.info("repository kept: not empty", policy=p.policy, registry=p.registry,
+                         repository=repository)
+                return
+            await acr.delete_repository(repository)
+        except RegistryError as exc:
+            report.errors.append(f"{p.registry}/{repository}: deleting the empty repository "
+                                 f"failed: {exc}")
+            log.error("repository deletion failed", policy=p.policy, registry=p.registry,
+                      repository=repository, reason=str(exc))
+            return
+        log.info("repository deleted", policy=p.policy, registry=p.registry,
+                 repository=repository, reason="delete_empty_repositories: emptied by this run")
 
     async def _apply_repository(self, p: PolicyPlan, repository: str, actions: list[Action],
                                 report: Report, broken: dict[str, str]) -> None:
@@ -171,6 +200,9 @@ class Executor:
     @staticmethod
     async def _current_tags(client: RegistryClient, repository: str) -> dict[str, set[str]]:
         """digest -> the tags pointing at it now."""
+        if client.settings.type == "acr":
+            # One paged listing answers it on ACR, instead of a HEAD per tag.
+            return {m.digest: set(m.tags) for m in await AcrApi(client).manifests(repository)}
         tags = await client.tags(repository)
         heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
         current: dict[str, set[str]] = {}

@@ -83,6 +83,8 @@ class PolicyPlan:
     max_deletions: int = 0
     # Set when the policy would delete more than max_deletions: then it deletes nothing.
     aborted: str | None = None
+    # Repositories this plan deletes every manifest of, for delete_empty_repositories.
+    emptied: tuple[str, ...] = ()
 
     @property
     def reclaimable_bytes(self) -> int:
@@ -138,10 +140,11 @@ def plan(
             a, protected, kept = _plan_repository(inventory, p, view, now=now,
                                                   options=options, describe=describe)
             part = parts[p.name]
-            for action in a:
-                if action.digest not in taken:
-                    taken.add(action.digest)
-                    part.actions.append(action)
+            mine = [action for action in a if action.digest not in taken]
+            taken.update(action.digest for action in mine)
+            part.actions.extend(mine)
+            if p.delete_empty_repositories and len(mine) == len(repo.manifests):
+                part.emptied.append(repo.name)
             part.protected.extend(protected)
             part.kept.extend(kept)
     plans = []
@@ -155,7 +158,7 @@ def plan(
                        "intended)")
         plans.append(PolicyPlan(p.name, inventory.registry, tuple(part.actions),
                                 tuple(part.protected), tuple(part.kept), tuple(part.errors),
-                                limit, aborted))
+                                limit, aborted, tuple(part.emptied)))
     return Plan(now=now, policies=_count_bytes(inventory, plans))
 
 
@@ -165,6 +168,7 @@ class _Parts:
     protected: list[Decision] = field(default_factory=list)
     kept: list[Decision] = field(default_factory=list)
     errors: list[RepositoryError] = field(default_factory=list)
+    emptied: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------

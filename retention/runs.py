@@ -19,6 +19,7 @@ from retention.metrics import Metrics
 from retention.planner import Plan, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
+from retention.registry.entra import EntraExchange, TokenCredential, default_credential
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
@@ -34,6 +35,31 @@ class Connections:
 
     transport: TransportFactory | None = None
     retry: RetryPolicy | None = None
+    # For ACR without username/password: Microsoft Entra ID. None: DefaultAzureCredential
+    # when azure-identity is installed.
+    azure_credential: TokenCredential | None = None
+
+
+def make_client(settings: RegistrySettings, *, metrics: Metrics | None = None,
+                connections: Connections | None = None) -> RegistryClient:
+    connections = connections or Connections()
+    entra = None
+    if settings.type == "acr" and settings.credentials is None:
+        credential = connections.azure_credential or default_credential()
+        if credential is None:
+            log.warning("acr without credentials and without azure-identity",
+                        registry=settings.name,
+                        hint="pip install 'retention[azure]' for Microsoft Entra ID, or set "
+                             "username and password_file")
+        else:
+            entra = EntraExchange(credential, registry=settings.name)
+    return RegistryClient(
+        settings,
+        transport=connections.transport(settings) if connections.transport else None,
+        observe=metrics.observer(settings.name) if metrics else None,
+        retry=connections.retry,
+        entra=entra,
+    )
 
 
 def registries_of(policies: Iterable[Policy]) -> list[str]:
@@ -43,17 +69,12 @@ def registries_of(policies: Iterable[Policy]) -> list[str]:
 @contextlib.asynccontextmanager
 async def open_clients(setup: Setup, names: Iterable[str], *, metrics: Metrics | None = None,
                        connections: Connections | None = None):
-    connections = connections or Connections()
     async with contextlib.AsyncExitStack() as stack:
         clients = {}
         for name in names:
-            settings = setup.config.registries[name]
-            clients[name] = await stack.enter_async_context(RegistryClient(
-                settings,
-                transport=connections.transport(settings) if connections.transport else None,
-                observe=metrics.observer(name) if metrics else None,
-                retry=connections.retry,
-            ))
+            client = make_client(setup.config.registries[name], metrics=metrics,
+                                 connections=connections)
+            clients[name] = await stack.enter_async_context(client)
         yield clients
 
 

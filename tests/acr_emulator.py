@@ -1,0 +1,379 @@
+"""An in-process emulator of Azure Container Registry's documented data-plane API, owned by
+this suite (ACR itself cannot run here): the OCI endpoints retention uses, ``/acr/v1/``
+listing with paging, the 401 challenge with basic-credential and Entra ID token exchange,
+``changeableAttributes`` locks, repository deletion, and 429 throttling with Retry-After."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def fake_jwt(claims: dict) -> str:
+    return f"{_b64(b'{}')}.{_b64(json.dumps(claims).encode())}.{_b64(uuid.uuid4().bytes)}"
+
+
+@dataclass
+class Entry:
+    body: bytes
+    media_type: str
+    created: datetime
+    delete_enabled: bool = True
+
+
+@dataclass
+class TagEntry:
+    digest: str
+    delete_enabled: bool = True
+
+
+@dataclass
+class AccessToken:  # what azure-identity's get_token returns
+    token: str
+    expires_on: int
+
+
+class FakeEntraCredential:
+    """Stands in for DefaultAzureCredential: issues Entra tokens the emulator accepts."""
+
+    def __init__(self, emulator: AcrEmulator, lifetime: int = 3600):
+        self.emulator = emulator
+        self.lifetime = lifetime
+        self.calls = 0
+
+    def get_token(self, *scopes: str) -> AccessToken:
+        assert scopes == ("https://containerregistry.azure.net/.default",), scopes
+        self.calls += 1
+        expires = int(time.time()) + self.lifetime
+        token = fake_jwt({"aud": "https://containerregistry.azure.net", "exp": expires})
+        self.emulator.entra_tokens.add(token)
+        return AccessToken(token, expires)
+
+
+@dataclass
+class AcrEmulator:
+    admin: tuple[str, str] = ("admin", "admin-password-123")
+    access_lifetime: int = 3600  # seconds an access token lives
+    refresh_lifetime: int = 3 * 3600
+    repos: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    tags: dict[str, dict[str, TagEntry]] = field(default_factory=dict)
+    entra_tokens: set[str] = field(default_factory=set)
+    refresh_tokens: dict[str, float] = field(default_factory=dict)
+    access_tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
+    throttle: list[list] = field(default_factory=list)  # [method, regex, times, status]
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    answered: list[tuple[str, str, int]] = field(default_factory=list)
+    issued: Counter = field(default_factory=Counter)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    url: str = ""
+    _server: ThreadingHTTPServer | None = None
+
+    # -- content ---------------------------------------------------------------------------
+
+    def push(self, repo: str, doc: dict, *, tags: tuple[str, ...] = (),
+             created: datetime | None = None, media_type: str = OCI_MANIFEST) -> str:
+        body = json.dumps(doc, indent=1).encode()
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        with self.lock:
+            self.repos.setdefault(repo, {})[digest] = Entry(
+                body, media_type, created or datetime.now(UTC))
+            for tag in tags:
+                self.tags.setdefault(repo, {})[tag] = TagEntry(digest)
+        return digest
+
+    def image(self, repo: str, *tags: str, created: datetime | None = None, seed: str = "",
+              subject: str | None = None) -> str:
+        def blob(text: str) -> dict:
+            data = text.encode()
+            return {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": 1000}
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+               "config": {**blob(f"config {repo} {seed}"),
+                          "mediaType": "application/vnd.oci.image.config.v1+json"},
+               "layers": [blob(f"layer {repo} {seed}")]}
+        if subject is not None:
+            doc["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}
+        return self.push(repo, doc, tags=tags, created=created)
+
+    def index(self, repo: str, *tags: str, children: list[str],
+              created: datetime | None = None) -> str:
+        doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": c,
+             "size": len(self.repos[repo][c].body)} for c in children]}
+        return self.push(repo, doc, tags=tags, created=created, media_type=OCI_INDEX)
+
+    def lock_manifest(self, repo: str, digest: str) -> None:
+        self.repos[repo][digest].delete_enabled = False
+
+    def lock_tag(self, repo: str, tag: str) -> None:
+        self.tags[repo][tag].delete_enabled = False
+
+    def tags_of(self, repo: str, digest: str) -> list[str]:
+        return sorted(t for t, e in self.tags.get(repo, {}).items() if e.digest == digest)
+
+    def count(self, method: str, pattern: str, *, status: int | None = None) -> int:
+        rx = re.compile(pattern)
+        if status is not None:
+            return sum(1 for m, p, s in self.answered
+                       if m == method and s == status and rx.search(p))
+        return sum(1 for m, p in self.requests if m == method and rx.search(p))
+
+    # -- server ----------------------------------------------------------------------------
+
+    def start(self) -> str:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
+                      ctype: str = "application/json") -> None:
+                with emulator.lock:
+                    emulator.answered.append((self.command, self.path, status))
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _json(self, status: int, doc: dict, headers: dict | None = None) -> None:
+                self._send(status, json.dumps(doc).encode(), headers)
+
+            def _error(self, status: int, code: str, message: str,
+                       headers: dict | None = None) -> None:
+                self._json(status, {"errors": [{"code": code, "message": message}]}, headers)
+
+            def handle_any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                path, query = parts.path, parse_qs(parts.query)
+                with emulator.lock:
+                    emulator.requests.append((self.command, self.path))
+                    for rule in emulator.throttle:
+                        method, rx, times, status = rule
+                        if times > 0 and method in ("*", self.command) and re.search(rx, path):
+                            rule[2] -= 1
+                            self._error(status, "TOOMANYREQUESTS", "throttled",
+                                        {"Retry-After": "1"})
+                            return
+                if path == "/oauth2/token":
+                    return self._token(query, raw)
+                if path == "/oauth2/exchange":
+                    return self._exchange(raw)
+                scope = self._scope(path)
+                if scope is None:
+                    return self._error(404, "NOT_FOUND", "no such route")
+                if not self._authorized(scope):
+                    challenge = (f'Bearer realm="{emulator.url}/oauth2/token",'
+                                 f'service="{urlsplit(emulator.url).hostname}",scope="{scope}"')
+                    return self._error(401, "UNAUTHORIZED", "authentication required",
+                                       {"WWW-Authenticate": challenge})
+                return self._route(path, query)
+
+            do_GET = do_HEAD = do_POST = do_DELETE = handle_any
+
+            # auth -----------------------------------------------------------------------
+
+            def _scope(self, path: str) -> str | None:
+                if path in ("/v2/", "/v2"):
+                    return ""
+                if path == "/acr/v1/_catalog":
+                    return "registry:catalog:*"
+                m = re.fullmatch(r"/acr/v1/(.+)/_(manifests|tags)", path)
+                if m:
+                    return f"repository:{m.group(1)}:metadata_read"
+                m = re.fullmatch(r"/acr/v1/(.+)", path)
+                if m and self.command == "DELETE":
+                    return f"repository:{m.group(1)}:delete"
+                m = re.fullmatch(r"/v2/(.+)/tags/list", path)
+                if m:
+                    return f"repository:{m.group(1)}:pull"
+                m = re.fullmatch(r"/v2/(.+)/(manifests|referrers|blobs)/[^/]+", path)
+                if m:
+                    action = "delete" if self.command == "DELETE" else "pull"
+                    return f"repository:{m.group(1)}:{action}"
+                return None
+
+            def _authorized(self, scope: str) -> bool:
+                auth = self.headers.get("Authorization", "")
+                if not auth.startswith("Bearer "):
+                    return False
+                with emulator.lock:
+                    found = emulator.access_tokens.get(auth[7:])
+                if found is None or found[0] < time.time():
+                    return False
+                return scope == "" or found[1] == scope
+
+            def _issue(self, scope: str) -> dict:
+                token = fake_jwt({"exp": int(time.time()) + emulator.access_lifetime,
+                                  "scope": scope})
+                with emulator.lock:
+                    emulator.access_tokens[token] = (time.time() + emulator.access_lifetime,
+                                                     scope)
+                    emulator.issued[("access", scope)] += 1
+                return {"access_token": token}
+
+            def _token(self, query: dict, raw: bytes) -> None:
+                if self.command == "GET":  # basic credentials (admin user, token password)
+                    auth = self.headers.get("Authorization", "")
+                    if not auth.startswith("Basic "):
+                        return self._error(401, "UNAUTHORIZED", "credentials required")
+                    user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    if (user, password) != emulator.admin:
+                        return self._error(401, "UNAUTHORIZED", "invalid credentials")
+                    return self._json(200, self._issue(query.get("scope", [""])[0]))
+                form = parse_qs(raw.decode())
+                refresh = form.get("refresh_token", [""])[0]
+                with emulator.lock:
+                    expires = emulator.refresh_tokens.get(refresh)
+                if form.get("grant_type") != ["refresh_token"] or expires is None \
+                        or expires < time.time():
+                    return self._error(401, "UNAUTHORIZED", "invalid refresh token")
+                return self._json(200, self._issue(form.get("scope", [""])[0]))
+
+            def _exchange(self, raw: bytes) -> None:
+                form = parse_qs(raw.decode())
+                entra = form.get("access_token", [""])[0]
+                if form.get("grant_type") != ["access_token"] or \
+                        entra not in emulator.entra_tokens:
+                    return self._error(401, "UNAUTHORIZED", "invalid Entra token")
+                expires = int(time.time()) + emulator.refresh_lifetime
+                token = fake_jwt({"exp": expires, "kind": "refresh"})
+                with emulator.lock:
+                    emulator.refresh_tokens[token] = expires
+                    emulator.issued[("refresh",)] += 1
+                return self._json(200, {"refresh_token": token})
+
+            # content ----------------------------------------------------------------------
+
+            def _page(self, path: str, items: list, key: str, query: dict, head: dict) -> None:
+                n = int(query.get("n", ["100"])[0])
+                last = query.get("last", [None])[0]
+                names = [i["name"] if isinstance(i, dict) and "name" in i else
+                         (i["digest"] if isinstance(i, dict) else i) for i in items]
+                start = 0 if last is None else sum(1 for x in names if x <= last)
+                page = items[start:start + n]
+                headers = {}
+                if start + n < len(items):
+                    after = quote(names[start + n - 1], safe="")
+                    headers["Link"] = f'<{path}?last={after}&n={n}>; rel="next"'
+                self._json(200, {**head, key: page}, headers)
+
+            def _route(self, path: str, query: dict) -> None:
+                em = emulator
+                if path in ("/v2/", "/v2"):
+                    return self._json(200, {})
+                if path == "/acr/v1/_catalog":
+                    return self._page(path, sorted(em.repos), "repositories", query, {})
+                m = re.fullmatch(r"/acr/v1/(.+)/_manifests", path)
+                if m:
+                    repo = m.group(1)
+                    entries = [self._attributes(repo, d) for d in sorted(em.repos.get(repo, {}))]
+                    return self._page(path, entries, "manifests", query,
+                                      {"registry": urlsplit(em.url).netloc, "imageName": repo})
+                m = re.fullmatch(r"/acr/v1/(.+)/_tags", path)
+                if m:
+                    repo = m.group(1)
+                    entries = [{"name": t, "digest": e.digest, "changeableAttributes": {
+                        "deleteEnabled": e.delete_enabled, "writeEnabled": True}}
+                        for t, e in sorted(em.tags.get(repo, {}).items())]
+                    return self._page(path, entries, "tags", query, {"imageName": repo})
+                m = re.fullmatch(r"/acr/v1/(.+)", path)
+                if m and self.command == "DELETE":
+                    repo = m.group(1)
+                    with em.lock:
+                        gone = em.repos.pop(repo, None)
+                        tags = em.tags.pop(repo, {})
+                    if gone is None:
+                        return self._error(404, "NAME_UNKNOWN", "repository not found")
+                    return self._json(202, {"manifestsDeleted": sorted(gone),
+                                            "tagsDeleted": sorted(tags)})
+                m = re.fullmatch(r"/v2/(.+)/tags/list", path)
+                if m:
+                    if m.group(1) not in em.repos:
+                        return self._error(404, "NAME_UNKNOWN", "repository not found")
+                    return self._json(200, {"name": m.group(1),
+                                            "tags": sorted(em.tags.get(m.group(1), {}))})
+                m = re.fullmatch(r"/v2/(.+)/referrers/([^/]+)", path)
+                if m:
+                    repo, subject = m.groups()
+                    refs = [{"mediaType": e.media_type, "digest": d, "size": len(e.body)}
+                            for d, e in sorted(em.repos.get(repo, {}).items())
+                            if json.loads(e.body).get("subject", {}).get("digest") == subject]
+                    return self._send(200, json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                                       "manifests": refs}).encode(),
+                                      ctype=OCI_INDEX)
+                m = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", path)
+                if m:
+                    return self._manifest(*m.groups())
+                return self._error(404, "NOT_FOUND", "no such route")
+
+            def _attributes(self, repo: str, digest: str) -> dict:
+                e = emulator.repos[repo][digest]
+                tags = emulator.tags_of(repo, digest)
+                stamp = e.created.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+                return {"digest": digest, "imageSize": len(e.body) + 2000,
+                        "createdTime": stamp, "lastUpdateTime": stamp,
+                        "mediaType": e.media_type, "tags": tags or None,
+                        "changeableAttributes": {"deleteEnabled": e.delete_enabled,
+                                                 "writeEnabled": True, "readEnabled": True,
+                                                 "listEnabled": True}}
+
+            def _manifest(self, repo: str, reference: str) -> None:
+                em = emulator
+                with em.lock:
+                    entries = em.repos.get(repo, {})
+                    digest = reference if reference.startswith("sha256:") else \
+                        getattr(em.tags.get(repo, {}).get(reference), "digest", None)
+                    entry = entries.get(digest) if digest else None
+                    if entry is None:
+                        return self._error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+                    if self.command == "DELETE":
+                        if not reference.startswith("sha256:"):
+                            return self._error(400, "UNSUPPORTED", "delete by digest")
+                        if not entry.delete_enabled or any(
+                                t.digest == digest and not t.delete_enabled
+                                for t in em.tags.get(repo, {}).values()):
+                            return self._error(405, "DENIED", "the manifest is locked")
+                        del entries[digest]
+                        for tag in [t for t, e in em.tags.get(repo, {}).items()
+                                    if e.digest == digest]:
+                            del em.tags[repo][tag]
+                        return self._send(202)
+                self._send(200, entry.body, {"Docker-Content-Digest": digest},
+                           ctype=entry.media_type)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
