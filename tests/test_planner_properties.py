@@ -236,3 +236,30 @@ def test_cascades_follow_their_cause_and_bytes_add_up(scenario):
         seen.add((a.repository, a.digest))
     assert len(seen) == len(p.actions), "a manifest deleted twice"
     assert sum(a.bytes for a in p.actions) == p.reclaimable_bytes
+
+
+def acr_shaped(inventory: Inventory) -> Inventory:
+    """The same registry as ACR reports it: push times instead of config times, an index
+    pushed when its newest child was."""
+    repos = []
+    for repo in inventory.repositories:
+        manifests = []
+        for m in repo.manifests:
+            t = ref_time(repo, m.digest)
+            manifests.append(Manifest(
+                digest=m.digest, media_type=m.media_type, size=m.size, tags=m.tags,
+                created=None, pushed=t, blobs=m.blobs, children=m.children,
+                subject=m.subject, locked=m.locked, parsed=m.parsed,
+                untagged_since=m.untagged_since))
+        repos.append(Repository(repo.name, tuple(manifests)))
+    return Inventory(inventory.registry, inventory.host, tuple(repos), NOW)
+
+
+@PROPERTY
+@given(scenarios())
+def test_acr_shaped_inventory_plans_the_same(scenario):
+    """The planner's scenario space, run on ACR-shaped inventories: same decisions."""
+    inventory, text, _keep, _delete, allowlist = scenario
+    oci = to_json(run(inventory, text, allowlist), mode="dry-run")
+    acr = to_json(run(acr_shaped(inventory), text, allowlist), mode="dry-run")
+    assert oci == acr
