@@ -362,6 +362,8 @@ def _plan_repository(
 
     # Cascades: children of a deleted index and referrers of a deleted subject go with it,
     # unless kept or protected in their own right.
+    root = {d: d for d in doomed}  # the direct match each cascade comes from
+    waiting: dict[str, str] = {}  # direct match -> a cascade still within its grace
     queue = sorted(doomed)
     while queue:
         cause = queue.pop(0)
@@ -373,10 +375,22 @@ def _plan_repository(
                 # A tagged child or referrer is an image in its own right: deleting it would
                 # remove tags no rule asked to remove.
                 continue
-            if _intrinsic_protection(by_digest[linked], view, pinned, now, options):
+            saved = _intrinsic_protection(by_digest[linked], view, pinned, now, options)
+            if saved is not None:
+                if saved[0] == GRACE:
+                    waiting.setdefault(root[cause], linked)
                 continue
             doomed[linked] = cause
+            root[linked] = root[cause]
             queue.append(linked)
+    # A child or referrer within its grace period would be left behind as an orphan that
+    # only an untagged rule collects: wait for it instead, and delete the whole image later.
+    for direct, linked in waiting.items():
+        for digest in [d for d, r in root.items() if r == direct and d in doomed]:
+            del doomed[digest]
+        protected[direct] = decision(direct, GRACE, (
+            f"{_short(linked)}, which would go with it, was seen untagged for less than "
+            f"untagged_grace {format_duration(options.untagged_grace)}"))
 
     # Fixed point: nothing goes while an index referencing it, or its subject, survives.
     changed = True

@@ -420,3 +420,20 @@ def test_overlapping_policies_delete_once():
     p = make_plan(text, inv(man("m", "pr-1", days=40)))
     assert len(p.actions) == 1
     assert p.reclaimable_bytes == 1100
+
+
+def test_image_waits_while_its_child_or_signature_is_within_grace():
+    ms = [man("child", days=40, untagged_days=0.1), man("idx", "pr-1", children=("child",)),
+          man("img", "pr-2", days=40),
+          man("sig", days=40, subject="img", untagged_days=None,
+              referrer_tags=("sha256-x.sig",))]
+    p = make_plan(SIMPLE, inv(*ms), grace_hours=24)
+    assert deleted(p) == set()
+    assert protected(p) == {"idx": "grace", "img": "grace"}
+    # A day later, the whole image goes at once: nothing is left behind as an orphan.
+    later = [man("child", days=40, untagged_days=2), man("idx", "pr-1", children=("child",)),
+             man("img", "pr-2", days=40),
+             man("sig", days=40, subject="img", untagged_days=2,
+                 referrer_tags=("sha256-x.sig",))]
+    p = make_plan(SIMPLE, inv(*later), grace_hours=24)
+    assert deleted(p) == {"idx", "child", "img", "sig"}
