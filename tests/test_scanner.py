@@ -123,3 +123,36 @@ def test_subject_of_a_signature_is_found_after_its_tag_moved(registry, pusher: P
     assert set(ms) == {old.digest, sig.digest, new.digest}
     assert ms[old.digest].tags == ()
     assert ms[sig.digest].subject == old.digest
+
+
+def test_referrers_api_where_the_registry_has_it():
+    """Distribution 2.8 has no referrers API; the suite's ACR emulator has one, and serves
+    as a plain OCI registry here (type oci, explicit repositories)."""
+    from datetime import UTC, datetime
+
+    from tests.acr_emulator import AcrEmulator
+
+    acr = AcrEmulator()
+    acr.start()
+    try:
+        when = datetime(2024, 1, 1, tzinfo=UTC)
+        image = acr.image("app", "v1", created=when, seed="img")
+        sbom = acr.image("app", created=when, seed="sbom", subject=image)  # untagged
+        from retention.config import Credentials
+        from retention.secrets import Secret
+
+        settings = RegistrySettings(name="oci", url=acr.url, repositories=("app",),
+                                    credentials=Credentials(acr.admin[0],
+                                                            Secret(acr.admin[1])))
+
+        async def go():
+            async with RegistryClient(settings) as client:
+                return await Scanner(client).scan()
+
+        inv = asyncio.run(go())
+        ms = {m.digest: m for m in inv.repositories[0].manifests}
+        assert set(ms) == {image, sbom}  # the untagged referrer found through the API
+        assert ms[sbom].subject == image
+        assert acr.count("GET", rf"/v2/app/referrers/{image}", status=200) == 1
+    finally:
+        acr.stop()

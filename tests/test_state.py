@@ -1,0 +1,98 @@
+"""The embedded state: what it remembers, and that losing it means deleting less."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from retention.cli import main
+from retention.inventory import Inventory, Manifest, Repository
+from retention.scanner import ManifestFacts
+from retention.state import State
+from tests.pusher import Pusher
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def inventory(*manifests: Manifest, error: str | None = None) -> Inventory:
+    return Inventory("main", "h", (Repository("app", manifests, error),), T0)
+
+
+def test_untagged_since_is_remembered_and_cleared(tmp_path: Path):
+    state = State.open(tmp_path)
+    m_tagged = Manifest("sha256:a", "x", 1, tags=("v1",))
+    m_untagged = Manifest("sha256:a", "x", 1)
+    first = state.observe(inventory(m_untagged), T0)
+    assert first.repositories[0].manifests[0].untagged_since == T0
+    later = state.observe(inventory(m_untagged), T0 + timedelta(days=2))
+    assert later.repositories[0].manifests[0].untagged_since == T0  # not reset
+    state.observe(inventory(m_tagged), T0 + timedelta(days=3))  # tagged again
+    again = state.observe(inventory(m_untagged), T0 + timedelta(days=4))
+    assert again.repositories[0].manifests[0].untagged_since == T0 + timedelta(days=4)
+    state.close()
+    reopened = State.open(tmp_path)
+    assert reopened.known_digests("main", "app") == ["sha256:a"]
+
+
+def test_failed_repository_leaves_its_record_alone(tmp_path: Path):
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1)), T0)
+    state.observe(inventory(error="boom"), T0 + timedelta(days=1))
+    assert state.known_digests("main", "app") == ["sha256:a"]
+
+
+def test_facts_round_trip(tmp_path: Path):
+    state = State.open(tmp_path)
+    facts = ManifestFacts("sha256:a", "application/vnd.oci.image.index.v1+json", 10,
+                          children=("sha256:b",), subject="sha256:c", created=T0,
+                          config_read=False)
+    state.put_facts(facts)
+    assert State.open(tmp_path).get_facts("sha256:a") == facts
+
+
+def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
+                                                             pusher: Pusher):
+    first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z", layers=(b"1",))
+    (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["**"]}\n'
+                                     'delete: [{untagged: true}]\n')
+    config = tmp_path / "retention.yaml"
+    config.write_text(f"registries:\n  main: {{url: '{registry.url}'}}\npolicies: p.yaml\n"
+                      "state_dir: state\nmode: enforce\nuntagged_grace: 1h\n")
+
+    def run() -> dict:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["run", "--config", str(config), "--output", "json"], stdout=out,
+                    stderr=err) == 0, err.getvalue()
+        return json.loads(out.getvalue()) | {"stderr": err.getvalue()}
+
+    run()  # remembers app:latest -> first
+    pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"2",))
+    db = tmp_path / "state" / "retention.sqlite3"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    doc = run()
+    assert "state unusable, running without it" in doc["stderr"]
+    # Without the state, the orphan is unknown: nothing is deleted.
+    assert doc["actions"] == []
+    assert pusher.exists("app", first.digest)
+
+
+def test_state_dir_that_is_a_file(tmp_path: Path):
+    (tmp_path / "state").write_text("oops")
+    state = State.open(tmp_path / "state")
+    assert state.path is None  # in memory
+    state.put_facts(ManifestFacts("sha256:a", "x", 1))
+    assert state.get_facts("sha256:a") is not None
+
+
+def test_journal_records_deletions(tmp_path: Path):
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1)), T0)
+    state.record_deletion(at=T0, registry="main", repository="app", digest="sha256:a",
+                          tags=["pr-1"], bytes=10, policy="p", reason="r", status="deleted")
+    (entry,) = state.journal()
+    assert entry["digest"] == "sha256:a" and json.loads(entry["tags"]) == ["pr-1"]
+    assert state.known_digests("main", "app") == []  # deleted: no longer expected
