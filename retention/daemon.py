@@ -110,12 +110,15 @@ class Daemon:
     async def _shutdown(self, background: list[asyncio.Task]) -> None:
         log.info("daemon stopping", running=len(self._running))
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.pause()  # no new runs; shutdown() would cancel the running ones
         self.stop_deleting.set()  # the deletion in flight finishes; no new one starts
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=self.options.shutdown_grace)
             for task in pending:
+                log.warning("run cancelled at shutdown", grace_s=self.options.shutdown_grace)
                 task.cancel()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
         for task in background:
             task.cancel()
         if self._http is not None:

@@ -74,24 +74,36 @@ def configure(
     """Configure structlog for the process. ``fmt`` is json or console; console is also
     chosen when ``fmt`` is "auto" and the stream is a terminal. Returns the redactor, whose
     secrets the daemon replaces when the configuration is reloaded."""
-    redactor = Redactor(secrets)
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty())
-                     if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=False))
+                     if fmt == "console" else structlog.processors.JSONRenderer())
+    redactor = Redactor(secrets)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redactor,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, redactor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    # Libraries (APScheduler, httpx) log through the standard library: render their lines
+    # the same way, through the same redaction, so every line of output is one JSON event.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redactor, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    # One line per HTTP request is noise; retention logs what matters about requests.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor

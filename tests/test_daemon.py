@@ -177,3 +177,30 @@ def test_serve_process_sighup_and_sigterm(tmp_path: Path, registry):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stop_lets_the_run_in_flight_finish(tmp_path: Path, registry, pusher: Pusher, proxy):
+    from tests.servers import Fault
+
+    pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
+    proxy.inject(Fault("GET", r"/tags/list", "delay", times=1, seconds=1.5))
+    config = write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
+    options = DaemonOptions(poll_interval=0.1, ping_interval=60,
+                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+
+    async def scenario():
+        daemon = Daemon(config, options=options)
+        task = asyncio.create_task(daemon.run())
+
+        async def running():
+            return bool(daemon._running)
+
+        await wait_for(running)
+        daemon.stopping.set()  # what SIGTERM does, while the run waits on the slow registry
+        assert await task == 0
+        return daemon
+
+    daemon = asyncio.run(scenario())
+    runs = {s.labels["outcome"]: s.value for m in daemon.metrics.runs.collect()
+            for s in m.samples if s.name == "retention_runs_total"}
+    assert runs == {"success": 1.0}  # finished, not cancelled
