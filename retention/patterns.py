@@ -142,8 +142,10 @@ class PatternSet:
     def _match(self, name: str) -> bool:
         if name in self._literals:
             return True
-        if self._prefixes and "/" not in name and name.startswith(self._prefixes):
-            return True
+        for prefix in self._prefixes:
+            # `prefix*`: the star never crosses "/", so nothing after the prefix may.
+            if name.startswith(prefix) and "/" not in name[len(prefix):]:
+                return True
         return self._combined is not None and \
             self._combined.fullmatch(name) is not None  # type: ignore[attr-defined]
 

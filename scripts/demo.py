@@ -30,14 +30,11 @@ def seed(p: Pusher) -> None:
         p.image("ci/web", f"pr-{100 + i}", created=ago(60 - 3 * i), layers=(f"web {i}".encode(),))
     for i in range(6):
         p.image("ci/web", f"sha-{i:07x}", created=ago(40 - 2 * i), layers=(f"sha {i}".encode(),))
-    main = p.image("ci/web", "main", created=ago(1), layers=(b"web main",))
-    p.tag("ci/web", "latest", main)
+    p.image("ci/web", "latest", created=ago(1), layers=(b"web latest",))
+    p.image("ci/web", "main", created=ago(30), layers=(b"web main, a month ago",))
     # A build tagged both pr-90 and v0.9.0: deleting it would remove the release tag.
     both = p.image("ci/web", "pr-90", created=ago(90), layers=(b"release build",))
     p.tag("ci/web", "v0.9.0", both)
-    # main re-pushed: the previous main is now an untagged orphan.
-    p.image("ci/web", "main", created=ago(30), layers=(b"web main old",))
-    p.image("ci/web", "main", created=ago(1), layers=(b"web main",))
     p.image("ci/base", "bookworm", created=ago(200), layers=(b"base",))
 
     # Releases with candidates and nightlies.
@@ -91,6 +88,11 @@ state_dir: state
         retention("validate", "--config", str(config))
         retention("inventory", "--config", str(config))
         retention("plan", "--config", str(config))
+        print("\n# CI pushes a new build of ci/web:main: the month-old one loses its tag. A "
+              "registry cannot list untagged manifests, but retention's state saw it tagged.")
+        pusher = Pusher(registry.url)
+        pusher.image("ci/web", "main", created=NOW, layers=(b"web main, today",))
+        pusher.close()
         enforce = WORK / "retention-enforce.yaml"
         enforce.write_text(text.replace("mode: dry-run", "mode: enforce"))
         rc = retention("run", "--config", str(enforce))
