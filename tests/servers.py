@@ -80,7 +80,9 @@ class Registry:
         return sum(p.stat().st_size for p in blobs.rglob("data") if p.is_file())
 
 
-def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True) -> Registry:
+def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True,
+                   tls: tuple[Path, Path] | None = None) -> Registry:
+    """``tls`` is (certificate, key): the registry then serves HTTPS."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     root = workdir / "data"
@@ -96,19 +98,21 @@ def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = Tr
     }
     if auth:
         config["auth"] = auth
+    if tls:
+        config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     config_path = workdir / "config.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log_path = workdir / "registry.log"
     log = log_path.open("w")
     proc = subprocess.Popen([registry_binary(), "serve", str(config_path)], stdout=log,
                             stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {log_path.read_text()}")
         try:
-            if httpx.get(url + "/v2/", timeout=1).status_code in (200, 401):
+            if httpx.get(url + "/v2/", timeout=1, verify=False).status_code in (200, 401):
                 return Registry(url, config_path, root, proc, log_path)
         except httpx.TransportError:
             time.sleep(0.05)
@@ -302,6 +306,14 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                if fault is not None and fault.action == "redirect":
+                    # Like a registry sending blob reads to its storage backend: another
+                    # origin (here the registry itself, by its own address).
+                    self.send_response(307)
+                    self.send_header("Location", f"{fault.headers['target']}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if fault is not None and fault.action == "delay":
                     time.sleep(fault.seconds)
                 conn = http.client.HTTPConnection(proxy.upstream.hostname,
@@ -340,3 +352,28 @@ def running(registry: Registry) -> Iterator[Registry]:
         yield registry
     finally:
         registry.stop()
+
+
+def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A CA-less self-signed certificate for ``host``: (certificate, key) PEM files."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

@@ -227,3 +227,34 @@ def test_concurrency_limit_is_respected(registry, pusher: Pusher, proxy):
     call(settings(proxy.url, concurrency=3), work)
     assert active["max"] <= 3
     assert active["max"] >= 2
+
+
+def test_tls_verification(tmp_path: Path):
+    from tests.servers import self_signed
+
+    cert, key = self_signed(tmp_path / "tls")
+    reg = start_registry(tmp_path / "r", tls=(cert, key))
+    try:
+        assert reg.url.startswith("https://")
+        with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
+            call(settings(reg.url), lambda c: c.catalog(), retry=FAST)
+        assert call(settings(reg.url, ca_file=cert), lambda c: c.catalog()) == []
+        assert call(settings(reg.url, insecure_skip_verify=True), lambda c: c.catalog()) == []
+    finally:
+        reg.stop()
+
+
+def test_config_blob_read_through_a_redirect(registry, pusher: Pusher, proxy):
+    from retention.scanner import Scanner
+
+    pusher.image("app", "v1", created="2024-03-04T05:06:07Z")
+    proxy.inject(Fault("GET", r"/blobs/", "redirect", times=10,
+                       headers={"target": registry.url}))
+
+    async def scan(client):
+        return await Scanner(client).scan()
+
+    inventory = call(settings(proxy.url), scan)
+    (manifest,) = inventory.repositories[0].manifests
+    assert manifest.created is not None and manifest.created.year == 2024
+    assert proxy.count("GET", r"/blobs/") == 1  # answered with the redirect

@@ -140,6 +140,11 @@ class RegistryClient:
                     await response.aread()
             except httpx.TransportError as exc:
                 self._record(method, "error", started)
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    # Retrying cannot fix trust: say what to do instead.
+                    raise RegistryError(
+                        f"the TLS certificate of {self.settings.host} is not trusted ({exc}); "
+                        "set ca_file to the CA that signed it", registry=name) from None
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "
