@@ -17,10 +17,10 @@ from typing import TextIO
 
 from retention import __version__, logs
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
-from retention.inventory import inventory_from_json, inventory_to_json
-from retention.policy import load_policies
+from retention.inventory import Inventory, inventory_from_json, inventory_to_json
+from retention.policy import Policy, load_policies
 from retention.report import to_json, to_table
-from retention.runs import collect, open_clients, plan_all, registries_of, run_pass
+from retention.runs import RunResult, collect, open_clients, plan_all, registries_of, run_pass
 from retention.schema import policy_schema
 from retention.setup import Setup, load_setup
 from retention.state import State
@@ -105,14 +105,11 @@ def run() -> None:
     sys.exit(main())
 
 
-def _configure_logs(setup: Setup | None, err: TextIO) -> None:
-    secrets = []
-    if setup is not None:
-        secrets = [r.credentials.password for r in setup.config.registries.values()
-                   if r.credentials is not None]
-    fmt = setup.config.log_format if setup else "json"
-    logs.configure(fmt="console" if err.isatty() else fmt, stream=err, level="warning",
-                   secrets=secrets)
+def _configure_logs(setup: Setup, err: TextIO, *, level: str) -> None:
+    secrets = [r.credentials.password for r in setup.config.registries.values()
+               if r.credentials is not None]
+    fmt = "console" if err.isatty() else setup.config.log_format
+    logs.configure(fmt=fmt, stream=err, level=level, secrets=secrets)
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -123,7 +120,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "validate":
         return _validate(args, out)
     setup = load_setup(args.config)
-    _configure_logs(setup, err)
+    # `run` is an audit trail (one event per deletion and per protected match, as the daemon
+    # logs them); `plan` and `inventory` print their answer and log only what went wrong.
+    _configure_logs(setup, err, level="info" if args.command in ("run", "serve") else "warning")
     if args.command == "inventory":
         return _inventory(setup, args, out)
     if args.command == "plan":
@@ -216,7 +215,7 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     return FAILED if result.failed else OK
 
 
-def _pass(setup: Setup, policies, *, dry_run: bool):
+def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool) -> RunResult:
     state = State.open(setup.config.state_dir)
     try:
         return asyncio.run(run_pass(setup, policies, dry_run=dry_run, state=state))
@@ -224,7 +223,7 @@ def _pass(setup: Setup, policies, *, dry_run: bool):
         state.close()
 
 
-async def _collect(setup: Setup, names: list[str]):
+async def _collect(setup: Setup, names: list[str]) -> dict[str, Inventory]:
     state = State.open(setup.config.state_dir)
     try:
         async with open_clients(setup, names) as clients:
