@@ -64,7 +64,8 @@ def build(repositories: int, per_repository: int) -> Inventory:
                 for _ in range(2):
                     counter += 1
                     child = Manifest(digest(counter), "application/vnd.oci.image.manifest.v1+json",
-                                     900, created=NOW - age, blobs=blobs)
+                                     900, created=NOW - age, blobs=blobs,
+                                     untagged_since=NOW - timedelta(days=5))
                     manifests.append(child)
                     children.append(child.digest)
                 counter += 1
