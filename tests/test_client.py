@@ -258,3 +258,19 @@ def test_config_blob_read_through_a_redirect(registry, pusher: Pusher, proxy):
     (manifest,) = inventory.repositories[0].manifests
     assert manifest.created is not None and manifest.created.year == 2024
     assert proxy.count("GET", r"/blobs/") == 1  # answered with the redirect
+
+
+def test_link_header_to_another_host_is_refused():
+    """A registry (or whoever answers for it) must not steer credentials elsewhere."""
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.test":
+            return httpx.Response(200, json={"repositories": ["a"]},
+                                  headers={"Link": '<https://evil.test/v2/_catalog?n=1>; '
+                                                   'rel="next"'})
+        raise AssertionError(f"request sent to {request.url}")
+
+    s = settings("https://registry.test", user=USER, password=PASSWORD)
+    with pytest.raises(RegistryError, match="points away from the registry"):
+        call(s, lambda c: c.catalog(), transport=httpx.MockTransport(handler))

@@ -66,7 +66,7 @@ class AcrApi:
             link = next_link(response.headers.get("link"))
             if link is None:
                 return
-            url = response.url.join(link)
+            url = self._client.next_page(response, link)
             params = None
 
     async def catalog(self) -> list[str]:

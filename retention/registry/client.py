@@ -182,6 +182,17 @@ class RegistryClient:
         if self._observe is not None:
             self._observe(method, code, time.monotonic() - started)
 
+    def next_page(self, response: httpx.Response, link: str) -> httpx.URL:
+        """The URL of the next page. It must stay on the registry: the request carries
+        credentials, which a Link header must not be able to send elsewhere."""
+        url = response.url.join(link)
+        base = httpx.URL(self.settings.url)
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise RegistryError(f"a Link header points away from the registry, to "
+                                f"{url.scheme}://{url.netloc.decode()}; refusing to follow it",
+                                registry=self.settings.name)
+        return url
+
     def failure(self, response: httpx.Response, what: str) -> RegistryError:
         detail = _error_detail(response)
         if response.status_code == 403:
@@ -225,7 +236,7 @@ class RegistryClient:
             if link is None:
                 return
             # The Link target carries its own query (n, last): use it as the registry wrote it.
-            url = response.url.join(link)
+            url = self.next_page(response, link)
             params = None
             first = False
 
@@ -344,7 +355,7 @@ class RegistryClient:
             link = next_link(response.headers.get("link"))
             if link is None:
                 return found
-            url = response.url.join(link)
+            url = self.next_page(response, link)
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete by digest. True when deleted now, False when it was already gone."""
