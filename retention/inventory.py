@@ -59,10 +59,6 @@ class Manifest:
     # which the planner reads as "just now", so the grace period protects it.
     untagged_since: datetime | None = None
 
-    @property
-    def is_index(self) -> bool:
-        return bool(self.children) or self.media_type in INDEX_MEDIA_TYPES
-
 
 @dataclass(frozen=True, slots=True)
 class Repository:
@@ -79,20 +75,6 @@ class Inventory:
     host: str  # host[:port], for allowlist entries that name a host
     repositories: tuple[Repository, ...]
     collected_at: datetime
-
-    def repository(self, name: str) -> Repository | None:
-        for repo in self.repositories:
-            if repo.name == name:
-                return repo
-        return None
-
-
-INDEX_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
 
 
 def _time_to_json(value: datetime | None) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from retention.planner import PROTECTION_REASONS, Plan
@@ -59,9 +57,6 @@ class Metrics:
             self.registry_requests.labels(registry, method, code).inc()
             self.registry_request_duration.labels(registry, method).observe(seconds)
         return observe
-
-    def observers(self) -> Callable[[str], Observer]:
-        return self.observer
 
     def record_plan(self, plan: Plan) -> None:
         for p in plan.policies:

@@ -48,7 +48,7 @@ def test_index_children_are_listed_untagged(registry, pusher: Pusher):
     ms = {m.digest: m for m in inv.repositories[0].manifests}
     assert set(ms) == {amd.digest, arm.digest, oci.digest, dl_child.digest, docker_list.digest}
     assert ms[oci.digest].children == (amd.digest, arm.digest)
-    assert ms[oci.digest].is_index
+    assert ms[oci.digest].media_type == "application/vnd.oci.image.index.v1+json"
     assert ms[amd.digest].tags == ()
     assert ms[docker_list.digest].children == (dl_child.digest,)
 
