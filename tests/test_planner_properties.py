@@ -5,6 +5,7 @@ against the planner's own helpers."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -24,8 +25,9 @@ PATTERNS = ["pr-*", "sha-*", "v*", "release-*", "latest", "*", "re:pr-[0-9]+", "
 DURATIONS = ["0s", "1h", "1d", "7d", "14d", "30d"]
 TIMES = [None, "1970", "future", *range(0, 120, 3)]
 GRACE = timedelta(hours=24)
-PROPERTY = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+# 300 examples per property in CI; RETENTION_PROPERTY_EXAMPLES=5000 for a deeper search.
+PROPERTY = settings(max_examples=int(os.environ.get("RETENTION_PROPERTY_EXAMPLES", "300")),
+                    deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
