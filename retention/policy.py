@@ -273,7 +273,8 @@ def _keep_rule(reader: Reader, node: yaml.Node, number: int, *, what: str) -> Ke
     if fields is None:
         return None
     if not fields:
-        reader.error(node, f"{what} is empty; give tags, newest or younger_than")
+        if not node.value:  # not when it only held unknown keys: that was said already
+            reader.error(node, f"{what} is empty; give tags, newest or younger_than")
         return None
     tags = _patterns(reader, fields["tags"], what=f"{what}: tags", required=True) \
         if "tags" in fields else None

@@ -66,13 +66,14 @@ class Reader:
             self.error(node, f"{what} must be a mapping of keys to values")
             return None
         out: dict[str, yaml.Node] = {}
+        key_lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str) or key_node.tag != STR:
                 self.error(key_node, f"{what}: keys must be plain strings")
                 continue
-            if key in out:
-                first = out[key].start_mark.line + 1
+            if key in key_lines:
+                first = key_lines[key]
                 self.error(key_node, f"{what}: duplicate key {key!r} (first given on line {first})")
                 continue
             if key not in allowed:
@@ -80,7 +81,9 @@ class Reader:
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else (
                     f"; allowed keys: {', '.join(sorted(allowed))}")
                 self.error(key_node, f"{what}: unknown key {key!r}{suggestion}")
+                key_lines[key] = key_node.start_mark.line + 1
                 continue
+            key_lines[key] = key_node.start_mark.line + 1
             out[key] = value_node
         for key, required in allowed.items():
             if required and key not in out:

@@ -120,3 +120,21 @@ def test_duplicate_names_across_files(tmp_path: Path):
 def test_empty_directory_is_an_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="no policy files found"):
         load_policies([tmp_path])
+
+
+def test_the_documented_bad_policy():
+    """The example in docs/policies.md, message for message."""
+    with pytest.raises(ConfigError) as info:
+        load_policies([DATA / "bad-policy.yaml"])
+    found = [f"{p.line}:{p.column}: {p.message}" for p in info.value.problems]
+    assert found == [
+        "6:5: policy 'ci-builds': keep rule 2: unknown key 'newst'; did you mean 'newest'?",
+        "8:18: policy 'ci-builds': delete rule 1: tags[1]: the unquoted value 1.10 is read "
+        "by YAML as a number (1.1); quote it: \"1.10\"",
+        "9:17: policy 'ci-builds': delete rule 1: older_than: invalid duration '2 weeks': "
+        "write a number and a unit (s, m, h, d, w), combinable as in 1d12h",
+        "10:15: policy 'ci-builds': delete rule 2: untagged must be true or false",
+        "11:16: policy 'ci-builds': max_deletions must be a whole number written in decimal, "
+        "like 10",
+        "12:1: policy: duplicate key 'delete' (first given on line 7)",
+    ]
