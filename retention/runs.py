@@ -20,6 +20,7 @@ from retention.planner import Plan, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
+from retention.report import FAILED, outcome_key
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
@@ -123,9 +124,9 @@ class RunResult:
         p = next(pp for pp in self.plan.policies if pp.policy == name)
         if p.aborted:
             return "aborted"
-        failed = any(self.report.outcomes.get((a.registry, a.repository, a.digest)) is not None
-                     and self.report.outcomes[(a.registry, a.repository, a.digest)].status
-                     == "failed" for a in p.actions)
+        outcomes = self.report.outcomes
+        failed = any((o := outcomes.get(outcome_key(a))) is not None and o.status == FAILED
+                     for a in p.actions)
         return "failure" if failed or p.errors or self.report.errors else "success"
 
 
