@@ -324,8 +324,12 @@ def _docker_config_credentials(
                 break
             return Credentials(user, Secret(password))
         if entry.get("identitytoken"):
-            # A refresh token, as `az acr login` and `docker login` with OAuth write.
-            return Credentials("<token>", Secret(entry["identitytoken"]))
+            # An OAuth refresh token (`az acr login`, `docker login` with OAuth): it is not a
+            # password and must not be sent as one.
+            reader.error(node, f"{what}.docker_config: the entry for {netloc} in {path} holds "
+                         "an identitytoken, which is not supported; use username/password, "
+                         "or Microsoft Entra ID for ACR")
+            return None
     reader.error(node, f"{what}.docker_config: {path} has no usable auths entry for {netloc} "
                  "(credential helpers are not supported; write the auth entry or use "
                  "username/password_file)")

@@ -156,3 +156,29 @@ def test_hostile_regular_expression_cannot_hang_the_planner(tmp_path: Path):
     p = make_plan(text, inv(*(man(f"m{i}", tag + str(i)) for i in range(50))))
     assert time.perf_counter() - started < 5  # backtracking engines take ages here
     assert p.actions == ()
+
+
+def test_docker_config_credentials(tmp_path: Path):
+    import base64
+
+    (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["x"]}\n'
+                                     'delete: [{untagged: true}]\n')
+    auth = base64.b64encode(b"robot:from-docker-config").decode()
+    (tmp_path / "docker.json").write_text(json.dumps({"auths": {
+        "registry.example.com:5000": {"auth": auth},
+        "other.example.com": {"identitytoken": "opaque-refresh-token"}}}))
+    config = tmp_path / "retention.yaml"
+    config.write_text("registries:\n  a:\n    url: https://registry.example.com:5000\n"
+                      "    docker_config: docker.json\npolicies: p.yaml\n")
+    from retention.setup import load_setup
+
+    creds = load_setup(config).config.registries["a"].credentials
+    assert creds.username == "robot" and creds.password.reveal() == "from-docker-config"
+    config.write_text("registries:\n  a:\n    url: https://other.example.com\n"
+                      "    docker_config: docker.json\n  b:\n    url: https://third.example\n"
+                      "    docker_config: docker.json\npolicies: p.yaml\n")
+    code, _, err = cli("validate", "--config", str(config))
+    assert code == 2
+    assert "identitytoken, which is not supported" in err
+    assert "no usable auths entry for third.example" in err
+    assert "opaque-refresh-token" not in err
