@@ -57,10 +57,14 @@ def seed(p: Pusher) -> None:
         p.cosign_signature("apps/web", index)
 
 
-def retention(*args: str) -> int:
+def retention(*args: str, log: Path | None = None) -> int:
     cmd = [str(ROOT / ".venv/bin/retention"), *args]
-    print(f"\n$ retention {' '.join(args)}", flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    shown = f" 2> {log.relative_to(ROOT)}" if log else ""
+    print(f"\n$ retention {' '.join(args)}{shown}", flush=True)
+    if log is None:
+        return subprocess.run(cmd, check=False).returncode
+    with log.open("w") as stream:
+        return subprocess.run(cmd, check=False, stderr=stream).returncode
 
 
 def main() -> int:
@@ -95,7 +99,12 @@ state_dir: state
         pusher.close()
         enforce = WORK / "retention-enforce.yaml"
         enforce.write_text(text.replace("mode: dry-run", "mode: enforce"))
-        rc = retention("run", "--config", str(enforce))
+        audit = WORK / "run-audit.log"
+        rc = retention("run", "--config", str(enforce), log=audit)
+        events = audit.read_text().splitlines()
+        sample = next((e for e in events if '"manifest deleted"' in e), "")
+        print(f"\n# the run's audit log: {len(events)} JSON events (one per deletion and per "
+              f"kept or protected match) in {audit.relative_to(ROOT)}, e.g.\n{sample}")
         retention("plan", "--config", str(config), "--output", "table")
         print(f"\ndemo done (run exit code {rc}); files in {WORK}")
         return rc
