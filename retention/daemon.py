@@ -71,7 +71,7 @@ class Daemon:
         self._fingerprint: tuple = ()
         self._reload_requested = asyncio.Event()
         self._running: set[asyncio.Task] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # per policy, and per "registry:<name>"
         self._scheduler: AsyncIOScheduler | None = None
         self._http: ThreadingHTTPServer | None = None
         self._redactor: logs.Redactor | None = None
@@ -242,7 +242,10 @@ class Daemon:
             log.warning("run skipped: the previous run of this policy is still going",
                         policy=name)
             return
-        async with lock:
+        # One run at a time per registry too: two policies planning and deleting at once on
+        # the same registry would each plan against a registry the other is changing.
+        registry_lock = self._locks.setdefault(f"registry:{policy.registry}", asyncio.Lock())
+        async with lock, registry_lock:
             started = time.monotonic()
             log.info("run started", policy=name, dry_run=not setup.config.enforce)
             try:
