@@ -204,3 +204,32 @@ def test_stop_lets_the_run_in_flight_finish(tmp_path: Path, registry, pusher: Pu
     runs = {s.labels["outcome"]: s.value for m in daemon.metrics.runs.collect()
             for s in m.samples if s.name == "retention_runs_total"}
     assert runs == {"success": 1.0}  # finished, not cancelled
+
+
+def test_runs_of_one_policy_never_overlap(tmp_path: Path, registry, pusher: Pusher, proxy):
+    from tests.servers import Fault
+
+    pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
+    # Every run takes ~2.5 s; the trigger fires every second.
+    proxy.inject(Fault("GET", r"/tags/list", "delay", times=100, seconds=2.5))
+    config = write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
+    options = DaemonOptions(poll_interval=0.1, ping_interval=60,
+                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+
+    async def scenario():
+        daemon = Daemon(config, options=options)
+        task = asyncio.create_task(daemon.run())
+        most = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            most = max(most, len(daemon._running))
+            await asyncio.sleep(0.05)
+        daemon.stopping.set()
+        await task
+        return daemon, most
+
+    daemon, most = asyncio.run(scenario())
+    assert most == 1
+    runs = sum(s.value for m in daemon.metrics.runs.collect() for s in m.samples
+               if s.name == "retention_runs_total")
+    assert 1 <= runs <= 3  # not one per trigger: the skipped triggers coalesced away
