@@ -196,3 +196,22 @@ def test_invalid_policy_exits_2_and_touches_nothing(tmp_path, registry, pusher: 
     assert code == 2
     assert "p.yaml:8:12:" in err and "quote it" in err
     assert proxy.requests == []
+
+
+def test_deletion_disabled_registry_fails_clearly(tmp_path, registry):
+    from tests.servers import start_registry
+
+    reg = start_registry(tmp_path / "nodelete", delete=False)
+    try:
+        pusher = Pusher(reg.url)
+        for i in range(3):
+            pusher.image("app", f"pr-{i}", created="2024-01-01T00:00:00Z", extra=str(i))
+        config = write_config(tmp_path, reg.url)
+        code, doc, _err = cli("run", "--config", str(config), "--output", "json")
+        assert code == 1
+        assert doc["summary"]["failed"] == 3 and doc["summary"]["deleted"] == 0
+        assert all("storage.delete.enabled: true" in a["reason"] for a in doc["actions"])
+        # Nothing was deleted; the first refusal stopped the attempts on that registry.
+        assert pusher.tags("app") == ["pr-0", "pr-1", "pr-2"]
+    finally:
+        reg.stop()
