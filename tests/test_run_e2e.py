@@ -198,7 +198,7 @@ def test_invalid_policy_exits_2_and_touches_nothing(tmp_path, registry, pusher: 
     assert proxy.requests == []
 
 
-def test_deletion_disabled_registry_fails_clearly(tmp_path, registry):
+def test_deletion_disabled_registry_fails_clearly(tmp_path):
     from tests.servers import start_registry
 
     reg = start_registry(tmp_path / "nodelete", delete=False)
