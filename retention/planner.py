@@ -325,110 +325,139 @@ def _plan_repository(
     options: Options,
     describe: Mapping[object, str],
 ) -> tuple[list[Action], list[Decision], list[Decision]]:
-    by_digest = view.by_digest
     matched: dict[str, DeleteRule] = {}
-    for digest in sorted(by_digest):
+    for digest in sorted(view.by_digest):
         for rule in policy.delete:
-            if _delete_matches(rule, by_digest[digest], view, now):
+            if _delete_matches(rule, view.by_digest[digest], view, now):
                 matched[digest] = rule
                 break
     if not matched:
         return [], [], []
-
     kept_by: dict[str, KeepRule] = {}
     for rule in policy.keep:
         for digest in _keep_matches(rule, view, now):
             kept_by.setdefault(digest, rule)
-    pinned = _pinned_closure(inventory, view, options.allowlist)
+    deciding = _Deciding(inventory.registry, policy.name, view, now, options, describe,
+                         matched, kept_by, _pinned_closure(inventory, view, options.allowlist))
+    deciding.decide_matches()
+    deciding.cascade()
+    deciding.settle()
+    return (deciding.actions(), sorted(deciding.protected.values(), key=lambda d: d.digest),
+            deciding.kept)
 
-    def decision(digest: str, reason: str, detail: str) -> Decision:
-        m = by_digest[digest]
-        return Decision(policy.name, inventory.registry, view.repo.name, digest,
+
+@dataclass(slots=True)
+class _Deciding:
+    """The decisions about one repository under one policy, taken in phases."""
+
+    registry: str
+    policy: str
+    view: _RepoView
+    now: datetime
+    options: Options
+    describe: Mapping[object, str]
+    matched: dict[str, DeleteRule]  # direct matches -> the delete rule that matched
+    kept_by: dict[str, KeepRule]
+    pinned: set[str]
+    kept: list[Decision] = field(default_factory=list)
+    protected: dict[str, Decision] = field(default_factory=dict)
+    doomed: dict[str, str | None] = field(default_factory=dict)  # digest -> cascade_of
+    root: dict[str, str] = field(default_factory=dict)  # digest -> the direct match behind it
+
+    def decision(self, digest: str, reason: str, detail: str) -> Decision:
+        m = self.view.by_digest[digest]
+        return Decision(self.policy, self.registry, self.view.repo.name, digest,
                         m.tags + m.referrer_tags, reason, detail,
-                        describe[matched[digest]], view.time[digest])
+                        self.describe[self.matched[digest]], self.view.time[digest])
 
-    kept: list[Decision] = []
-    protected: dict[str, Decision] = {}
-    doomed: dict[str, str | None] = {}  # digest -> cascade_of
-    for digest in matched:
-        if digest in kept_by:
-            kept.append(decision(digest, "keep", describe[kept_by[digest]]))
-            continue
-        saved = _intrinsic_protection(by_digest[digest], view, pinned, now, options)
-        if saved:
-            protected[digest] = decision(digest, *saved)
-        else:
-            doomed[digest] = None
+    def protection(self, digest: str) -> tuple[str, str] | None:
+        return _intrinsic_protection(self.view.by_digest[digest], self.view, self.pinned,
+                                     self.now, self.options)
 
-    # Cascades: children of a deleted index and referrers of a deleted subject go with it,
-    # unless kept or protected in their own right.
-    root = {d: d for d in doomed}  # the direct match each cascade comes from
-    waiting: dict[str, str] = {}  # direct match -> a cascade still within its grace
-    queue = sorted(doomed)
-    while queue:
-        cause = queue.pop(0)
-        m = by_digest[cause]
-        for linked in sorted(set(m.children) | set(view.referrers.get(cause, ()))):
-            if linked not in by_digest or linked in doomed or linked in matched:
-                continue
-            if linked in kept_by or by_digest[linked].tags:
-                # A tagged child or referrer is an image in its own right: deleting it would
-                # remove tags no rule asked to remove.
-                continue
-            saved = _intrinsic_protection(by_digest[linked], view, pinned, now, options)
-            if saved is not None:
-                if saved[0] == GRACE:
-                    waiting.setdefault(root[cause], linked)
-                continue
-            doomed[linked] = cause
-            root[linked] = root[cause]
-            queue.append(linked)
-    # A child or referrer within its grace period would be left behind as an orphan that
-    # only an untagged rule collects: wait for it instead, and delete the whole image later.
-    for direct, linked in waiting.items():
-        for digest in [d for d, r in root.items() if r == direct and d in doomed]:
-            del doomed[digest]
-        protected[direct] = decision(direct, GRACE, (
-            f"{_short(linked)}, which would go with it, was seen untagged for less than "
-            f"untagged_grace {format_duration(options.untagged_grace)}"))
+    def decide_matches(self) -> None:
+        """Each direct match is kept by a keep rule, saved by a protection, or doomed."""
+        for digest in self.matched:
+            if digest in self.kept_by:
+                self.kept.append(self.decision(digest, "keep",
+                                               self.describe[self.kept_by[digest]]))
+            elif (saved := self.protection(digest)) is not None:
+                self.protected[digest] = self.decision(digest, *saved)
+            else:
+                self.doomed[digest] = None
+                self.root[digest] = digest
 
-    # Fixed point: nothing goes while an index referencing it, or its subject, survives.
-    changed = True
-    while changed:
-        changed = False
-        for digest in sorted(doomed):
+    def cascade(self) -> None:
+        """Children of a deleted index and referrers of a deleted subject go with it, unless
+        kept or protected in their own right."""
+        by_digest, doomed = self.view.by_digest, self.doomed
+        waiting: dict[str, str] = {}  # direct match -> a cascade still within its grace
+        queue = sorted(doomed)
+        while queue:
+            cause = queue.pop(0)
+            linked_to = set(by_digest[cause].children) | set(self.view.referrers.get(cause, ()))
+            for linked in sorted(linked_to):
+                if linked not in by_digest or linked in doomed or linked in self.matched:
+                    continue
+                if linked in self.kept_by or by_digest[linked].tags:
+                    # A tagged child or referrer is an image in its own right: deleting it
+                    # would remove tags no rule asked to remove.
+                    continue
+                saved = self.protection(linked)
+                if saved is not None:
+                    if saved[0] == GRACE:
+                        waiting.setdefault(self.root[cause], linked)
+                    continue
+                doomed[linked] = cause
+                self.root[linked] = self.root[cause]
+                queue.append(linked)
+        # A child or referrer within its grace period would be left behind as an orphan that
+        # only an untagged rule collects: wait for it, and delete the whole image later.
+        for direct, linked in waiting.items():
+            for digest in [d for d in doomed if self.root[d] == direct]:
+                del doomed[digest]
+            self.protected[direct] = self.decision(direct, GRACE, (
+                f"{_short(linked)}, which would go with it, was seen untagged for less than "
+                f"untagged_grace {format_duration(self.options.untagged_grace)}"))
+
+    def settle(self) -> None:
+        """Fixed point: nothing goes while an index referencing it, or its subject, stays."""
+        by_digest, doomed = self.view.by_digest, self.doomed
+        changed = True
+        while changed:
+            changed = False
+            for digest in sorted(doomed):
+                subject = by_digest[digest].subject
+                parent = min((p for p in self.view.parents.get(digest, ()) if p not in doomed),
+                             default=None)
+                if parent is not None:
+                    reason = (INDEX_CHILD, f"child of index {_short(parent)}, which stays")
+                elif subject in by_digest and subject not in doomed:
+                    reason = (REFERRER, f"referrer of {_short(subject)}, which stays")
+                else:
+                    continue
+                changed = True
+                if doomed.pop(digest) is None:  # a direct match: say why it stays
+                    self.protected[digest] = self.decision(digest, *reason)
+
+    def actions(self) -> list[Action]:
+        by_digest = self.view.by_digest
+        out = []
+        for digest in _deletion_order(self.doomed):
             m = by_digest[digest]
-            surviving_parent = min((p for p in view.parents.get(digest, ())
-                                    if p not in doomed), default=None)
-            reason = None
-            if surviving_parent is not None:
-                reason = (INDEX_CHILD, f"child of index {_short(surviving_parent)}, which stays")
-            elif m.subject in by_digest and m.subject not in doomed:
-                reason = (REFERRER, f"referrer of {_short(m.subject)}, which stays")
-            if reason is None:
-                continue
-            cause = doomed.pop(digest)
-            changed = True
+            cause = self.doomed[digest]
             if cause is None:
-                protected[digest] = decision(digest, *reason)
-
-    actions = []
-    for digest in _deletion_order(doomed, by_digest):
-        m = by_digest[digest]
-        cause = doomed[digest]
-        if cause is None:
-            reason = describe[matched[digest]]
-        else:
-            link = "child of index" if digest in by_digest[cause].children else "referrer of"
-            reason = f"cascade: {link} {_short(cause)}, which is deleted"
-        actions.append(Action(policy.name, inventory.registry, view.repo.name, digest,
+                reason = self.describe[self.matched[digest]]
+            else:
+                link = "child of index" if digest in by_digest[cause].children else \
+                    "referrer of"
+                reason = f"cascade: {link} {_short(cause)}, which is deleted"
+            out.append(Action(self.policy, self.registry, self.view.repo.name, digest,
                               m.tags + m.referrer_tags, m.media_type, reason, cause, 0,
-                              view.time[digest]))
-    return actions, sorted(protected.values(), key=lambda d: d.digest), kept
+                              self.view.time[digest]))
+        return out
 
 
-def _deletion_order(doomed: Mapping[str, str | None], by_digest: Mapping[str, Manifest]
-                    ) -> list[str]:
+def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
     """Each direct deletion followed by its cascades: an index before its children, a
     subject before its referrers, so an interrupted run never strands a half-deleted image
     that still looks whole."""
