@@ -84,32 +84,27 @@ class Scanner:
         *,
         cache: FactsCache | None = None,
         known_digests: Callable[[str], Iterable[str]] | None = None,
-        untagged_since: Callable[[str, str], datetime | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         options: ScanOptions | None = None,
     ):
         """``known_digests(repo)`` yields digests seen there before (from the state), so
         manifests that lost their last tag are still found on registries that cannot list
-        untagged manifests. ``untagged_since(repo, digest)`` says since when one was seen
-        without ordinary tags."""
+        untagged manifests. When each was first seen untagged is the state's to fill in."""
         self._client = client
         self._cache = cache or MemoryCache()
         self._known = known_digests or (lambda _repo: ())
-        self._untagged_since = untagged_since or (lambda _repo, _digest: None)
         self._clock = clock
         self._options = options or ScanOptions()
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
         # no tag-by-tag resolution, no referrers API and no config blobs are needed there.
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
 
-    async def scan(self, *, repositories: Callable[[str], bool] | None = None) -> Inventory:
-        """Scan every repository (or those ``repositories`` accepts)."""
+    async def scan(self) -> Inventory:
+        """Scan every repository of the registry (or those its settings list)."""
         if self._acr is not None and not self._client.settings.repositories:
             names = await self._acr.catalog()
         else:
             names = await self._client.catalog()
-        if repositories is not None:
-            names = [n for n in names if repositories(n)]
         gate = asyncio.Semaphore(self._options.parallel_repositories)
 
         async def one(name: str) -> Repository:
@@ -186,7 +181,6 @@ class Scanner:
                 pushed=(pushed or {}).get(digest), blobs=fact.blobs,
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
                 locked=digest in (locked or ()), parsed=fact.parsed,
-                untagged_since=None if ordinary else self._untagged_since(name, digest),
             ))
         return Repository(name=name, manifests=tuple(manifests))
 
