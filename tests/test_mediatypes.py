@@ -1,0 +1,89 @@
+"""Manifest parsing: what the client understands, and what it refuses (kept, never deleted)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from retention.registry.mediatypes import (
+    DOCKER_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ManifestFormatError,
+    config_created,
+    parse_manifest,
+    parse_time,
+)
+
+D = "sha256:" + "a" * 64
+
+
+def body(doc: dict) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_oci_image_with_subject_and_annotation():
+    parsed = parse_manifest(body({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": D,
+                   "size": 10},
+        "layers": [{"mediaType": "x", "digest": D, "size": 5}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": D, "size": 1},
+        "annotations": {"org.opencontainers.image.created": "2024-01-02T03:04:05Z"},
+    }), OCI_MANIFEST)
+    assert parsed.subject == D
+    assert parsed.created_annotation == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parsed.artifact_type is None
+
+
+def test_media_type_from_shape_when_absent():
+    parsed = parse_manifest(body({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": D, "size": 3}]}), None)
+    assert parsed.media_type == OCI_INDEX and parsed.children[0].digest == D
+
+
+def test_docker_manifest_list():
+    parsed = parse_manifest(body({"schemaVersion": 2, "mediaType": DOCKER_LIST,
+                                  "manifests": []}), DOCKER_LIST)
+    assert parsed.children == ()
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (body({"schemaVersion": 1, "name": "x", "fsLayers": []}), "schema 1"),
+    (body({"schemaVersion": 3}), "unsupported schemaVersion"),
+    (body({"schemaVersion": 2, "mediaType": OCI_INDEX}), "without a manifests list"),
+    (body({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"digest": "x"}}),
+     "no valid digest"),
+    (body({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+           "config": {"digest": D, "size": -1}}), "no valid size"),
+    (body({"schemaVersion": 2, "mediaType": "application/vnd.example.thing"}),
+     "unsupported media type"),
+])
+def test_refused_manifests(raw: bytes, why: str):
+    with pytest.raises(ManifestFormatError, match=why):
+        parse_manifest(raw, None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2024-06-01T00:00:00.123456789Z", datetime(2024, 6, 1, 0, 0, 0, 123456, tzinfo=UTC)),
+    ("2024-06-01T02:00:00+02:00", datetime(2024, 6, 1, 0, 0, tzinfo=UTC)),
+    ("2024-06-01T00:00:00", None),  # no zone: ambiguous, unknown
+    ("yesterday", None),
+    ("", None),
+    (None, None),
+    (12345, None),
+])
+def test_parse_time(text, expected):
+    assert parse_time(text) == expected
+
+
+def test_config_created():
+    assert config_created(b'{"created": "2020-01-01T00:00:00Z"}') == datetime(
+        2020, 1, 1, tzinfo=UTC)
+    assert config_created(b"garbage") is None
+    assert config_created(b'{"created": "0001-01-01T00:00:00Z"}') == datetime(
+        1, 1, 1, tzinfo=UTC)  # the planner treats times before 2000 as unknown
