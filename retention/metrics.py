@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from retention.planner import PROTECTION_REASONS, Plan
 from retention.registry.client import Observer
@@ -10,6 +16,8 @@ from retention.registry.client import Observer
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
+        # Only the series SPEC names: no `*_created` companions for counters and histograms.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.reclaimed_bytes = Counter(
