@@ -75,6 +75,9 @@ def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Push
             assert metric(text, "retention_reclaimed_bytes_total", registry="main",
                           policy="orphans") > 0
             assert metric(text, "retention_policies_loaded") == 1
+            assert "_created" not in text  # only the series SPEC names
+            assert metric(text, "retention_protected_manifests", registry="main",
+                          policy="orphans", reason="pinned") == 0
             assert metric(text, "retention_last_success_timestamp_seconds",
                           policy="orphans") > 0
             assert metric(text, "retention_registry_requests_total", registry="main",
