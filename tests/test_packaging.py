@@ -54,7 +54,8 @@ def helm_lint(chart: Path) -> list[dict]:
     return [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 2]
 
 
-@pytest.mark.parametrize("values", [None, "ci/all-features-values.yaml"])
+@pytest.mark.parametrize("values", [None, "ci/all-features-values.yaml",
+                                    "ci/existing-resources-values.yaml"])
 def test_helm_chart_lints_clean(tmp_path: Path, values: str | None):
     chart = tmp_path / "retention"
     shutil.copytree(CHART, chart)
