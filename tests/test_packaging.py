@@ -107,3 +107,12 @@ def test_schema_rejects_what_the_loader_rejects(doc):
         jsonschema.validate(doc, policy_schema())
     with pytest.raises(ConfigError):
         policies_from_text(json.dumps(doc))
+
+
+def test_helm_values_schema_rejects_a_bad_mode(tmp_path: Path):
+    chart = tmp_path / "retention"
+    shutil.copytree(CHART, chart)
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    values["config"]["mode"] = "delete-everything"
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    assert any(m.get("Path") == "values.yaml" for m in helm_lint(chart))
