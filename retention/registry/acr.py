@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
-
-from retention.errors import RegistryError
-from retention.registry.client import RegistryClient, next_link
+from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import parse_time
 
 PAGE = 100  # ACR's page size for _catalog, _manifests and _tags
@@ -48,31 +45,15 @@ class AcrApi:
     def __init__(self, client: RegistryClient):
         self._client = client
 
-    async def _pages(self, path: str, key: str, *, scope: str) -> AsyncIterator[list[Any]]:
-        url: str | httpx.URL = path
-        params: dict[str, Any] | None = {"n": PAGE}
-        while True:
-            response = await self._client.request("GET", url, scope=scope, params=params)
-            if response.status_code == 404 and key != "repositories":
-                return
-            if response.status_code != 200:
-                raise self._client.failure(response, f"GET {path}")
-            try:
-                items = response.json().get(key) or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"GET {path}: the answer is not the expected JSON",
-                                    registry=self._client.settings.name) from None
-            yield items
-            link = next_link(response.headers.get("link"))
-            if link is None:
-                return
-            url = self._client.next_page(response, link)
-            params = None
+    def _pages(self, path: str, key: str, *, scope: str,
+               missing_ok: bool = True) -> AsyncIterator[list[Any]]:
+        return self._client.pages(path, key, scope=scope, sizes=(PAGE,),
+                                  missing_ok=missing_ok)
 
     async def catalog(self) -> list[str]:
         names: list[str] = []
         async for page in self._pages("/acr/v1/_catalog", "repositories",
-                                      scope="registry:catalog:*"):
+                                      scope="registry:catalog:*", missing_ok=False):
             names.extend(str(n) for n in page)
         return sorted(set(names))
 

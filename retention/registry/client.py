@@ -209,21 +209,33 @@ class RegistryClient:
         if response.status_code != 200:
             raise self.failure(response, "GET /v2/")
 
-    async def _paged(self, path: str, key: str, *, scope: str) -> AsyncIterator[list[str]]:
+    async def pages(
+        self,
+        path: str,
+        key: str,
+        *,
+        scope: str,
+        sizes: tuple[int | None, ...] = PAGE_SIZES,
+        missing_ok: bool = False,
+    ) -> AsyncIterator[list[Any]]:
+        """The ``key`` list of each page of a paged listing, following ``Link`` headers.
+
+        ``sizes`` are the page sizes to ask for, largest first: a 400 to the first request
+        means the registry allows less, so the next is tried. ``missing_ok``: a 404 means an
+        empty listing (a repository whose tags are all gone).
+        """
         url: str | httpx.URL = path
-        params: dict[str, Any] | None = None
-        sizes = list(PAGE_SIZES)
+        remaining = list(sizes)
+        params: dict[str, Any] | None = {"n": remaining[0]} if remaining[0] else None
         first = True
         while True:
-            if first:
-                size = sizes[0]
-                params = {"n": size} if size else None
             response = await self.request("GET", url, scope=scope, params=params)
-            if first and response.status_code == 400 and len(sizes) > 1:
-                sizes.pop(0)  # page size above what this registry allows: ask for less
+            if first and response.status_code == 400 and len(remaining) > 1:
+                remaining.pop(0)  # page size above what this registry allows: ask for less
+                params = {"n": remaining[0]} if remaining[0] else None
                 continue
-            if response.status_code == 404 and key == "tags":
-                return  # a repository in the catalog whose tags are all gone
+            if response.status_code == 404 and missing_ok:
+                return
             if response.status_code != 200:
                 raise self.failure(response, f"GET {path}")
             try:
@@ -231,7 +243,7 @@ class RegistryClient:
             except (ValueError, AttributeError):
                 raise RegistryError(f"GET {path}: the answer is not the expected JSON",
                                     registry=self.settings.name) from None
-            yield [str(i) for i in items]
+            yield list(items)
             link = next_link(response.headers.get("link"))
             if link is None:
                 return
@@ -244,15 +256,16 @@ class RegistryClient:
         if self.settings.repositories:
             return sorted(set(self.settings.repositories))
         names: list[str] = []
-        async for page in self._paged("/v2/_catalog", "repositories", scope="registry:catalog:*"):
-            names.extend(page)
+        async for page in self.pages("/v2/_catalog", "repositories",
+                                     scope="registry:catalog:*"):
+            names.extend(str(n) for n in page)
         return sorted(set(names))
 
     async def tags(self, repository: str) -> list[str]:
         tags: list[str] = []
-        async for page in self._paged(f"/v2/{repository}/tags/list", "tags",
-                                      scope=_pull(repository)):
-            tags.extend(page)
+        async for page in self.pages(f"/v2/{repository}/tags/list", "tags",
+                                     scope=_pull(repository), missing_ok=True):
+            tags.extend(str(t) for t in page)
         return sorted(set(tags))
 
     async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
