@@ -39,14 +39,31 @@ async def wait_for(predicate, timeout: float = 20.0):
     raise AssertionError("condition not reached in time")
 
 
+def every_second(**overrides) -> DaemonOptions:
+    """Daemon options for tests: every policy runs each second instead of on its cron."""
+    return DaemonOptions(**{"poll_interval": 0.1, "ping_interval": 0.2,
+                            "trigger": lambda _cron: IntervalTrigger(seconds=1), **overrides})
+
+
+def runs_by_outcome(daemon: Daemon) -> dict[str, float]:
+    return {s.labels["outcome"]: s.value for m in daemon.metrics.runs.collect()
+            for s in m.samples if s.name == "retention_runs_total"}
+
+
+def slow_registry(tmp_path: Path, pusher: Pusher, proxy, *, seconds: float, times: int) -> Path:
+    """A config whose registry answers tags/list slowly, so a run lasts a while."""
+    from tests.servers import Fault
+
+    pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
+    proxy.inject(Fault("GET", r"/tags/list", "delay", times=times, seconds=seconds))
+    return write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
+
+
 def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Pusher):
     first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z", layers=(b"one",))
     config = write_config(tmp_path, registry.url, extra="listen: 127.0.0.1:0")
-    options = DaemonOptions(poll_interval=0.1, ping_interval=0.2,
-                            trigger=lambda _cron: IntervalTrigger(seconds=1))
-
     async def scenario():
-        daemon = Daemon(config, options=options)
+        daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
         base = f"http://127.0.0.1:{daemon.port}"
@@ -118,11 +135,8 @@ def test_failed_run_does_not_stop_the_loop(tmp_path: Path):
     # Nothing listens on this port: every run fails; the daemon goes on and counts them.
     config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}",
                           extra="listen: 127.0.0.1:0")
-    options = DaemonOptions(poll_interval=0.1, ping_interval=0.2,
-                            trigger=lambda _cron: IntervalTrigger(seconds=1))
-
     async def scenario():
-        daemon = Daemon(config, options=options)
+        daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
@@ -183,16 +197,10 @@ def test_serve_process_sighup_and_sigterm(tmp_path: Path, registry):
 
 
 def test_stop_lets_the_run_in_flight_finish(tmp_path: Path, registry, pusher: Pusher, proxy):
-    from tests.servers import Fault
-
-    pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
-    proxy.inject(Fault("GET", r"/tags/list", "delay", times=1, seconds=1.5))
-    config = write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
-    options = DaemonOptions(poll_interval=0.1, ping_interval=60,
-                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+    config = slow_registry(tmp_path, pusher, proxy, seconds=1.5, times=1)
 
     async def scenario():
-        daemon = Daemon(config, options=options)
+        daemon = Daemon(config, options=every_second(ping_interval=60))
         task = asyncio.create_task(daemon.run())
 
         async def running():
@@ -204,23 +212,15 @@ def test_stop_lets_the_run_in_flight_finish(tmp_path: Path, registry, pusher: Pu
         return daemon
 
     daemon = asyncio.run(scenario())
-    runs = {s.labels["outcome"]: s.value for m in daemon.metrics.runs.collect()
-            for s in m.samples if s.name == "retention_runs_total"}
-    assert runs == {"success": 1.0}  # finished, not cancelled
+    assert runs_by_outcome(daemon) == {"success": 1.0}  # finished, not cancelled
 
 
 def test_runs_of_one_policy_never_overlap(tmp_path: Path, registry, pusher: Pusher, proxy):
-    from tests.servers import Fault
-
-    pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
     # Every run takes ~2.5 s; the trigger fires every second.
-    proxy.inject(Fault("GET", r"/tags/list", "delay", times=100, seconds=2.5))
-    config = write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
-    options = DaemonOptions(poll_interval=0.1, ping_interval=60,
-                            trigger=lambda _cron: IntervalTrigger(seconds=1))
+    config = slow_registry(tmp_path, pusher, proxy, seconds=2.5, times=100)
 
     async def scenario():
-        daemon = Daemon(config, options=options)
+        daemon = Daemon(config, options=every_second(ping_interval=60))
         task = asyncio.create_task(daemon.run())
         most = 0
         deadline = time.monotonic() + 6
@@ -233,6 +233,5 @@ def test_runs_of_one_policy_never_overlap(tmp_path: Path, registry, pusher: Push
 
     daemon, most = asyncio.run(scenario())
     assert most == 1
-    runs = sum(s.value for m in daemon.metrics.runs.collect() for s in m.samples
-               if s.name == "retention_runs_total")
+    runs = sum(runs_by_outcome(daemon).values())
     assert 1 <= runs <= 3  # not one per trigger: the skipped triggers coalesced away
