@@ -153,8 +153,9 @@ class Scanner:
         return self._repository(name, facts, tags_of)
 
     async def _scan_acr_repository(self, acr: AcrApi, name: str) -> Repository:
-        listing = {m.digest: m for m in await acr.manifests(name)}
-        locked_by_tag = {t.digest for t in await acr.tags(name) if not t.delete_enabled}
+        manifests, tags = await asyncio.gather(acr.manifests(name), acr.tags(name))
+        listing = {m.digest: m for m in manifests}
+        locked_by_tag = {t.digest for t in tags if not t.delete_enabled}
         facts: dict[str, ManifestFacts] = {}
         await self._resolve(name, set(listing), facts, set(), referrers=False)
         tags_of = {d: list(m.tags) for d, m in listing.items()}
