@@ -215,3 +215,14 @@ def test_deletion_disabled_registry_fails_clearly(tmp_path):
         assert pusher.tags("app") == ["pr-0", "pr-1", "pr-2"]
     finally:
         reg.stop()
+
+
+def test_dry_run_flag_wins_over_enforce(tmp_path, registry, pusher: Pusher):
+    old = pusher.image("app", "pr-1", created="2024-01-01T00:00:00Z")
+    config = write_config(tmp_path, registry.url, mode="enforce")
+    code, doc, _ = cli("run", "--config", str(config), "--dry-run", "--output", "json")
+    assert code == 0
+    assert doc["mode"] == "dry-run"
+    assert [a["status"] for a in doc["actions"]] == ["planned"]
+    assert doc["summary"]["reclaimed_bytes"] == 0 < doc["summary"]["reclaimable_bytes"]
+    assert pusher.exists("app", old.digest)
