@@ -114,10 +114,8 @@ def run() -> None:
 
 
 def _configure_logs(setup: Setup, err: TextIO, *, level: str) -> None:
-    secrets = [r.credentials.password for r in setup.config.registries.values()
-               if r.credentials is not None]
     fmt = "console" if err.isatty() else setup.config.log_format
-    logs.configure(fmt=fmt, stream=err, level=level, secrets=secrets)
+    logs.configure(fmt=fmt, stream=err, level=level, secrets=setup.secrets())
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -87,7 +87,7 @@ class Daemon:
             print("retention: the configuration is invalid; not starting", file=self.err)
             return 2
         self._redactor = logs.configure(fmt=setup.config.log_format, stream=self.err,
-                                        secrets=_secrets(setup))
+                                        secrets=setup.secrets())
         self.state = State.open(setup.config.state_dir)
         self._apply(setup)
         self._start_http(setup)
@@ -153,7 +153,7 @@ class Daemon:
         self._fingerprint = self._fingerprint_of(setup)
         self.metrics.policies_loaded.set(len(setup.policies))
         if self._redactor is not None:
-            self._redactor.set_secrets(_secrets(setup))
+            self._redactor.set_secrets(setup.secrets())
 
     def reload(self) -> bool:
         """Re-read everything; keep the running configuration if the new one is invalid."""
@@ -309,11 +309,6 @@ class Daemon:
         self._http.daemon_threads = True
         self.port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
-
-
-def _secrets(setup: Setup) -> list:
-    return [r.credentials.password for r in setup.config.registries.values()
-            if r.credentials is not None]
 
 
 def serve(config_path: Path, *, err: TextIO | None = None) -> int:

@@ -80,7 +80,6 @@ class PolicyPlan:
     protected: tuple[Decision, ...]
     kept: tuple[Decision, ...]
     errors: tuple[RepositoryError, ...] = ()
-    max_deletions: int = 0
     # Set when the policy would delete more than max_deletions: then it deletes nothing.
     aborted: str | None = None
     # Repositories this plan deletes every manifest of, for delete_empty_repositories.
@@ -158,7 +157,7 @@ def plan(
                        "intended)")
         plans.append(PolicyPlan(p.name, inventory.registry, tuple(part.actions),
                                 tuple(part.protected), tuple(part.kept), tuple(part.errors),
-                                limit, aborted, tuple(part.emptied)))
+                                aborted, tuple(part.emptied)))
     return Plan(now=now, policies=_count_bytes(inventory, plans))
 
 

@@ -10,6 +10,7 @@ from retention.config import Config, load_config
 from retention.errors import ConfigError, Problem
 from retention.planner import Options
 from retention.policy import Policy, load_policies
+from retention.secrets import Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,11 @@ class Setup:
     config: Config
     policies: tuple[Policy, ...]
     allowlist: Allowlist
+
+    def secrets(self) -> list[Secret]:
+        """Every configured password, for the log redactor."""
+        return [r.credentials.password for r in self.config.registries.values()
+                if r.credentials is not None]
 
     def planner_options(self) -> Options:
         return Options(untagged_grace=self.config.untagged_grace,
