@@ -37,9 +37,11 @@ class UsageError(RetentionError):
 class RegistryError(RetentionError):
     """A registry answered something we cannot work with, or not at all."""
 
-    def __init__(self, message: str, *, registry: str = "", status: int | None = None):
+    def __init__(self, message: str, *, registry: str = "", status: int | None = None,
+                 retry_after: float | None = None):
         self.registry = registry
         self.status = status
+        self.retry_after = retry_after  # seconds, when the registry said when to come back
         prefix = f"registry {registry!r}: " if registry else ""
         super().__init__(prefix + message)
 

@@ -67,6 +67,9 @@ class Repository:
     # Set when the repository could not be read completely. Nothing in it is deleted then:
     # a partial view could make an index's child look like an orphan.
     error: str | None = None
+    # When it could not be read: the manifests last known there (from the state). They are
+    # never planned; they still hold their blobs, so bytes shared with them are not freed.
+    last_known: tuple[Manifest, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
                 "name": r.name,
                 "error": r.error,
                 "manifests": [manifest_to_json(m) for m in r.manifests],
+                "last_known": [manifest_to_json(m) for m in r.last_known],
             }
             for r in inv.repositories
         ],
@@ -157,6 +161,7 @@ def inventory_from_json(d: dict[str, Any]) -> Inventory:
                 name=r["name"],
                 error=r.get("error"),
                 manifests=tuple(manifest_from_json(m) for m in r.get("manifests", ())),
+                last_known=tuple(manifest_from_json(m) for m in r.get("last_known", ())),
             )
             for r in d["repositories"]
         ),

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from retention.accounting import freed_bytes
 from retention.allowlist import Allowlist
 from retention.durations import format_duration
 from retention.inventory import Inventory, Manifest, Repository
@@ -47,6 +48,9 @@ class Action:
     cascade_of: str | None = None
     bytes: int = 0  # bytes freed by this deletion that no earlier action already counted
     time: datetime | None = None  # the manifest's effective time; None when unknown
+    # Every manifest of the repository that references this one (indexes listing it as a
+    # child, its subject): the executor deletes it only after all of them are gone.
+    parents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,46 +122,72 @@ def plan(
     now: datetime,
     options: Options | None = None,
 ) -> Plan:
-    """Decide, for every manifest some policy's delete rule matches, whether it goes."""
+    """Decide, for every manifest some policy's delete rule matches, whether it goes.
+
+    All policies of a registry are settled together: what one policy keeps, protects or
+    cannot delete survives for every other policy too, with its children and referrers.
+    """
     options = options or Options()
     ordered = sorted(policies, key=lambda p: p.name)
-    parts = {p.name: _Parts() for p in ordered}
     # Rules are described once, not once per manifest they decide.
     describe = {rule: rule.describe() for p in ordered for rule in (*p.keep, *p.delete)}
+    errors: dict[str, list[RepositoryError]] = defaultdict(list)
+    settled: list[_Deciding] = []
     for repo in sorted(inventory.repositories, key=lambda r: r.name):
         applying = [p for p in ordered if p.applies_to(repo.name)]
         if not applying:
             continue
         if repo.error is not None:
             for p in applying:
-                parts[p.name].errors.append(
+                errors[p.name].append(
                     RepositoryError(p.name, inventory.registry, repo.name, repo.error))
             continue
         view = _RepoView.of(repo, now)  # built once, shared by every policy
-        taken: set[str] = set()  # digests an earlier policy (by name) already deletes
-        for p in applying:
-            a, protected, kept = _plan_repository(inventory, p, view, now=now,
-                                                  options=options, describe=describe)
-            part = parts[p.name]
-            mine = [action for action in a if action.digest not in taken]
-            taken.update(action.digest for action in mine)
-            part.actions.extend(mine)
-            if p.delete_empty_repositories and len(mine) == len(repo.manifests):
-                part.emptied.append(repo.name)
-            part.protected.extend(protected)
-            part.kept.extend(kept)
-    plans = []
+        deciding = _Deciding.start(inventory, applying, view, now=now, options=options,
+                                   describe=describe)
+        if deciding is not None:
+            settled.append(deciding)
+
+    # max_deletions counts a policy's deletions across the registry. An aborted policy
+    # deletes nothing, so what it would have deleted survives for every other policy: settle
+    # once more with it held back (that only ever removes deletions).
+    planned = [d.actions() for d in settled]
+    counts: dict[str, int] = defaultdict(int)
+    for actions in planned:
+        for a in actions:
+            counts[a.policy] += 1
+    aborted: dict[str, str] = {}
     for p in ordered:
-        part = parts[p.name]
         limit = p.max_deletions if p.max_deletions is not None else options.max_deletions
-        aborted = None
-        if len(part.actions) > limit:
-            aborted = (f"max_deletions exceeded: {len(part.actions)} deletions planned, the "
-                       f"limit is {limit}; nothing is deleted (raise max_deletions if this is "
-                       "intended)")
-        plans.append(PolicyPlan(p.name, inventory.registry, tuple(part.actions),
-                                tuple(part.protected), tuple(part.kept), tuple(part.errors),
-                                aborted, tuple(part.emptied)))
+        if counts[p.name] > limit:
+            aborted[p.name] = (
+                f"max_deletions exceeded: {counts[p.name]} deletions planned, the limit is "
+                f"{limit}; nothing is deleted (raise max_deletions if this is intended)")
+    if aborted:
+        for deciding in settled:
+            deciding.hold_back(aborted)
+
+    parts = {p.name: _Parts() for p in ordered}
+    for deciding, first in zip(settled, planned, strict=True):
+        for a in first if aborted else ():
+            if a.policy in aborted:  # listed as they were planned, to say what was held back
+                parts[a.policy].actions.append(a)
+        for a in deciding.actions():
+            parts[a.policy].actions.append(a)
+        for p in deciding.policies:
+            part = parts[p.name]
+            part.protected.extend(d for d in deciding.protected_decisions() if d.policy == p.name)
+            part.kept.extend(d for d in deciding.kept if d.policy == p.name)
+            repo = deciding.view.repo
+            if (p.delete_empty_repositories and p.name not in aborted and repo.manifests
+                    and all(deciding.doomed_by.get(m.digest) == p.name
+                            for m in repo.manifests)):
+                part.emptied.append(repo.name)
+    plans = tuple(
+        PolicyPlan(p.name, inventory.registry, tuple(parts[p.name].actions),
+                   tuple(parts[p.name].protected), tuple(parts[p.name].kept),
+                   tuple(errors[p.name]), aborted.get(p.name), tuple(parts[p.name].emptied))
+        for p in ordered)
     return Plan(now=now, policies=_count_bytes(inventory, plans))
 
 
@@ -166,7 +196,6 @@ class _Parts:
     actions: list[Action] = field(default_factory=list)
     protected: list[Decision] = field(default_factory=list)
     kept: list[Decision] = field(default_factory=list)
-    errors: list[RepositoryError] = field(default_factory=list)
     emptied: list[str] = field(default_factory=list)
 
 
@@ -315,59 +344,64 @@ def _intrinsic_protection(
     return None
 
 
-def _plan_repository(
-    inventory: Inventory,
-    policy: Policy,
-    view: _RepoView,
-    *,
-    now: datetime,
-    options: Options,
-    describe: Mapping[object, str],
-) -> tuple[list[Action], list[Decision], list[Decision]]:
-    matched: dict[str, DeleteRule] = {}
-    for digest in sorted(view.by_digest):
-        for rule in policy.delete:
-            if _delete_matches(rule, view.by_digest[digest], view, now):
-                matched[digest] = rule
-                break
-    if not matched:
-        return [], [], []
-    kept_by: dict[str, KeepRule] = {}
-    for rule in policy.keep:
-        for digest in _keep_matches(rule, view, now):
-            kept_by.setdefault(digest, rule)
-    deciding = _Deciding(inventory.registry, policy.name, view, now, options, describe,
-                         matched, kept_by, _pinned_closure(inventory, view, options.allowlist))
-    deciding.decide_matches()
-    deciding.cascade()
-    deciding.settle()
-    return (deciding.actions(), sorted(deciding.protected.values(), key=lambda d: d.digest),
-            deciding.kept)
-
-
 @dataclass(slots=True)
 class _Deciding:
-    """The decisions about one repository under one policy, taken in phases."""
+    """The decisions about one repository under every policy that applies to it, taken in
+    phases (match, cascade, settle) over one shared view: a digest is deleted once, by the
+    first policy (by name) whose delete rule matched it, or with the deletion that pulls it
+    along; and a digest any policy keeps or protects stays for all of them."""
 
     registry: str
-    policy: str
+    policies: list[Policy]
     view: _RepoView
     now: datetime
     options: Options
     describe: Mapping[object, str]
-    matched: dict[str, DeleteRule]  # direct matches -> the delete rule that matched
-    kept_by: dict[str, KeepRule]
+    # digest -> (policy, delete rule) of each policy whose delete rule matched it
+    matched: dict[str, dict[str, DeleteRule]]
+    kept_by: dict[str, tuple[str, KeepRule]]  # digest -> the first policy's keep rule
     pinned: set[str]
     kept: list[Decision] = field(default_factory=list)
-    protected: dict[str, Decision] = field(default_factory=dict)
+    protected: dict[tuple[str, str], Decision] = field(default_factory=dict)
     doomed: dict[str, str | None] = field(default_factory=dict)  # digest -> cascade_of
+    doomed_by: dict[str, str] = field(default_factory=dict)  # digest -> policy deleting it
     root: dict[str, str] = field(default_factory=dict)  # digest -> the direct match behind it
 
-    def decision(self, digest: str, reason: str, detail: str) -> Decision:
+    @classmethod
+    def start(cls, inventory: Inventory, policies: list[Policy], view: _RepoView, *,
+              now: datetime, options: Options, describe: Mapping[object, str]
+              ) -> _Deciding | None:
+        matched: dict[str, dict[str, DeleteRule]] = {}
+        for digest in sorted(view.by_digest):
+            for p in policies:
+                rule = next((r for r in p.delete
+                             if _delete_matches(r, view.by_digest[digest], view, now)), None)
+                if rule is not None:
+                    matched.setdefault(digest, {})[p.name] = rule
+        if not matched:
+            return None
+        kept_by: dict[str, tuple[str, KeepRule]] = {}
+        for p in policies:
+            for rule in p.keep:
+                for digest in _keep_matches(rule, view, now):
+                    kept_by.setdefault(digest, (p.name, rule))
+        deciding = cls(inventory.registry, policies, view, now, options, describe, matched,
+                       kept_by, _pinned_closure(inventory, view, options.allowlist))
+        deciding.decide_matches()
+        deciding.cascade()
+        deciding.settle()
+        return deciding
+
+    def decision(self, digest: str, policy: str, reason: str, detail: str) -> Decision:
         m = self.view.by_digest[digest]
-        return Decision(self.policy, self.registry, self.view.repo.name, digest,
+        return Decision(policy, self.registry, self.view.repo.name, digest,
                         m.tags + m.referrer_tags, reason, detail,
-                        self.describe[self.matched[digest]], self.view.time[digest])
+                        self.describe[self.matched[digest][policy]], self.view.time[digest])
+
+    def protect(self, digest: str, reason: str, detail: str) -> None:
+        """Every policy that matched ``digest`` says why it stays."""
+        for policy in self.matched[digest]:
+            self.protected[(digest, policy)] = self.decision(digest, policy, reason, detail)
 
     def protection(self, digest: str) -> tuple[str, str] | None:
         return _intrinsic_protection(self.view.by_digest[digest], self.view, self.pinned,
@@ -375,14 +409,19 @@ class _Deciding:
 
     def decide_matches(self) -> None:
         """Each direct match is kept by a keep rule, saved by a protection, or doomed."""
-        for digest in self.matched:
+        for digest, by_policy in self.matched.items():
             if digest in self.kept_by:
-                self.kept.append(self.decision(digest, "keep",
-                                               self.describe[self.kept_by[digest]]))
+                keeper, rule = self.kept_by[digest]
+                for policy in by_policy:
+                    detail = self.describe[rule]
+                    if keeper != policy:
+                        detail = f"policy {keeper}: {detail}"
+                    self.kept.append(self.decision(digest, policy, "keep", detail))
             elif (saved := self.protection(digest)) is not None:
-                self.protected[digest] = self.decision(digest, *saved)
+                self.protect(digest, *saved)
             else:
                 self.doomed[digest] = None
+                self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted
                 self.root[digest] = digest
 
     def cascade(self) -> None:
@@ -407,6 +446,7 @@ class _Deciding:
                         waiting.setdefault(self.root[cause], linked)
                     continue
                 doomed[linked] = cause
+                self.doomed_by[linked] = self.doomed_by[cause]
                 self.root[linked] = self.root[cause]
                 queue.append(linked)
         # A child or referrer within its grace period would be left behind as an orphan that
@@ -414,7 +454,7 @@ class _Deciding:
         for direct, linked in waiting.items():
             for digest in [d for d in doomed if self.root[d] == direct]:
                 del doomed[digest]
-            self.protected[direct] = self.decision(direct, GRACE, (
+            self.protect(direct, GRACE, (
                 f"{_short(linked)}, which would go with it, was seen untagged for less than "
                 f"untagged_grace {format_duration(self.options.untagged_grace)}"))
 
@@ -436,24 +476,40 @@ class _Deciding:
                     continue
                 changed = True
                 if doomed.pop(digest) is None:  # a direct match: say why it stays
-                    self.protected[digest] = self.decision(digest, *reason)
+                    self.protect(digest, *reason)
+
+    def hold_back(self, aborted: Mapping[str, str]) -> None:
+        """Policies aborted by max_deletions delete nothing: what they would have deleted
+        stays, and so do the children and referrers it still references."""
+        for digest in [d for d in self.doomed if self.doomed_by[d] in aborted]:
+            del self.doomed[digest]
+        self.settle()
+
+    def protected_decisions(self) -> list[Decision]:
+        return sorted(self.protected.values(), key=lambda d: (d.digest, d.policy))
 
     def actions(self) -> list[Action]:
-        by_digest = self.view.by_digest
+        by_digest, view = self.view.by_digest, self.view
         out = []
         for digest in _deletion_order(self.doomed):
             m = by_digest[digest]
             cause = self.doomed[digest]
+            policy = self.doomed_by[digest]
             if cause is None:
-                reason = self.describe[self.matched[digest]]
+                reason = self.describe[self.matched[digest][policy]]
             else:
                 link = "child of index" if digest in by_digest[cause].children else \
                     "referrer of"
                 reason = f"cascade: {link} {_short(cause)}, which is deleted"
-            out.append(Action(self.policy, self.registry, self.view.repo.name, digest,
+            # Everything here that references it: the executor deletes it only once all of
+            # them are gone.
+            parents = set(view.parents.get(digest, ()))
+            if m.subject in by_digest and m.subject != digest:
+                parents.add(m.subject)
+            out.append(Action(policy, self.registry, view.repo.name, digest,
                               m.tags + m.referrer_tags, m.media_type, reason, cause, 0,
-                              self.view.time[digest]))
-        return out
+                              view.time[digest], tuple(sorted(parents))))
+        return parents_first(out)
 
 
 def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
@@ -476,6 +532,31 @@ def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
     return order
 
 
+def parents_first(actions: Iterable[Action]) -> list[Action]:
+    """The actions of one repository reordered, as little as possible, so that each comes
+    after every action deleting a manifest that references it (a referrer listed in a
+    fallback index comes after the index and after its subject). Actions caught in a
+    reference cycle come last, in their order: the executor then finds a parent still there
+    and skips them."""
+    pending = list(actions)
+    planned = {a.digest for a in pending}
+    emitted: set[str] = set()
+    out: list[Action] = []
+    progress = True
+    while pending and progress:
+        progress = False
+        waiting = []
+        for a in pending:
+            if all(p in emitted or p not in planned for p in a.parents):
+                out.append(a)
+                emitted.add(a.digest)
+                progress = True
+            else:
+                waiting.append(a)
+        pending = waiting
+    return out + pending
+
+
 def _short(digest: str) -> str:
     algo, _, hexpart = digest.partition(":")
     return f"{algo}:{hexpart[:12]}"
@@ -489,39 +570,9 @@ def _count_bytes(inventory: Inventory, plans: Iterable[PolicyPlan]) -> tuple[Pol
     that survives anywhere in the registry. Each blob is counted once, for the first action
     that frees it."""
     plans = list(plans)
-    deleted: dict[str, set[str]] = defaultdict(set)  # repository -> digests deleted there
-    for p in plans:
-        if not p.aborted:
-            for a in p.actions:
-                deleted[a.repository].add(a.digest)
-    surviving: set[str] = set()
-    repos: dict[str, dict[str, Manifest]] = {}
-    for repo in inventory.repositories:
-        gone = deleted.get(repo.name)
-        if gone:
-            repos[repo.name] = {m.digest: m for m in repo.manifests if m.digest in gone}
-            manifests: Iterable[Manifest] = (m for m in repo.manifests if m.digest not in gone)
-        else:
-            manifests = repo.manifests
-        for m in manifests:
-            surviving.add(m.digest)  # the manifest body is a blob too
-            surviving.update([b.digest for b in m.blobs])
-    counted: set[str] = set()
-    out = []
-    for p in plans:
-        if p.aborted:
-            out.append(p)
-            continue
-        actions = []
-        for a in p.actions:
-            m = repos[a.repository][a.digest]
-            freed = 0
-            for digest, size in ((m.digest, m.size), *((b.digest, b.size) for b in m.blobs)):
-                if digest in surviving or digest in counted:
-                    continue
-                counted.add(digest)
-                freed += size
-            actions.append(Action(a.policy, a.registry, a.repository, a.digest, a.tags,
-                                  a.media_type, a.reason, a.cascade_of, freed, a.time))
-        out.append(replace(p, actions=tuple(actions)))
-    return tuple(out)
+    deleting = [(a.repository, a.digest) for p in plans if not p.aborted for a in p.actions]
+    freed = freed_bytes(inventory, gone=set(deleting), credited=deleting)
+    return tuple(
+        p if p.aborted else replace(p, actions=tuple(
+            replace(a, bytes=freed[(a.repository, a.digest)]) for a in p.actions))
+        for p in plans)

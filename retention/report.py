@@ -18,6 +18,7 @@ class Outcome:
 
     status: str  # deleted, failed or skipped
     reason: str | None = None  # for skipped and failed: why
+    bytes: int = 0  # for deleted: what it really freed (0 when it was already gone)
 
 
 OutcomeKey = tuple[str, str, str]  # (registry, repository, digest)
@@ -28,17 +29,18 @@ def outcome_key(action: Action) -> OutcomeKey:
 
 
 def _status(policy: PolicyPlan, action: Action, outcomes: Mapping[OutcomeKey, Outcome] | None
-            ) -> tuple[str, str]:
+            ) -> tuple[str, str, int]:
+    """(status, reason, bytes): planned bytes for a plan, bytes really freed for a run."""
     if policy.aborted:
-        return SKIPPED, policy.aborted
+        return SKIPPED, policy.aborted, 0
     if outcomes is None:
-        return PLANNED, action.reason
+        return PLANNED, action.reason, action.bytes
     outcome = outcomes.get(outcome_key(action))
     if outcome is None:
-        return PLANNED, action.reason
+        return PLANNED, action.reason, action.bytes
     if outcome.status == DELETED:
-        return DELETED, action.reason
-    return outcome.status, outcome.reason or action.reason
+        return DELETED, action.reason, outcome.bytes
+    return outcome.status, outcome.reason or action.reason, 0
 
 
 def _decision_json(d: Decision) -> dict[str, Any]:
@@ -56,14 +58,14 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
         if p.aborted:
             aborted.append({"policy": p.policy, "registry": p.registry, "message": p.aborted})
         for a in p.actions:
-            status, reason = _status(p, a, outcomes)
+            status, reason, freed = _status(p, a, outcomes)
             counts[status] += 1
             if status == DELETED:
-                reclaimed += a.bytes
+                reclaimed += freed
             actions.append({
                 "policy": a.policy, "registry": a.registry, "repository": a.repository,
                 "digest": a.digest, "tags": list(a.tags), "media_type": a.media_type,
-                "reason": reason, "cascade_of": a.cascade_of, "bytes": a.bytes,
+                "reason": reason, "cascade_of": a.cascade_of, "bytes": freed,
                 "status": status,
             })
         protected.extend(_decision_json(d) for d in p.protected)
@@ -130,10 +132,10 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
     totals: list[str] = []
     for p in plan.policies:
         for a in p.actions:
-            status, reason = _status(p, a, outcomes)
+            status, reason, freed = _status(p, a, outcomes)
             decision = "delete" if status == PLANNED else status
             rows.append((p.policy, a.repository, _short(a.digest), _tags(a.tags),
-                         human_age(a.time, plan.now), human_bytes(a.bytes), decision, reason))
+                         human_age(a.time, plan.now), human_bytes(freed), decision, reason))
         for d in (*p.protected, *p.kept):
             decision = "keep" if d.reason == "keep" else f"protect:{d.reason}"
             rows.append((p.policy, d.repository, _short(d.digest), _tags(d.tags),

@@ -6,15 +6,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
 import structlog
 
 from retention.config import RegistrySettings
-from retention.executor import Executor, Report
-from retention.inventory import Inventory
+from retention.executor import SHUTTING_DOWN, Executor, Report
+from retention.inventory import Inventory, Manifest
 from retention.metrics import Metrics
 from retention.planner import Plan, plan
 from retention.policy import Policy
@@ -88,11 +88,26 @@ async def collect(clients: Mapping[str, RegistryClient], state: State, *,
         scanner = Scanner(client, cache=state,
                           known_digests=lambda repo: state.known_digests(name, repo), clock=now)
         inventory = await scanner.scan()
-        return state.observe(inventory, now())
+        return with_last_known(state.observe(inventory, now()), state)
 
     names = list(clients)
     inventories = await asyncio.gather(*(one(n, clients[n]) for n in names))
     return dict(zip(names, inventories, strict=True))
+
+
+def with_last_known(inventory: Inventory, state: State) -> Inventory:
+    """Repositories that could not be read still hold what was last seen there: the
+    manifests whose facts the state has. Their blobs are not freed by deletions elsewhere."""
+    repos = []
+    for repo in inventory.repositories:
+        if repo.error is not None:
+            facts = (state.get_facts(d) for d in state.known_digests(inventory.registry,
+                                                                     repo.name))
+            repo = replace(repo, last_known=tuple(
+                Manifest(digest=f.digest, media_type=f.media_type, size=f.size, blobs=f.blobs)
+                for f in facts if f is not None))
+        repos.append(repo)
+    return replace(inventory, repositories=tuple(repos))
 
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
@@ -116,7 +131,7 @@ class RunResult:
 
     @property
     def failed(self) -> bool:
-        return bool(self.report.failed or self.report.errors
+        return bool(self.report.failed or self.report.errors or self.report.interrupted
                     or any(p.aborted or p.errors for p in self.plan.policies))
 
     def policy_outcome(self, name: str) -> str:
@@ -125,8 +140,8 @@ class RunResult:
         if p.aborted:
             return "aborted"
         outcomes = self.report.outcomes
-        failed = any((o := outcomes.get(outcome_key(a))) is not None and o.status == FAILED
-                     for a in p.actions)
+        failed = any((o := outcomes.get(outcome_key(a))) is not None and
+                     (o.status == FAILED or o.reason == SHUTTING_DOWN) for a in p.actions)
         return "failure" if failed or p.errors or self.report.errors else "success"
 
 
@@ -152,7 +167,8 @@ async def run_pass(
         if metrics:
             metrics.record_plan(the_plan)
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,
-                                stop=stop).apply(the_plan, dry_run=dry_run)
+                                stop=stop).apply(the_plan, dry_run=dry_run,
+                                                 inventories=inventories)
     result = RunResult(the_plan, report, dry_run)
     if metrics:
         elapsed = time.monotonic() - started

@@ -203,8 +203,9 @@ class AcrEmulator:
                     return ""
                 if path == "/acr/v1/_catalog":
                     return "registry:catalog:*"
-                m = re.fullmatch(r"/acr/v1/(.+)/_(manifests|tags)", path)
-                if m:
+                m = re.fullmatch(r"/acr/v1/(.+)/_(manifests|tags)(/sha256:[0-9a-f]{64})?",
+                                 path)
+                if m and self.command == "GET":
                     return f"repository:{m.group(1)}:metadata_read"
                 m = re.fullmatch(r"/acr/v1/(.+)", path)
                 if m and self.command == "DELETE":
@@ -295,6 +296,14 @@ class AcrEmulator:
                     entries = [self._attributes(repo, d) for d in sorted(em.repos.get(repo, {}))]
                     return self._page(path, entries, "manifests", query,
                                       {"registry": urlsplit(em.url).netloc, "imageName": repo})
+                m = re.fullmatch(r"/acr/v1/(.+)/_manifests/(sha256:[0-9a-f]{64})", path)
+                if m:
+                    repo, digest = m.groups()
+                    if digest not in em.repos.get(repo, {}):
+                        return self._error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+                    return self._json(200, {"registry": urlsplit(em.url).netloc,
+                                            "imageName": repo,
+                                            "manifest": self._attributes(repo, digest)})
                 m = re.fullmatch(r"/acr/v1/(.+)/_tags", path)
                 if m:
                     repo = m.group(1)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from retention.errors import RegistryError
 from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import parse_time
 
@@ -80,6 +81,23 @@ class AcrApi:
                 out.append(AcrTag(str(entry["name"]), str(entry["digest"]),
                                   _delete_enabled(entry)))
         return out
+
+    async def manifest_tags(self, repository: str, digest: str) -> set[str] | None:
+        """The tags on one manifest now (one request, whatever the repository's size);
+        None when the manifest is gone."""
+        path = f"/acr/v1/{repository}/_manifests/{digest}"
+        response = await self._client.request(
+            "GET", path, scope=f"repository:{repository}:metadata_read")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._client.failure(response, f"GET {path}")
+        try:
+            entry = response.json()["manifest"]
+            return {str(t) for t in entry.get("tags") or ()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(f"GET {path}: the answer is not ACR's manifest attributes",
+                                registry=self._client.settings.name) from None
 
     async def delete_repository(self, repository: str) -> bool:
         response = await self._client.request(

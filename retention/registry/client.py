@@ -125,8 +125,12 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
         follow_redirects: bool = False,
+        retry: bool = True,
     ) -> httpx.Response:
+        """``retry=False``: one attempt; a retryable answer is returned, a connection error
+        raised, for a caller that must check something again before it tries again."""
         name = self.settings.name
+        attempts = self._retry.attempts if retry else 1
         attempt = 0
         auth_retried = False
         while True:
@@ -146,7 +150,7 @@ class RegistryClient:
                         f"the TLS certificate of {self.settings.host} is not trusted ({exc}); "
                         "set ca_file to the CA that signed it", registry=name) from None
                 attempt += 1
-                if attempt >= self._retry.attempts:
+                if attempt >= attempts:
                     raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "
                                         f"{type(exc).__name__} {exc}", registry=name) from None
                 delay = self._retry.backoff(attempt - 1)
@@ -168,7 +172,7 @@ class RegistryClient:
                 await self._auth.answer(response, scope)
                 auth_retried = True
                 continue
-            if status in RETRYABLE and attempt + 1 < self._retry.attempts:
+            if status in RETRYABLE and attempt + 1 < attempts:
                 attempt += 1
                 delay = _retry_after(response) or self._retry.backoff(attempt - 1)
                 delay = min(delay, self._retry.max_retry_after)
@@ -199,7 +203,8 @@ class RegistryClient:
             return AuthenticationError(f"{what}: access denied (HTTP 403){detail}",
                                        registry=self.settings.name, status=403)
         return RegistryError(f"{what}: HTTP {response.status_code}{detail}",
-                             registry=self.settings.name, status=response.status_code)
+                             registry=self.settings.name, status=response.status_code,
+                             retry_after=_retry_after(response))
 
     # -- API --------------------------------------------------------------------------------
 
@@ -370,10 +375,19 @@ class RegistryClient:
                 return found
             url = self.next_page(response, link)
 
-    async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """Delete by digest. True when deleted now, False when it was already gone."""
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._retry
+
+    async def delete_manifest(self, repository: str, digest: str, *,
+                              retry: bool = True) -> bool:
+        """Delete by digest. True when deleted now, False when it was already gone.
+
+        ``retry=False``: one attempt (a 429 or 503 raises RegistryError with its status):
+        the executor re-confirms the manifest's tags before it tries again."""
         path = f"/v2/{repository}/manifests/{digest}"
-        response = await self.request("DELETE", path, scope=f"repository:{repository}:delete")
+        response = await self.request("DELETE", path, scope=f"repository:{repository}:delete",
+                                      retry=retry)
         if response.status_code in (200, 202):
             return True
         if response.status_code == 404:
