@@ -1,6 +1,8 @@
-"""Counts the HTTP requests of a first and a second `retention run` against a real registry
-(Debian's docker-registry) holding images, multi-arch indexes and signatures, through a
-counting proxy. Prints figures; it asserts nothing.
+"""Counts the HTTP requests of `retention run` against a real registry (Debian's
+docker-registry) holding images, multi-arch indexes and signatures, through a counting
+proxy: a first run, a second one against the unchanged registry, and a third that deletes
+one orphan per repository (what confirming tags before each DELETE costs). Prints figures;
+it asserts nothing.
 
     .venv/bin/python bench/request_counts.py [--repositories N]
 """
@@ -58,11 +60,17 @@ def main() -> None:
             proxy = FaultProxy(registry.url)
             url = proxy.start()
             (work / "p.yaml").write_text('name: p\nrepositories: {include: ["**"]}\n'
-                                         'delete: [{untagged: true, older_than: 3650d}]\n')
+                                         'delete: [{untagged: true}]\n')
             config = work / "retention.yaml"
             config.write_text(f"registries:\n  main: {{url: '{url}'}}\npolicies: p.yaml\n"
-                              "state_dir: state\nmode: enforce\n")
-            for label in ("first run", "second run (unchanged registry)"):
+                              "state_dir: state\nmode: enforce\nuntagged_grace: 0s\n")
+            runs = ("first run", "second run (unchanged registry)",
+                    "third run (v0 re-pushed: one orphan deleted per repository)")
+            for label in runs:
+                if label.startswith("third"):
+                    for r in range(args.repositories):
+                        pusher.image(f"team/app-{r}", "v0", created="2026-01-01T00:00:00Z",
+                                     extra=f"{r}-0-new")
                 start = len(proxy.requests)
                 code = retention(["run", "--config", str(config)], stdout=io.StringIO())
                 counts = Counter(kind(m, p) for m, p in proxy.requests[start:])
