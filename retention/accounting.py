@@ -4,12 +4,13 @@ A blob (a manifest body, an image config, a layer) is freed only when no manifes
 anywhere in the registry references it. Blobs are shared across repositories, so survival is
 decided registry-wide, and a repository that could not be read still holds what was last
 known there. The planner uses this for what a plan would free; the executor for what a run
-really freed, from the manifests that are really gone.
+really freed, one deletion at a time, as each manifest really goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections import defaultdict
+from collections.abc import Hashable, Iterable
 
 from retention.inventory import Inventory, Manifest
 
@@ -22,32 +23,56 @@ def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
         yield b.digest, b.size
 
 
-def freed_bytes(inventory: Inventory, *, gone: Collection[Key],
-                credited: Iterable[Key]) -> dict[Key, int]:
-    """Bytes each manifest in ``credited`` frees, in that order, each blob counted once.
+class Ledger:
+    """References to each blob from the manifests still present in one registry.
 
-    ``gone`` is every manifest that is no longer there (deleted by this run, or found
-    already gone); ``credited`` those whose deletion is to be credited (a manifest someone
-    else deleted earlier frees nothing for us).
+    ``remove`` takes a manifest out and says which blobs lost their last reference: those
+    are freed, and credited to whoever deleted that manifest. A manifest found already gone
+    frees nothing for this run; a blob whose last reference it held is credited to the
+    earlier deletion in this run that also referenced it, if any (both are needed for the
+    garbage collector to free it).
     """
-    surviving: set[str] = set()
-    present: dict[Key, Manifest] = {}
-    for repo in inventory.repositories:
-        for m in (*repo.manifests, *repo.last_known):
-            key = (repo.name, m.digest)
-            if key in gone:
-                present[key] = m
-            else:
-                surviving.update(d for d, _ in _blobs(m))
-    counted: set[str] = set()
+
+    def __init__(self, inventory: Inventory):
+        self._manifests: dict[Key, Manifest] = {}
+        self._references: dict[str, int] = defaultdict(int)
+        self._sizes: dict[str, int] = {}
+        self._first_owner: dict[str, Hashable] = {}  # blob -> the first deletion touching it
+        for repo in inventory.repositories:
+            for m in (*repo.manifests, *repo.last_known):
+                key = (repo.name, m.digest)
+                if key in self._manifests:
+                    continue
+                self._manifests[key] = m
+                for digest, size in _blobs(m):
+                    self._references[digest] += 1
+                    self._sizes[digest] = size
+
+    def remove(self, key: Key, *, owner: Hashable | None) -> list[tuple[Hashable, int]]:
+        """The manifest ``key`` is gone: (owner, bytes) for what that frees. ``owner`` is
+        who deleted it; None when it was found already gone."""
+        m = self._manifests.pop(key, None)
+        if m is None:
+            return []
+        credits: dict[Hashable, int] = defaultdict(int)
+        for digest, _ in _blobs(m):
+            self._references[digest] -= 1
+            if owner is not None:
+                self._first_owner.setdefault(digest, owner)
+            if self._references[digest] == 0:
+                paid = owner if owner is not None else self._first_owner.get(digest)
+                if paid is not None:
+                    credits[paid] += self._sizes[digest]
+        return list(credits.items())
+
+
+def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
+    """Bytes each manifest frees when all of ``gone`` are deleted, in that order: a blob
+    shared by several of them is credited to the last one (it is freed only then)."""
+    ledger = Ledger(inventory)
     out: dict[Key, int] = {}
-    for key in credited:
-        freed = 0
-        m = present.get(key)
-        for digest, size in _blobs(m) if m is not None else ():
-            if digest in surviving or digest in counted:
-                continue
-            counted.add(digest)
-            freed += size
-        out[key] = freed
+    for key in gone:
+        out.setdefault(key, 0)
+        for owner, size in ledger.remove(key, owner=key):
+            out[owner] += size  # type: ignore[index]
     return out

@@ -23,13 +23,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from retention.accounting import freed_bytes
+from retention.accounting import Ledger
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
-from retention.inventory import Inventory
+from retention.inventory import Inventory, referrer_tag_subject
 from retention.metrics import Metrics
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, RegistryClient
+from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
 from retention.state import State
 
@@ -42,10 +43,22 @@ CONFIRM_WINDOW = 5.0  # seconds
 SHUTTING_DOWN = "shutting down: not started"
 
 
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """A problem beyond single deletions, in one repository."""
+
+    registry: str
+    repository: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}: {self.message}"
+
+
 @dataclass(slots=True)
 class Report:
     outcomes: dict[OutcomeKey, Outcome] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)  # problems beyond single deletions
+    errors: list[RunError] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -80,53 +93,96 @@ def log_decisions(plan: Plan, *, dry_run: bool) -> None:
 
 
 class TagConfirmation:
-    """The tags on each manifest of one repository, as the registry says now.
+    """What the registry says now about one repository's manifests.
 
     distribution cannot answer "which tags point at this digest": every tag is resolved
     (tag list + a HEAD per tag, at the client's concurrency), and that answer is trusted
     for ``window`` seconds from when the re-read began. ACR answers it for one digest in
     one request, so there every DELETE gets its own.
+
+    The same re-read shows manifests pushed since the plan (``known`` is what the plan
+    saw): one that references a manifest about to be deleted (a new index reusing a child,
+    a new signature) makes that manifest stay.
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
+                 known: frozenset[str] = frozenset(),
                  monotonic: Callable[[], float] = time.monotonic):
         self._client = client
         self._repository = repository
         self._window = window
+        self._known = known
         self._monotonic = monotonic
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
-        self._snapshot: dict[str, set[str]] = {}
+        self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
         self._read_at: float | None = None
+        self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
         self.rereads = 0
 
     async def tags_of(self, digest: str) -> set[str]:
         if self._acr is not None:
             self.rereads += 1
             return await self._acr.manifest_tags(self._repository, digest) or set()
+        await self._fresh()
+        return self._snapshot.get(digest, set())
+
+    async def new_referrer_of(self, digest: str) -> str | None:
+        """A manifest the plan did not know that references ``digest`` now, if any."""
+        await self._fresh()
+        for other in sorted(set(self._snapshot) - self._known):
+            links = await self._references(other)
+            if links is None or digest in links:
+                return other
+        return None
+
+    async def _fresh(self) -> None:
         if self._read_at is None or self._monotonic() - self._read_at > self._window:
             await self._reread()
-        return self._snapshot.get(digest, set())
 
     async def _reread(self) -> None:
         started = self._monotonic()
         client, repository = self._client, self._repository
-        tags = await client.tags(repository)
-        heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
         snapshot: dict[str, set[str]] = {}
-        for tag, head in zip(tags, heads, strict=True):
-            if head is not None:  # None: the tag vanished between listing and reading
-                snapshot.setdefault(head.digest, set()).add(tag)
+        if self._acr is not None:
+            # ACR lists every manifest, untagged ones too: new ones are all seen.
+            for m in await self._acr.manifests(repository):
+                snapshot[m.digest] = set(m.tags)
+        else:
+            tags = await client.tags(repository)
+            heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
+            for tag, head in zip(tags, heads, strict=True):
+                if head is not None:  # None: the tag vanished between listing and reading
+                    snapshot.setdefault(head.digest, set()).add(tag)
         self._snapshot, self._read_at = snapshot, started
         self.rereads += 1
+
+    async def _references(self, digest: str) -> frozenset[str] | None:
+        """Children, subject and referrer-tag subjects of a manifest pushed during the run;
+        None when it cannot be parsed: it may reference anything (unknown means keep)."""
+        if digest not in self._links:
+            found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
+            fetched = await self._client.get_manifest(self._repository, digest)
+            links: frozenset[str] | None = frozenset(found)
+            if fetched is not None:
+                try:
+                    parsed = parse_manifest(fetched.body, fetched.media_type)
+                except ManifestFormatError:
+                    links = None
+                else:
+                    links = frozenset(found | {c.digest for c in parsed.children}
+                                      | ({parsed.subject} if parsed.subject else set()))
+            self._links[digest] = links
+        return self._links[digest]
 
 
 @dataclass(slots=True)
 class _Live:
-    """What this run has done so far: the executor's view of what is gone and what stays."""
+    """What this run has done so far: the executor's view of what is gone and what stays,
+    and the bytes each deletion freed."""
 
     outcomes: dict[OutcomeKey, Outcome]
+    ledgers: dict[str, Ledger]  # registry -> references still present there
     gone: set[OutcomeKey] = field(default_factory=set)  # deleted now, or found already gone
-    deleted_now: list[Action] = field(default_factory=list)
     broken: dict[str, str] = field(default_factory=dict)  # registry -> why no more deletes
 
     def stays(self, registry: str, repository: str, digest: str) -> str | None:
@@ -138,6 +194,19 @@ class _Live:
         if outcome is None:
             return "not deleted by this run"
         return f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
+
+    def went(self, a: Action, *, by_us: bool) -> list[tuple[Action, int]]:
+        """``a``'s manifest is gone (deleted by this run, or found gone): the bytes that
+        frees, as (the deletion credited, bytes)."""
+        self.gone.add(outcome_key(a))
+        self.outcomes[outcome_key(a)] = Outcome(DELETED)
+        ledger = self.ledgers.get(a.registry)
+        credits = ledger.remove((a.repository, a.digest), owner=a if by_us else None) \
+            if ledger is not None else []
+        for owner, size in credits:
+            key = outcome_key(owner)  # type: ignore[arg-type]
+            self.outcomes[key] = Outcome(DELETED, bytes=self.outcomes[key].bytes + size)
+        return credits  # type: ignore[return-value]
 
 
 class Executor:
@@ -163,10 +232,10 @@ class Executor:
     async def apply(self, plan: Plan, *, dry_run: bool,
                     inventories: Mapping[str, Inventory]) -> Report:
         """Apply every policy of ``plan``; ``inventories`` (by registry) are what the plan
-        was made from, for the bytes really freed."""
+        was made from: what the repositories held, and so what each deletion frees."""
         report = Report()
         log_decisions(plan, dry_run=dry_run)
-        live = _Live(report.outcomes)
+        live = _Live(report.outcomes, {name: Ledger(inv) for name, inv in inventories.items()})
         groups: dict[tuple[str, str], list[tuple[PolicyPlan, Action]]] = {}
         for p in plan.policies:
             if p.aborted:
@@ -180,19 +249,21 @@ class Executor:
                              cascade_of=a.cascade_of, dry_run=True)
                 continue
             actions = parents_first(a for _, a in pairs)
-            await self._apply_repository(registry, repository, actions, live, report)
+            inventory = inventories.get(registry)
+            known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
+                              if r.name == repository for m in r.manifests)
+            await self._apply_repository(registry, repository, actions, live, report,
+                                         known=known)
             for p in {id(p): p for p, _ in pairs}.values():
                 if repository in p.emptied:
                     mine = [a for q, a in pairs if q is p]
                     await self._delete_if_empty(p, repository, mine, report)
-        if not dry_run:
-            self._credit(live, report, inventories)
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
-                                live: _Live, report: Report) -> None:
+                                live: _Live, report: Report, *, known: frozenset[str]) -> None:
         client = self._clients[registry]
-        confirmation = TagConfirmation(client, repository, window=self._window)
+        confirmation = TagConfirmation(client, repository, window=self._window, known=known)
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
 
@@ -211,27 +282,36 @@ class Executor:
         if now_tags != set(a.tags):
             return SKIPPED, (f"{CHANGED}: tags are now {sorted(now_tags) or 'none'}, the plan "
                              f"saw {sorted(a.tags) or 'none'}")
+        newcomer = await confirmation.new_referrer_of(a.digest)
+        if newcomer is not None:
+            return SKIPPED, (f"{CHANGED}: {_short(newcomer)}, pushed since the plan, "
+                             "references it")
         return None
 
     async def _delete(self, client: RegistryClient, a: Action,
                       confirmation: TagConfirmation, live: _Live, report: Report) -> None:
         retry = client.retry_policy
         attempt = 0
+        maybe_applied = False  # a DELETE was sent and its answer lost
         while True:
             try:
+                if maybe_applied and await client.head_manifest(a.repository, a.digest) is None:
+                    # Our DELETE went through; only its answer was lost.
+                    self._gone(a, live, by_us=True)
+                    return
                 verdict = await self._verdict(a, confirmation, live)
             except RegistryError as exc:
                 verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
-                report.errors.append(f"{a.registry}/{a.repository}: {verdict[1]}")
+                report.errors.append(RunError(a.registry, a.repository, verdict[1]))
             if verdict is not None:
-                self._record(a, *verdict, report)
+                self._record(a, live, *verdict)
                 return
             try:
                 existed = await client.delete_manifest(a.repository, a.digest, retry=False)
             except (DeletionDisabledError, AuthenticationError) as exc:
                 # Every further delete on this registry would fail the same way: stop asking.
                 live.broken[a.registry] = str(exc)
-                self._record(a, FAILED, str(exc), report)
+                self._record(a, live, FAILED, str(exc))
                 return
             except RegistryError as exc:
                 attempt += 1
@@ -239,31 +319,37 @@ class Executor:
                         attempt < retry.attempts:
                     # Wait, then go through the gate again: the wait may outlast the
                     # confirmation of its tags, or the run may be stopping.
+                    maybe_applied = maybe_applied or exc.status != 429
                     delay = min(exc.retry_after or retry.backoff(attempt - 1),
                                 retry.max_retry_after)
                     log.info("deletion retried", **_event(a), reason=str(exc),
                              delay=round(delay, 3))
                     await self._sleep(delay)
                     continue
-                self._record(a, FAILED, str(exc), report)
+                self._record(a, live, FAILED, str(exc))
                 return
-            live.gone.add(outcome_key(a))
-            if existed:
-                live.deleted_now.append(a)
-            report.outcomes[outcome_key(a)] = Outcome(DELETED)
-            # Journaled at once; the bytes it freed are known only once the run knows all
-            # that went (the report and the metrics carry them).
-            self._state.record_deletion(at=self._clock(), registry=a.registry,
-                                        repository=a.repository, digest=a.digest, tags=a.tags,
-                                        bytes=0, policy=a.policy, reason=a.reason,
-                                        status=DELETED)
-            log.info("manifest deleted", **_event(a), reason=a.reason,
-                     cascade_of=a.cascade_of, already_gone=not existed, dry_run=False)
+            self._gone(a, live, by_us=existed or maybe_applied)
             return
 
-    def _record(self, a: Action, status: str, reason: str, report: Report) -> None:
+    def _gone(self, a: Action, live: _Live, *, by_us: bool) -> None:
+        """The manifest is gone: journal it, credit the bytes it freed, count it."""
+        credits = live.went(a, by_us=by_us)
+        freed = sum(size for owner, size in credits if owner is a)
+        self._state.record_deletion(at=self._clock(), registry=a.registry,
+                                    repository=a.repository, digest=a.digest, tags=a.tags,
+                                    bytes=freed, policy=a.policy, reason=a.reason,
+                                    status=DELETED)
+        if self._metrics:
+            if by_us:
+                self._metrics.manifests_deleted.labels(a.registry, a.policy).inc()
+            for owner, size in credits:
+                self._metrics.reclaimed_bytes.labels(owner.registry, owner.policy).inc(size)
+        log.info("manifest deleted", **{**_event(a), "bytes": freed}, reason=a.reason,
+                 cascade_of=a.cascade_of, already_gone=not by_us, dry_run=False)
+
+    def _record(self, a: Action, live: _Live, status: str, reason: str) -> None:
         """An action not deleted: its outcome, the journal, the failure counter."""
-        report.outcomes[outcome_key(a)] = Outcome(status, reason)
+        live.outcomes[outcome_key(a)] = Outcome(status, reason)
         if status == FAILED:
             log.error("deletion failed", **_event(a), reason=reason)
             if self._metrics:
@@ -276,24 +362,6 @@ class Executor:
         self._state.record_deletion(at=self._clock(), registry=a.registry,
                                     repository=a.repository, digest=a.digest, tags=a.tags,
                                     bytes=0, policy=a.policy, reason=reason, status=status)
-
-    def _credit(self, live: _Live, report: Report,
-                inventories: Mapping[str, Inventory]) -> None:
-        """The bytes each deletion really freed: blobs that no manifest still present in
-        the registry references (a manifest found already gone frees nothing for us)."""
-        by_registry: dict[str, list[Action]] = {}
-        for a in live.deleted_now:
-            by_registry.setdefault(a.registry, []).append(a)
-        for registry, actions in by_registry.items():
-            gone = {(r, d) for reg, r, d in live.gone if reg == registry}
-            freed = freed_bytes(inventories[registry], gone=gone,
-                                credited=[(a.repository, a.digest) for a in actions])
-            for a in actions:
-                got = freed[(a.repository, a.digest)]
-                report.outcomes[outcome_key(a)] = Outcome(DELETED, bytes=got)
-                if self._metrics:
-                    self._metrics.manifests_deleted.labels(a.registry, a.policy).inc()
-                    self._metrics.reclaimed_bytes.labels(a.registry, a.policy).inc(got)
 
     async def _delete_if_empty(self, p: PolicyPlan, repository: str, actions: list[Action],
                                report: Report) -> None:
@@ -313,8 +381,8 @@ class Executor:
                 return
             await acr.delete_repository(repository)
         except RegistryError as exc:
-            report.errors.append(f"{p.registry}/{repository}: deleting the empty repository "
-                                 f"failed: {exc}")
+            report.errors.append(RunError(p.registry, repository,
+                                          f"deleting the empty repository failed: {exc}"))
             log.error("repository deletion failed", policy=p.policy, registry=p.registry,
                       repository=repository, reason=str(exc))
             return

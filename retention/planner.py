@@ -482,7 +482,13 @@ class _Deciding:
         """Policies aborted by max_deletions delete nothing: what they would have deleted
         stays, and so do the children and referrers it still references."""
         for digest in [d for d in self.doomed if self.doomed_by[d] in aborted]:
+            owner = self.doomed_by[digest]
             del self.doomed[digest]
+            for policy in self.matched.get(digest, {}):
+                if policy not in aborted:  # it matched too: say why it stays
+                    self.kept.append(self.decision(digest, policy, "keep", (
+                        f"policy {owner}, which deletes it, is aborted by max_deletions; "
+                        "it stays for every policy")))
         self.settle()
 
     def protected_decisions(self) -> list[Decision]:
@@ -510,6 +516,19 @@ class _Deciding:
                               m.tags + m.referrer_tags, m.media_type, reason, cause, 0,
                               view.time[digest], tuple(sorted(parents))))
         return parents_first(out)
+
+
+def only(plan: Plan, names: Iterable[str], inventories: Mapping[str, Inventory]) -> Plan:
+    """The part of ``plan`` that the policies ``names`` own, with bytes counted as if only
+    their deletions happened. Planning every policy and running a few keeps what the others
+    keep or protect safe from the few."""
+    chosen = [p for p in plan.policies if p.policy in set(names)]
+    by_registry: dict[str, list[PolicyPlan]] = defaultdict(list)
+    for p in chosen:
+        by_registry[p.registry].append(p)
+    counted = {p.policy: p for registry, plans in by_registry.items()
+               for p in _count_bytes(inventories[registry], plans)}
+    return Plan(now=plan.now, policies=tuple(counted[p.policy] for p in chosen))
 
 
 def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
@@ -567,11 +586,11 @@ def _short(digest: str) -> str:
 
 def _count_bytes(inventory: Inventory, plans: Iterable[PolicyPlan]) -> tuple[PolicyPlan, ...]:
     """Attribute to each action the blobs it frees: referenced by it, and by no manifest
-    that survives anywhere in the registry. Each blob is counted once, for the first action
-    that frees it."""
+    that survives anywhere in the registry. Each blob is counted once, for the action whose
+    deletion removes its last reference."""
     plans = list(plans)
     deleting = [(a.repository, a.digest) for p in plans if not p.aborted for a in p.actions]
-    freed = freed_bytes(inventory, gone=set(deleting), credited=deleting)
+    freed = freed_bytes(inventory, gone=deleting)
     return tuple(
         p if p.aborted else replace(p, actions=tuple(
             replace(a, bytes=freed[(a.repository, a.digest)]) for a in p.actions))

@@ -16,7 +16,7 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.metrics import Metrics
-from retention.planner import Plan, plan
+from retention.planner import Plan, only, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
@@ -142,7 +142,10 @@ class RunResult:
         outcomes = self.report.outcomes
         failed = any((o := outcomes.get(outcome_key(a))) is not None and
                      (o.status == FAILED or o.reason == SHUTTING_DOWN) for a in p.actions)
-        return "failure" if failed or p.errors or self.report.errors else "success"
+        mine = {a.repository for a in p.actions}
+        errors = any(e.registry == p.registry and e.repository in mine
+                     for e in self.report.errors)
+        return "failure" if failed or p.errors or errors else "success"
 
 
 async def run_pass(
@@ -160,10 +163,16 @@ async def run_pass(
     be scanned at all (unreachable, credentials refused)."""
     policies = list(policies)
     started = time.monotonic()
-    async with open_clients(setup, registries_of(policies), metrics=metrics,
+    registries = registries_of(policies)
+    # Every policy of these registries is planned, so that what any of them keeps or
+    # protects is safe from the ones that run now; only those run.
+    settled = {p.name: p for p in setup.policies if p.registry in registries}
+    settled.update((p.name, p) for p in policies)
+    async with open_clients(setup, registries, metrics=metrics,
                             connections=connections) as clients:
         inventories = await collect(clients, state, now=clock)
-        the_plan = plan_all(setup, inventories, policies, now=clock())
+        whole = plan_all(setup, inventories, settled.values(), now=clock())
+        the_plan = only(whole, [p.name for p in policies], inventories)
         if metrics:
             metrics.record_plan(the_plan)
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,

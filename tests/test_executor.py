@@ -7,6 +7,7 @@ proxy, which runs just before the proxy forwards a request) and checks what surv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from retention.metrics import Metrics
 from retention.runs import collect, open_clients, plan_all, run_pass
 from retention.setup import load_setup
 from retention.state import State
+from tests.factories import inv, make_plan, man, name_of
 from tests.pusher import Pushed, Pusher
 from tests.servers import Fault, FaultProxy, Registry
 from tests.test_run_e2e import cli, deleted_digests, write_config
@@ -329,3 +331,104 @@ def test_tag_confirmation_reads_at_most_once_per_window(registry, pusher):
 
     assert asyncio.run(go(60.0)) == 1
     assert asyncio.run(go(0.0)) == 4
+
+
+# -- found in review: what else changes while the run deletes ---------------------------------
+
+# A parent pushed after the plan: the re-read of tags shows it, and it is read.
+def test_child_reused_by_an_index_pushed_mid_run_stays(tmp_path, registry, pusher, proxy):
+    child = pusher.image("multi", None, created=OLD, layers=(b"reproducible child",))
+    old = pusher.index("multi", "pr-1", [child])
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    # A reproducible rebuild: same platform manifest, a new index with a new tag.
+    on_request(proxy, "DELETE", old.digest,
+               lambda: pusher.index("multi", "v2", [child], annotations={"rebuild": "2"}))
+    statuses, _ = run_with_window(config, 0.0)  # tags re-read before every DELETE
+    assert statuses[old.digest] == "deleted"
+    assert pusher.exists("multi", "v2")
+    assert pusher.exists("multi", child.digest), "v2 now points at an index missing its child"
+
+
+# The daemon runs one policy at a time; every policy is planned, so the others still count.
+TWO = """
+name: a-keep
+repositories: {include: ["**"]}
+keep: [{tags: ["pr-1"]}]
+delete: [{tags: ["never-*"]}]
+---
+name: b-prs
+repositories: {include: ["**"]}
+delete: [{tags: ["pr-*"]}]
+"""
+
+
+def test_what_plan_says_another_policy_keeps_survives_the_daemons_run(
+        tmp_path, registry, pusher):
+    kept = pusher.image("app", "pr-1", created=OLD, layers=(b"kept",))
+    pusher.image("app", "pr-2", created=OLD, layers=(b"gone",))
+    config = write_config(tmp_path, registry.url, policy=TWO)
+    _, doc, _ = cli("plan", "--config", str(config), "--output", "json")
+    assert kept.digest not in {a["digest"] for a in doc["actions"]}  # plan: kept
+    setup = load_setup(config)
+    b = next(p for p in setup.policies if p.name == "b-prs")
+    # exactly what Daemon.run_policy does (daemon.py:252)
+    asyncio.run(run_pass(setup, [b], dry_run=False, state=State.memory()))
+    assert pusher.exists("app", "pr-1"), "deleted what `retention plan` said a-keep keeps"
+
+
+# A DELETE carried out whose answer was lost (504): the retry finds it gone, and says so.
+def test_delete_whose_answer_was_lost_is_reported_deleted(tmp_path, registry, pusher, proxy):
+    img = pusher.image("app", "pr-1", created=OLD, layers=(b"lost answer" * 40,))
+    proxy.inject(Fault("DELETE", img.digest, "status", status=504,
+                       headers={"Retry-After": "6"}))
+    on_request(proxy, "DELETE", img.digest,
+               lambda: pusher.client.delete(f"/v2/app/manifests/{img.digest}"))
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert not pusher.exists("app", img.digest)
+    action = doc["actions"][0]
+    assert action["status"] == "deleted", (code, action["reason"], doc["summary"])
+
+
+# A run cancelled (shutdown took too long): what was deleted is already counted.
+def test_deletions_are_counted_even_if_the_run_is_cancelled(tmp_path, registry, pusher, proxy):
+    a = pusher.image("app", "pr-1", created=OLD, layers=(b"a" * 40,))
+    b = pusher.image("app", "pr-2", created=OLD, layers=(b"b" * 40,))
+    late = max([a, b], key=lambda p: p.digest)
+    proxy.inject(Fault("DELETE", late.digest, "delay", seconds=4.0))
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    setup = load_setup(config)
+    metrics = Metrics(CollectorRegistry())
+
+    async def go():
+        task = asyncio.create_task(run_pass(setup, setup.policies, dry_run=False,
+                                            state=State.memory(), metrics=metrics))
+        await asyncio.sleep(2.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    gone = sum(not pusher.exists("app", p.digest) for p in (a, b))
+    assert gone >= 1
+    assert metrics.registry.get_sample_value(
+        "retention_manifests_deleted_total", {"registry": "main", "policy": "p"}) == gone
+
+
+# A digest matched by an aborted policy and by another: the other one says why it stays.
+def test_second_policy_reports_what_it_matched_when_the_first_is_aborted():
+    text = """
+name: a
+repositories: {include: ["**"]}
+delete: [{tags: ["pr-*"]}]
+max_deletions: 1
+---
+name: b
+repositories: {include: ["**"]}
+delete: [{tags: ["pr-*"]}]
+"""
+    p = make_plan(text, inv(man("x", "pr-1"), man("y", "pr-2")))
+    b = next(pp for pp in p.policies if pp.policy == "b")
+    said = {name_of(a.digest) for a in b.actions} | {name_of(d.digest) for d in
+                                                      (*b.protected, *b.kept)}
+    assert said == {"x", "y"}, (said, b)
