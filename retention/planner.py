@@ -223,8 +223,8 @@ class _RepoView:
                 referrers[m.subject].append(m.digest)
         view = cls(repo, by_digest, {}, parents, referrers,
                    any(not m.parsed for m in repo.manifests), attested)
-        for m in repo.manifests:
-            view._time_of(m.digest, now, frozenset())
+        for digest in sorted(by_digest):  # by digest: the listing order never matters
+            view._time_of(digest, now, frozenset())
         return view
 
     def _time_of(self, digest: str, now: datetime, path: frozenset[str]) -> ManifestTime:
