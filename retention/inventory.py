@@ -47,7 +47,7 @@ class Manifest:
     size: int  # bytes of the manifest body, itself a blob in the registry's storage
     tags: tuple[str, ...] = ()  # ordinary tags
     referrer_tags: tuple[str, ...] = ()
-    created: datetime | None = None  # image config `created`, else the created annotation
+    created: datetime | None = None  # image config `created`
     pushed: datetime | None = None  # push time, where the registry's API tells it (ACR)
     blobs: tuple[Blob, ...] = ()  # config and layers; children of an index are not blobs
     children: tuple[str, ...] = ()  # digests an index references
@@ -58,6 +58,11 @@ class Manifest:
     # When retention first saw it without ordinary tags (from the state); None: not known,
     # which the planner reads as "just now", so the grace period protects it.
     untagged_since: datetime | None = None
+    annotated: datetime | None = None  # the org.opencontainers.image.created annotation
+    attestations: tuple[str, ...] = ()  # children that are BuildKit attestation manifests
+    # When retention first saw the digest in this repository, from the state; None when this
+    # run is the first to see it (or the state was lost): its first sight is then unknown.
+    first_seen: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,9 @@ def manifest_to_json(m: Manifest) -> dict[str, Any]:
         "locked": m.locked,
         "parsed": m.parsed,
         "untagged_since": _time_to_json(m.untagged_since),
+        "annotated": _time_to_json(m.annotated),
+        "attestations": list(m.attestations),
+        "first_seen": _time_to_json(m.first_seen),
     }
 
 
@@ -125,6 +133,9 @@ def manifest_from_json(d: dict[str, Any]) -> Manifest:
         locked=bool(d.get("locked", False)),
         parsed=bool(d.get("parsed", True)),
         untagged_since=_time_from_json(d.get("untagged_since")),
+        annotated=_time_from_json(d.get("annotated")),
+        attestations=tuple(d.get("attestations", ())),
+        first_seen=_time_from_json(d.get("first_seen")),
     )
 
 

@@ -33,6 +33,30 @@ CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
 PROTECTION_REASONS = (PINNED, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED, UNKNOWN_MEDIA_TYPE)
 
+# Where a manifest's time comes from (JSON `time_source`).
+PUSHED = "pushed"  # the registry's push time (ACR)
+CREATED = "created"  # the image config's `created`
+ANNOTATION = "annotation"  # org.opencontainers.image.created
+CHILDREN = "children"  # an index: its newest platform child
+FIRST_SEEN = "first-seen"  # when retention first saw the digest in the repository
+TIME_SOURCES = (PUSHED, CREATED, ANNOTATION, CHILDREN, FIRST_SEEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestTime:
+    """A manifest's effective time and where it came from (SPEC "Time of a manifest")."""
+
+    at: datetime | None = None  # None: unknown (first seen in this very run, or state lost)
+    source: str | None = None  # one of TIME_SOURCES; None when unknown
+
+    @property
+    def dated(self) -> bool:
+        """From the registry, the config, the annotation or the children: not by sight."""
+        return self.source not in (None, FIRST_SEEN)
+
+
+UNKNOWN = ManifestTime()
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
@@ -47,7 +71,7 @@ class Action:
     reason: str
     cascade_of: str | None = None
     bytes: int = 0  # bytes freed by this deletion that no earlier action already counted
-    time: datetime | None = None  # the manifest's effective time; None when unknown
+    time: ManifestTime | None = None  # the manifest's effective time; None: unknown
     # Every manifest of the repository that references this one (indexes listing it as a
     # child, its subject): the executor deletes it only after all of them are gone.
     parents: tuple[str, ...] = ()
@@ -65,7 +89,7 @@ class Decision:
     reason: str  # a protection name, or "keep" for a keep rule
     detail: str  # the sentence a person reads
     matched: str  # the delete rule that matched
-    time: datetime | None = None
+    time: ManifestTime | None = None  # None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,44 +231,70 @@ class _Parts:
 class _RepoView:
     repo: Repository
     by_digest: dict[str, Manifest]
-    time: dict[str, datetime | None]
+    time: dict[str, ManifestTime]
     parents: dict[str, list[str]]  # child digest -> indexes referencing it
     referrers: dict[str, list[str]]  # subject digest -> its referrers
     has_unparsed: bool
+    attested: dict[str, list[str]] = field(default_factory=dict)  # attestation -> its indexes
 
     @classmethod
     def of(cls, repo: Repository, now: datetime) -> _RepoView:
         by_digest = {m.digest: m for m in repo.manifests}
         parents: dict[str, list[str]] = defaultdict(list)
         referrers: dict[str, list[str]] = defaultdict(list)
+        attested: dict[str, list[str]] = defaultdict(list)
         for m in repo.manifests:
             for child in m.children:
                 parents[child].append(m.digest)
+            for attestation in m.attestations:
+                attested[attestation].append(m.digest)
             if m.subject is not None and m.subject != m.digest:
                 referrers[m.subject].append(m.digest)
         view = cls(repo, by_digest, {}, parents, referrers,
-                   any(not m.parsed for m in repo.manifests))
-        for m in repo.manifests:
-            view._time_of(m.digest, now, frozenset())
+                   any(not m.parsed for m in repo.manifests), attested)
+        for digest in sorted(by_digest):  # by digest: the listing order never matters
+            view._time_of(digest, now, frozenset())
         return view
 
-    def _time_of(self, digest: str, now: datetime, path: frozenset[str]) -> datetime | None:
+    def _time_of(self, digest: str, now: datetime, path: frozenset[str]) -> ManifestTime:
         if digest in self.time:
             return self.time[digest]
         m = self.by_digest.get(digest)
-        value: datetime | None = None
-        if m is not None and digest not in path:
-            if m.pushed is not None:
-                value = _plausible(m.pushed, now)
-            elif m.children:
-                # An index is as new as its newest child; an unknown child makes it unknown,
-                # since unknown ranks as newest.
-                times = [self._time_of(c, now, path | {digest}) for c in m.children]
-                value = None if any(t is None for t in times) else max(times)  # type: ignore[type-var]
-            else:
-                value = _plausible(m.created, now)
+        if m is None or digest in path:
+            return UNKNOWN  # a missing child, or a cycle: nothing is known of it here
+        value = self._own_time(m, now, path | {digest})
         self.time[digest] = value
         return value
+
+    def _own_time(self, m: Manifest, now: datetime, path: frozenset[str]) -> ManifestTime:
+        """SPEC "Time of a manifest", first usable source wins."""
+        indexes = self.attested.get(m.digest)
+        if indexes:
+            # An attestation goes and stays with its index: it is exactly as old. With
+            # several indexes, the newest decides; one unknown makes it unknown.
+            times = [self._time_of(i, now, path) for i in indexes]
+            if any(t.at is None for t in times):
+                return UNKNOWN
+            return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
+        if (pushed := _plausible(m.pushed, now)) is not None:
+            return ManifestTime(pushed, PUSHED)
+        platform = [c for c in m.children if c not in m.attestations]
+        if platform:
+            # An index is as new as its newest platform child, when every one of them has
+            # a time of its own; attestations have none and do not count.
+            times = [self._time_of(c, now, path) for c in platform]
+            if all(t.dated for t in times):
+                return ManifestTime(max(t.at for t in times if t.at is not None), CHILDREN)
+        if (created := _plausible(m.created, now)) is not None:
+            return ManifestTime(created, CREATED)
+        if (annotated := _plausible(m.annotated, now)) is not None:
+            return ManifestTime(annotated, ANNOTATION)
+        # No usable time of its own (none, reproducible 1970/1980, or in the future): when
+        # retention first saw it, which is never before its real push, so an age is never
+        # overstated. First seen in this very run: unknown.
+        if (seen := _plausible(m.first_seen, now)) is not None:
+            return ManifestTime(seen, FIRST_SEEN)
+        return UNKNOWN
 
 
 def _plausible(value: datetime | None, now: datetime) -> datetime | None:
@@ -253,8 +303,8 @@ def _plausible(value: datetime | None, now: datetime) -> datetime | None:
     return value
 
 
-def _age(time: datetime | None, now: datetime) -> timedelta | None:
-    return None if time is None else now - time
+def _age(time: ManifestTime | None, now: datetime) -> timedelta | None:
+    return None if time is None or time.at is None else now - time.at
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,9 +317,13 @@ def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime) -> set[str]:
             m for m in manifests
             if m.tags and (rule.tags is None or any(rule.tags.matches(t) for t in m.tags))
         ]
-        # Newest first; unknown times rank as newest; ties broken by digest.
+        # Newest first; unknown times rank as newest; ties broken by digest. Dated and
+        # undated manifests are ranked apart, N of each: a reproducible build timed by first
+        # sight must not push a release with a real date out, nor the other way round.
         pool.sort(key=lambda m: _rank_key(view.time[m.digest], m.digest))
-        chosen = pool[: rule.newest]
+        dated = [m for m in pool if view.time[m.digest].dated]
+        undated = [m for m in pool if not view.time[m.digest].dated]
+        chosen = dated[: rule.newest] + undated[: rule.newest]
     elif rule.tags is not None:
         chosen = [m for m in manifests if any(rule.tags.matches(t) for t in m.tags)]
     else:
@@ -283,8 +337,9 @@ def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime) -> set[str]:
     return {m.digest for m in chosen}
 
 
-def _rank_key(time: datetime | None, digest: str) -> tuple[int, float, str]:
-    return (0, 0.0, digest) if time is None else (1, -time.timestamp(), digest)
+def _rank_key(time: ManifestTime, digest: str) -> tuple[int, float, str]:
+    # Manifests first seen in one run share that time: the digest orders them.
+    return (0, 0.0, digest) if time.at is None else (1, -time.at.timestamp(), digest)
 
 
 def _delete_matches(rule: DeleteRule, m: Manifest, view: _RepoView, now: datetime) -> bool:
@@ -297,6 +352,11 @@ def _delete_matches(rule: DeleteRule, m: Manifest, view: _RepoView, now: datetim
             return False
         if m.subject is not None and m.subject in view.by_digest:
             return False
+        if rule.untagged_for is not None:
+            # Never seen untagged before this run: untagged for no time at all.
+            since = m.untagged_since or now
+            if now - since < rule.untagged_for:
+                return False
     if rule.older_than is not None:
         age = _age(view.time[m.digest], now)
         if age is None or age <= rule.older_than:

@@ -44,9 +44,13 @@ class DeleteRule:
     tags: PatternSet | None = None
     untagged: bool = False
     older_than: timedelta | None = None
+    # Untagged rules only: seen without an ordinary tag for at least this long (state).
+    untagged_for: timedelta | None = None
 
     def describe(self) -> str:
         parts = [f"tags {self.tags}" if self.tags else "untagged"]
+        if self.untagged_for is not None:
+            parts.append(f"untagged for at least {format_duration(self.untagged_for)}")
         if self.older_than is not None:
             parts.append(f"older than {format_duration(self.older_than)}")
         return f"delete rule {self.number}: " + ", ".join(parts)
@@ -80,7 +84,7 @@ _POLICY_KEYS = {
     "delete_empty_repositories": False,
 }
 _KEEP_KEYS = {"tags": False, "newest": False, "younger_than": False}
-_DELETE_KEYS = {"tags": False, "untagged": False, "older_than": False}
+_DELETE_KEYS = {"tags": False, "untagged": False, "older_than": False, "untagged_for": False}
 
 
 def policy_files(paths: Iterable[Path]) -> list[Path]:
@@ -306,4 +310,14 @@ def _delete_rule(reader: Reader, node: yaml.Node, number: int, *, what: str) -> 
         return None
     older = _duration(reader, fields["older_than"], what=f"{what}: older_than") \
         if "older_than" in fields else None
-    return DeleteRule(number=number, tags=tags, untagged=untagged, older_than=older)
+    untagged_for = None
+    if "untagged_for" in fields:
+        if "untagged" not in fields:
+            # On a tags rule it would silently mean nothing: tagged manifests are not
+            # untagged for any time.
+            reader.error(fields["untagged_for"], f"{what}: untagged_for needs untagged: true "
+                         "(it measures how long an orphan has been without a tag)")
+            return None
+        untagged_for = _duration(reader, fields["untagged_for"], what=f"{what}: untagged_for")
+    return DeleteRule(number=number, tags=tags, untagged=untagged, older_than=older,
+                      untagged_for=untagged_for)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retention.planner import Action, Decision, Plan, PolicyPlan
+from retention.planner import FIRST_SEEN, Action, Decision, ManifestTime, Plan, PolicyPlan
 
 PLANNED, DELETED, FAILED, SKIPPED = "planned", "deleted", "failed", "skipped"
 
@@ -46,7 +46,12 @@ def _status(policy: PolicyPlan, action: Action, outcomes: Mapping[OutcomeKey, Ou
 def _decision_json(d: Decision) -> dict[str, Any]:
     return {"policy": d.policy, "registry": d.registry, "repository": d.repository,
             "digest": d.digest, "tags": list(d.tags), "reason": d.reason,
-            "detail": d.detail, "matched": d.matched}
+            "detail": d.detail, "matched": d.matched, "time_source": _source(d.time)}
+
+
+def _source(time: ManifestTime | None) -> str | None:
+    """Where the time that rules measured came from; None when it is unknown."""
+    return time.source if time is not None else None
 
 
 def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
@@ -66,7 +71,7 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
                 "policy": a.policy, "registry": a.registry, "repository": a.repository,
                 "digest": a.digest, "tags": list(a.tags), "media_type": a.media_type,
                 "reason": reason, "cascade_of": a.cascade_of, "bytes": freed,
-                "status": status,
+                "status": status, "time_source": _source(a.time),
             })
         protected.extend(_decision_json(d) for d in p.protected)
         kept.extend(_decision_json(d) for d in p.kept)
@@ -100,9 +105,18 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def human_age(time: datetime | None, now: datetime) -> str:
-    if time is None:
-        return "unknown"
+def human_age(time: ManifestTime | datetime | None, now: datetime) -> str:
+    """``12d``; ``seen 12d`` when the age runs from retention's first sight of the digest
+    (the image carries no usable time); ``unknown`` when first seen in this very run."""
+    if isinstance(time, ManifestTime):
+        if time.at is None:
+            return "unknown"
+        age = _age_text(time.at, now)
+        return f"seen {age}" if time.source == FIRST_SEEN else age
+    return "unknown" if time is None else _age_text(time, now)
+
+
+def _age_text(time: datetime, now: datetime) -> str:
     seconds = int((now - time).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

@@ -48,11 +48,13 @@ class ManifestFacts:
     children: tuple[str, ...] = ()
     subject: str | None = None
     artifact_type: str | None = None
-    created: datetime | None = None
+    created: datetime | None = None  # the image config's `created`
     parsed: bool = True
     # False when the image config was not read (on ACR, where the push time is used): a
     # registry that needs `created` reads it then.
     config_read: bool = True
+    annotated: datetime | None = None  # the org.opencontainers.image.created annotation
+    attestations: tuple[str, ...] = ()  # children that are BuildKit attestation manifests
 
 
 class FactsCache(Protocol):
@@ -182,6 +184,7 @@ class Scanner:
                 pushed=(pushed or {}).get(digest), blobs=fact.blobs,
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
                 locked=digest in (locked or ()), parsed=fact.parsed,
+                annotated=fact.annotated, attestations=fact.attestations,
             ))
         return Repository(name=name, manifests=tuple(manifests))
 
@@ -231,8 +234,9 @@ class Scanner:
         facts = ManifestFacts(
             digest=digest, media_type=parsed.media_type, size=size, blobs=blobs,
             children=tuple(c.digest for c in parsed.children), subject=parsed.subject,
-            artifact_type=parsed.artifact_type, created=created or parsed.created_annotation,
-            config_read=self._acr is None,
+            artifact_type=parsed.artifact_type, created=created,
+            config_read=self._acr is None, annotated=parsed.created_annotation,
+            attestations=parsed.attestations,
         )
         self._cache.put_facts(facts)
         return facts

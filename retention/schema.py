@@ -47,9 +47,16 @@ def policy_schema() -> dict[str, Any]:
         "properties": {
             "tags": {**_PATTERNS, "description": "Matches when every ordinary tag matches."},
             "untagged": {"const": True, "description": "Matches untagged orphans."},
-            "older_than": _DURATION,
+            "older_than": {**_DURATION,
+                           "description": "Older than this, by the manifest's own time (push, "
+                                          "config created, created annotation, newest "
+                                          "platform child, else first seen by retention)."},
+            "untagged_for": {**_DURATION,
+                             "description": "Untagged rules only: seen without an ordinary "
+                                            "tag for at least this long (from the state)."},
         },
-        "oneOf": [{"required": ["tags"]}, {"required": ["untagged"]}],
+        "oneOf": [{"required": ["tags"], "not": {"required": ["untagged_for"]}},
+                  {"required": ["untagged"]}],
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -3,7 +3,8 @@
 It holds immutable manifest facts cached by digest (so a second scan fetches only what
 changed), the tag-to-digest map and the digests last seen per repository (so manifests that
 lost their last tag are still found on registries that cannot list untagged manifests), when
-each manifest was first seen untagged (for ``untagged_grace``), and a journal of deletions.
+each manifest was first seen (the time of images without a usable one of their own) and first
+seen untagged (for ``untagged_grace`` and ``untagged_for``), and a journal of deletions.
 
 Losing the state is safe: without it nothing is known to have been untagged for long, so the
 grace period protects every untagged manifest, and orphans are found again from then on.
@@ -59,16 +60,23 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "subject": f.subject, "artifact_type": f.artifact_type,
         "created": _ts(f.created) if f.created else None, "parsed": f.parsed,
         "config_read": f.config_read,
+        "annotated": _ts(f.annotated) if f.annotated else None,
+        "attestations": list(f.attestations),
     }, separators=(",", ":"))
 
 
-def _facts_from_json(digest: str, text: str) -> ManifestFacts:
+def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
     d = json.loads(text)
+    if d["children"] and "attestations" not in d:
+        # Cached before attestations were told apart: read the index again, once, or its
+        # BuildKit attestation would keep it undated forever.
+        return None
     return ManifestFacts(
         digest=digest, media_type=d["media_type"], size=d["size"],
         blobs=tuple(Blob(x, s) for x, s in d["blobs"]), children=tuple(d["children"]),
         subject=d["subject"], artifact_type=d["artifact_type"], created=_dt(d["created"]),
         parsed=d["parsed"], config_read=d.get("config_read", True),
+        annotated=_dt(d.get("annotated")), attestations=tuple(d.get("attestations", ())),
     )
 
 
@@ -173,6 +181,7 @@ class State:
         db.execute("DELETE FROM tags WHERE registry=? AND repository=?", (registry, repo.name))
         manifests = []
         for m in repo.manifests:
+            known = m.digest in previous
             first, since = previous.get(m.digest, (stamp, None))
             since = None if m.tags else (since or stamp)
             db.execute("INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)",
@@ -180,7 +189,10 @@ class State:
             db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
                            [(registry, repo.name, t, m.digest)
                             for t in (*m.tags, *m.referrer_tags)])
-            manifests.append(replace(m, untagged_since=_dt(since)))
+            # First seen in this very run: not known to be older than this run (None), so
+            # it never matches older_than (SPEC "Time of a manifest").
+            manifests.append(replace(m, untagged_since=_dt(since),
+                                     first_seen=_dt(first) if known else None))
         return replace(repo, manifests=tuple(manifests))
 
     # -- the journal --------------------------------------------------------------------------

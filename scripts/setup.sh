@@ -21,6 +21,17 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   fi
 fi
 
+# Real clients the tests push with: skopeo (copies BuildKit's exact OCI layout) and buildah
+# (reproducible builds, --timestamp 0).
+missing_clients=()
+for tool in skopeo buildah; do
+  command -v "$tool" >/dev/null 2>&1 || missing_clients+=("$tool")
+done
+if [ ${#missing_clients[@]} -gt 0 ]; then
+  echo "setup: installing ${missing_clients[*]}"
+  apt_install "${missing_clients[@]}" >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 "$PYTHON" - <<'PY' || { echo "setup: Python 3.11 or newer is required" >&2; exit 2; }
 import sys; sys.exit(sys.version_info < (3, 11))

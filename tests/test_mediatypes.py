@@ -87,3 +87,28 @@ def test_config_created():
     assert config_created(b"garbage") is None
     assert config_created(b'{"created": "0001-01-01T00:00:00Z"}') == datetime(
         1, 1, 1, tzinfo=UTC)  # the planner treats times before 2000 as unknown
+
+
+def _buildkit_index(platform: dict | None, annotation: str | None) -> bytes:
+    attestation = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "b" * 64, "size": 2}
+    if annotation is not None:
+        attestation["annotations"] = {"vnd.docker.reference.type": annotation,
+                                      "vnd.docker.reference.digest": "sha256:" + "a" * 64}
+    if platform is not None:
+        attestation["platform"] = platform
+    return body({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 1,
+         "platform": {"architecture": "amd64", "os": "linux"}}, attestation]})
+
+
+@pytest.mark.parametrize(("platform", "annotation", "is_attestation"), [
+    ({"architecture": "unknown", "os": "unknown"}, "attestation-manifest", True),
+    ({"architecture": "amd64", "os": "linux"}, "attestation-manifest", False),
+    ({"architecture": "unknown", "os": "unknown"}, None, False),
+    ({"architecture": "unknown", "os": "unknown"}, "something-else", False),
+    (None, "attestation-manifest", False),
+])
+def test_buildkit_attestation_children_are_told_apart(platform, annotation, is_attestation):
+    parsed = parse_manifest(_buildkit_index(platform, annotation), OCI_INDEX)
+    assert len(parsed.children) == 2
+    assert parsed.attestations == (("sha256:" + "b" * 64,) if is_attestation else ())

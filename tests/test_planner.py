@@ -118,10 +118,13 @@ def test_newest_counts_manifests_not_tags():
     assert deleted(p) == {"m3"}
 
 
-def test_newest_unknown_time_ranks_newest_and_ties_by_digest():
+def test_newest_ties_by_digest_and_unknown_times_rank_apart():
+    # Dated and undated manifests are ranked apart (SPEC "Dated and undated in newest"): the
+    # unknown one never takes a dated one's place, and the dated tie goes by digest.
     ms = [man("unknown", "u", days=None), man("a", "x", days=5), man("b", "y", days=5),
-          man("c", "z", days=1)]
-    p = make_plan(KEEP_NEWEST, inv(*ms))
+          man("c", "z", days=1), man("d", "w", days=9)]
+    text = KEEP_NEWEST.replace("newest: 3", "newest: 2")
+    p = make_plan(text, inv(*ms))
     tie_winner = min(("a", "b"), key=dg)
     assert kept(p) == {"unknown", "c", tie_winner}
 

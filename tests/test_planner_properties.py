@@ -24,10 +24,23 @@ TAGS = ["pr-1", "pr-2", "sha-a", "sha-b", "v1.0", "latest", "release-1", "releas
 PATTERNS = ["pr-*", "sha-*", "v*", "release-*", "latest", "*", "re:pr-[0-9]+", "{pr,sha}-?"]
 DURATIONS = ["0s", "1h", "1d", "7d", "14d", "30d"]
 TIMES = [None, "1970", "future", *range(0, 120, 3)]
+SEEN = [None, 0, 0.5, 3, 10, 40]  # days since retention first saw it; None: this very run
 GRACE = timedelta(hours=24)
+OCI = "application/vnd.oci.image.manifest.v1+json"
 # 300 examples per property in CI; RETENTION_PROPERTY_EXAMPLES=5000 for a deeper search.
 PROPERTY = settings(max_examples=int(os.environ.get("RETENTION_PROPERTY_EXAMPLES", "300")),
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _time(draw, when) -> datetime | None:
+    return (None if when is None else
+            datetime(1970, 1, 1, tzinfo=UTC) if when == "1970" else
+            NOW + timedelta(days=2) if when == "future" else
+            NOW - timedelta(days=when, hours=draw(st.integers(0, 23))))
+
+
+def _seen(days) -> datetime | None:
+    return None if days is None else NOW - timedelta(days=days)
 
 
 @st.composite
@@ -47,17 +60,26 @@ def repositories(draw, name: str) -> Repository:
             if subject == dg(mname):
                 subject = None
         when = draw(st.sampled_from(TIMES))
-        created = (None if when is None else
-                   datetime(1970, 1, 1, tzinfo=UTC) if when == "1970" else
-                   NOW + timedelta(days=2) if when == "future" else
-                   NOW - timedelta(days=when, hours=draw(st.integers(0, 23))))
+        created = _time(draw, when)
         untagged = draw(st.sampled_from([None, 0, 0.5, 2, 30]))
+        seen = draw(st.sampled_from(SEEN))
+        attestations: tuple[str, ...] = ()
+        if is_index and draw(st.booleans()):
+            # A BuildKit attestation: untagged, undated, referenced by this index only.
+            att = Manifest(digest=dg(f"{mname}-att"), media_type=OCI, size=10,
+                           first_seen=_seen(draw(st.sampled_from(SEEN))),
+                           untagged_since=NOW - timedelta(days=30))
+            manifests.append(att)
+            attestations = (att.digest,)
         manifests.append(Manifest(
-            digest=dg(mname), media_type="application/vnd.oci.image.manifest.v1+json",
+            digest=dg(mname), media_type=OCI,
             size=100, tags=tags, created=None if is_index else created,
-            blobs=(), children=children, subject=subject,
+            blobs=(), children=children + attestations, subject=subject,
             locked=draw(st.integers(0, 9)) == 0, parsed=draw(st.integers(0, 14)) != 0,
             untagged_since=None if untagged is None else NOW - timedelta(days=untagged),
+            attestations=attestations, first_seen=_seen(seen),
+            annotated=_time(draw, draw(st.sampled_from(TIMES))) if draw(st.booleans())
+            else None,
         ))
     return Repository(name, tuple(manifests))
 
@@ -97,15 +119,44 @@ def run(inventory, text, allowlist):
 
 # -- reference computations ------------------------------------------------------------------
 
-def ref_time(repo: Repository, digest: str, seen=frozenset()) -> datetime | None:
+def _usable(t: datetime | None) -> datetime | None:
+    return t if t is not None and datetime(2000, 1, 1, tzinfo=UTC) <= t <= NOW else None
+
+
+def ref_timed(repo: Repository, digest: str, seen=frozenset()) -> tuple[datetime | None, bool]:
+    """(time, dated) as SPEC "Time of a manifest" says; (None, False) when unknown."""
     m = next((x for x in repo.manifests if x.digest == digest), None)
     if m is None or digest in seen:
-        return None
-    if m.children:
-        times = [ref_time(repo, c, seen | {digest}) for c in m.children]
-        return None if None in times else max(times)
-    t = m.created
-    return t if t is not None and datetime(2000, 1, 1, tzinfo=UTC) <= t <= NOW else None
+        return None, False
+    indexes = [x.digest for x in repo.manifests if digest in x.attestations]
+    if indexes:  # an attestation is as old as its index
+        times = [ref_timed(repo, i, seen | {digest}) for i in indexes]
+        return (None, False) if any(t is None for t, _ in times) else max(times)
+    if _usable(m.pushed):
+        return m.pushed, True
+    platform = [c for c in m.children if c not in m.attestations]
+    times = [ref_timed(repo, c, seen | {digest}) for c in platform]
+    if platform and all(dated for _, dated in times):
+        return max(t for t, _ in times), True
+    for t in (m.created, m.annotated):
+        if _usable(t):
+            return t, True
+    return _usable(m.first_seen), False
+
+
+def ref_time(repo: Repository, digest: str) -> datetime | None:
+    return ref_timed(repo, digest)[0]
+
+
+def ref_newest(repo: Repository, pool, n: int) -> list:
+    """SPEC "Dated and undated in newest": the n newest dated and the n newest undated
+    (unknown first), ties by digest."""
+    def rank(m):
+        t = ref_time(repo, m.digest)
+        return (0, 0, m.digest) if t is None else (1, -t.timestamp(), m.digest)
+    dated = sorted((m for m in pool if ref_timed(repo, m.digest)[1]), key=rank)
+    undated = sorted((m for m in pool if not ref_timed(repo, m.digest)[1]), key=rank)
+    return dated[:n] + undated[:n]
 
 
 def matches_any(patterns, tag) -> bool:
@@ -119,11 +170,7 @@ def ref_kept(repo: Repository, keep_lines) -> set[str]:
         if "newest" in rule:
             pool = [m for m in chosen if m.tags and ("tags" not in rule or
                     any(matches_any(rule["tags"], t) for t in m.tags))]
-
-            def rank(m):
-                t = ref_time(repo, m.digest)
-                return (0, 0, m.digest) if t is None else (1, -t.timestamp(), m.digest)
-            chosen = sorted(pool, key=rank)[: rule["newest"]]
+            chosen = ref_newest(repo, pool, rule["newest"])
         elif "tags" in rule:
             chosen = [m for m in chosen if any(matches_any(rule["tags"], t) for t in m.tags)]
         if "younger_than" in rule:
@@ -242,17 +289,20 @@ def test_cascades_follow_their_cause_and_bytes_add_up(scenario):
 
 def acr_shaped(inventory: Inventory) -> Inventory:
     """The same registry as ACR reports it: push times instead of config times, an index
-    pushed when its newest child was."""
+    pushed when its newest child was. Only dated manifests have a push time here: ACR's
+    push time of an undated one is unknown to the reference."""
     repos = []
     for repo in inventory.repositories:
         manifests = []
         for m in repo.manifests:
-            t = ref_time(repo, m.digest)
+            t, dated = ref_timed(repo, m.digest)
+            t = t if dated else None
             manifests.append(Manifest(
                 digest=m.digest, media_type=m.media_type, size=m.size, tags=m.tags,
                 created=None, pushed=t, blobs=m.blobs, children=m.children,
                 subject=m.subject, locked=m.locked, parsed=m.parsed,
-                untagged_since=m.untagged_since))
+                untagged_since=m.untagged_since, attestations=m.attestations,
+                first_seen=m.first_seen))
         repos.append(Repository(repo.name, tuple(manifests)))
     return Inventory(inventory.registry, inventory.host, tuple(repos), NOW)
 
@@ -264,4 +314,114 @@ def test_acr_shaped_inventory_plans_the_same(scenario):
     inventory, text, _keep, _delete, allowlist = scenario
     oci = to_json(run(inventory, text, allowlist), mode="dry-run")
     acr = to_json(run(acr_shaped(inventory), text, allowlist), mode="dry-run")
+    for doc in (oci, acr):  # the same times, from another source
+        for entry in (*doc["actions"], *doc["protected"], *doc["kept"]):
+            if entry["time_source"] != "first-seen":
+                entry["time_source"] = "dated" if entry["time_source"] else None
     assert oci == acr
+
+
+# -- times: first sight, attestations, dated and undated ---------------------------------------
+
+def _plain(name: str, *, tags=(), created=None, first_seen=None, pushed=None) -> Manifest:
+    return Manifest(digest=dg(name), media_type=OCI, size=10, tags=tags, created=created,
+                    pushed=pushed, first_seen=first_seen,
+                    untagged_since=None if tags else NOW - timedelta(days=400))
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(0, 60 * 24), st.integers(0, 60 * 24),
+                          st.booleans(), st.sampled_from([None, "1970"])),
+                min_size=1, max_size=8),
+       st.sampled_from(DURATIONS), st.booleans())
+def test_first_seen_never_matches_older_than_before_the_push_would(items, older, untagged):
+    """Timed by first sight (never before the push), a manifest is never older_than-deleted
+    where its true push time would have kept it."""
+    seen_images, true_images = [], []
+    for i, (pushed_ago, seen_after, tagged, undated) in enumerate(items):
+        pushed = NOW - timedelta(minutes=pushed_ago)
+        first = min(NOW, pushed + timedelta(minutes=seen_after))
+        tags = (f"pr-{i}",) if tagged else ()
+        seen_images.append(_plain(f"m{i}", tags=tags, first_seen=first,
+                                  created=datetime(1970, 1, 1, tzinfo=UTC) if undated else None))
+        true_images.append(_plain(f"m{i}", tags=tags, created=pushed))
+    rule = {"untagged": True} if untagged else {"tags": ["pr-*"]}
+    text = json.dumps({"name": "p", "repositories": {"include": ["**"]},
+                       "delete": [{**rule, "older_than": older}]})
+
+    def gone(manifests):
+        inventory = Inventory("main", "reg.test", (Repository("r", tuple(manifests)),), NOW)
+        return {a.digest for a in run(inventory, text, Allowlist.of(())).actions}
+
+    assert gone(seen_images) <= gone(true_images)
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from(TIMES), min_size=1, max_size=3),
+       st.lists(st.tuples(st.sampled_from(TIMES), st.sampled_from(SEEN),
+                          st.sampled_from(TIMES)), min_size=1, max_size=3),
+       st.sampled_from(SEEN), st.data())
+def test_an_attestation_never_changes_its_index_time(platform, attestations, index_seen, data):
+    """Whatever an attestation's own times, its index plans as if it were not there."""
+    children = [_plain(f"p{i}", created=_time(data.draw, t)) for i, t in enumerate(platform)]
+    atts = [_plain(f"a{i}", created=_time(data.draw, c), first_seen=_seen(s),
+                   pushed=_time(data.draw, p)) for i, (c, s, p) in enumerate(attestations)]
+    att_digests = tuple(a.digest for a in atts)
+
+    def index(with_attestations: bool) -> Manifest:
+        listed = tuple(c.digest for c in children) + (att_digests if with_attestations else ())
+        return Manifest(digest=dg("idx"), media_type=OCI, size=10, tags=("build-1",),
+                        children=listed, first_seen=_seen(index_seen),
+                        attestations=att_digests if with_attestations else ())
+
+    results = []
+    for with_attestations in (True, False):
+        manifests = (*children, *atts, index(with_attestations))
+        inventory = Inventory("main", "reg.test", (Repository("r", manifests),), NOW)
+        decided = []
+        for older in DURATIONS:
+            text = json.dumps({"name": "p", "repositories": {"include": ["**"]},
+                               "delete": [{"tags": ["build-*"], "older_than": older}]})
+            p = run(inventory, text, Allowlist.of(()))
+            decided.append(any(a.digest == dg("idx") for a in p.actions)
+                           or any(d.digest == dg("idx") for d in p.policies[0].protected))
+        results.append(decided)
+    assert results[0] == results[1]
+
+
+@st.composite
+def ranked_repositories(draw):
+    """Tagged manifests, each dated (a plausible config time) or undated (none, or 1970)
+    with a first sight (or none: this very run)."""
+    manifests = []
+    for i in range(draw(st.integers(1, 9))):
+        dated = draw(st.booleans())
+        created = (_time(draw, draw(st.integers(0, 60))) if dated
+                   else draw(st.sampled_from([None, datetime(1970, 1, 1, tzinfo=UTC)])))
+        manifests.append(_plain(f"r{i}", tags=(f"t{i}",), created=created,
+                                first_seen=_seen(draw(st.sampled_from(SEEN)))))
+    return Repository("r", tuple(manifests))
+
+
+def _newest_kept(repo: Repository, n: int) -> set[str]:
+    text = json.dumps({"name": "p", "repositories": {"include": ["**"]},
+                       "keep": [{"newest": n}], "delete": [{"tags": ["*"]}]})
+    inventory = Inventory("main", "reg.test", (repo,), NOW)
+    return {d.digest for d in run(inventory, text, Allowlist.of(())).policies[0].kept}
+
+
+@PROPERTY
+@given(ranked_repositories(), st.integers(0, 4))
+def test_newest_keeps_n_dated_and_n_most_recently_seen_undated(repo, n):
+    expected = {m.digest for m in ref_newest(repo, list(repo.manifests), n)}
+    assert _newest_kept(repo, n) == expected
+    dated = [m for m in repo.manifests if ref_timed(repo, m.digest)[1]]
+    assert len(expected & {m.digest for m in dated}) == min(n, len(dated))
+
+
+@PROPERTY
+@given(ranked_repositories(), st.integers(0, 4))
+def test_an_undated_manifest_never_lowers_a_dated_ones_rank(repo, n):
+    dated = Repository("r", tuple(m for m in repo.manifests if ref_timed(repo, m.digest)[1]))
+    digests = {m.digest for m in dated.manifests}
+    assert _newest_kept(repo, n) & digests == _newest_kept(dated, n)

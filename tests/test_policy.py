@@ -138,3 +138,31 @@ def test_the_documented_bad_policy():
         "like 10",
         "12:1: policy: duplicate key 'delete' (first given on line 7)",
     ]
+
+
+def test_untagged_for_on_untagged_rules():
+    (policy,) = policies_from_text("""
+name: p
+repositories: {include: ["**"]}
+delete:
+  - untagged: true
+    untagged_for: 7d
+    older_than: 30d
+""", registries=["main"])
+    rule = policy.delete[0]
+    assert rule.untagged_for == timedelta(days=7)
+    assert rule.describe() == "delete rule 1: untagged, untagged for at least 7d, older than 30d"
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('{tags: ["pr-*"], untagged_for: 7d}',
+     "p.yaml:4:36: policy 'p': delete rule 1: untagged_for needs untagged: true"),
+    ("{untagged: true, untagged_for: 7 days}",
+     "p.yaml:4:36: policy 'p': delete rule 1: untagged_for: "),
+    ("{untagged: true, untagged_for: -1d}",
+     "p.yaml:4:36: policy 'p': delete rule 1: untagged_for: "),
+])
+def test_untagged_for_mistakes_name_their_place(rule, message):
+    text = f'name: p\nrepositories: {{include: ["**"]}}\ndelete:\n  - {rule}\n'
+    (problem,) = problems_of(text)
+    assert problem.startswith(message), problem

@@ -21,6 +21,10 @@ INDEXES = frozenset({DOCKER_LIST, OCI_INDEX})
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 
 CREATED_ANNOTATION = "org.opencontainers.image.created"
+# BuildKit's attestation manifests (provenance, SBOM) sit in an image index beside the platform
+# images, marked on their descriptor: this annotation, and platform unknown/unknown.
+REFERENCE_TYPE_ANNOTATION = "vnd.docker.reference.type"
+ATTESTATION_MANIFEST = "attestation-manifest"
 IMAGE_CONFIGS = frozenset(
     {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
 )
@@ -37,6 +41,7 @@ class ParsedManifest:
     config_media_type: str | None = None
     layers: tuple[Blob, ...] = ()
     children: tuple[Blob, ...] = ()  # for an index: the manifests it references
+    attestations: tuple[str, ...] = ()  # children that are BuildKit attestation manifests
     subject: str | None = None
     artifact_type: str | None = None
     created_annotation: datetime | None = None
@@ -106,6 +111,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         return ParsedManifest(
             media_type=media_type,
             children=children,
+            attestations=tuple(c.digest for c, e in zip(children, entries, strict=True)
+                               if is_attestation_descriptor(e)),
             subject=subject,
             artifact_type=artifact_type,
             created_annotation=created,
@@ -128,6 +135,18 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             created_annotation=created,
         )
     raise ManifestFormatError(f"unsupported media type {media_type!r}")
+
+
+def is_attestation_descriptor(d: dict[str, object]) -> bool:
+    """Whether an index entry is a BuildKit attestation manifest: both marks must be there,
+    since an attestation does not count for its index's time and a platform image wrongly
+    taken for one could make an index look older than it is."""
+    annotations = d.get("annotations")
+    platform = d.get("platform")
+    return (isinstance(annotations, dict)
+            and annotations.get(REFERENCE_TYPE_ANNOTATION) == ATTESTATION_MANIFEST
+            and isinstance(platform, dict)
+            and platform.get("os") == "unknown" and platform.get("architecture") == "unknown")
 
 
 def config_created(body: bytes) -> datetime | None:
