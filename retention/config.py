@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
+from retention.references import Hosts, normalize_host
 from retention.secrets import Secret
 from retention.yamlnodes import Reader, compose_documents
 
@@ -39,6 +41,7 @@ class RegistrySettings:
     token_hosts: tuple[str, ...] = ()
     repositories: tuple[str, ...] = ()
     concurrency: int = 8
+    aliases: tuple[str, ...] = ()  # other host names clients pull this registry by
 
     @property
     def host(self) -> str:
@@ -62,6 +65,10 @@ class Config:
     @property
     def enforce(self) -> bool:
         return self.mode == "enforce"
+
+    def hosts(self) -> Hosts:
+        """Which registry each host name (URL host or alias) belongs to."""
+        return Hosts.of((r.name, r.host, r.aliases) for r in self.registries.values())
 
 
 _TOP_KEYS = {
@@ -89,6 +96,7 @@ _REGISTRY_KEYS = {
     "token_hosts": False,
     "repositories": False,
     "concurrency": False,
+    "aliases": False,
 }
 
 
@@ -146,6 +154,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
                     registries[name] = settings
             if not node.value:
                 reader.error(node, "registries is empty; configure at least one registry")
+            _check_hosts_unique(reader, node, registries)
 
     def path_of(key: str) -> Path | None:
         if key not in top:
@@ -288,13 +297,40 @@ def _registry(
     if "concurrency" in fields:
         concurrency = reader.integer(fields["concurrency"], what=f"{what}.concurrency",
                                      minimum=1) or 8
+    aliases: list[str] = []
+    if "aliases" in fields:
+        for alias, alias_node in reader.strings(fields["aliases"], what=f"{what}.aliases"):
+            if not _ALIAS.fullmatch(alias):
+                reader.error(alias_node, f"{what}.aliases: {alias!r} is not a host name "
+                             "(write host or host:port, without scheme or path)")
+            else:
+                aliases.append(alias)
     if len(reader.problems) > before or url is None:
         return None
     return RegistrySettings(
         name=name, url=url, type=rtype, credentials=credentials, ca_file=ca_file,
         insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=repositories,
-        concurrency=concurrency,
+        concurrency=concurrency, aliases=tuple(aliases),
     )
+
+
+_ALIAS = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                    r"(?::[0-9]+)?")
+
+
+def _check_hosts_unique(reader: Reader, node: yaml.MappingNode,
+                        registries: dict[str, RegistrySettings]) -> None:
+    # An alias that also names another registry would make a pin or an in-use image protect
+    # in the wrong registry (or not in the right one). Two registries with one URL (say,
+    # with different credentials) are the same storage and fine.
+    owner: dict[str, tuple[str, str]] = {}  # host -> (registry, its URL host)
+    for settings in registries.values():
+        own = normalize_host(settings.host)
+        for host in {normalize_host(h) for h in (settings.host, *settings.aliases)}:
+            other, other_own = owner.setdefault(host, (settings.name, own))
+            if other_own != own:
+                reader.error(node, f"registries {other} and {settings.name} both have the "
+                             f"host {host} (as URL or in aliases); a host names one registry")
 
 
 def _docker_config_credentials(
