@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", action="append", metavar="NAME",
                    help="only this registry (repeatable)")
 
+    p = sub.add_parser("in-use", help="print the images the configured Kubernetes clusters "
+                       "use, per cluster, namespace and workload")
+    with_config(p)
+    p.add_argument("--output", choices=("table", "json"), default="table")
+
     p = sub.add_parser("serve", help="run the daemon")
     with_config(p)
     sub.add_parser("schema", help="print the JSON Schema of policy files")
@@ -132,6 +137,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _configure_logs(setup, err, level="info" if args.command in ("run", "serve") else "warning")
     if args.command == "inventory":
         return _inventory(setup, args, out)
+    if args.command == "in-use":
+        from retention.kube import print_in_use
+        return FAILED if asyncio.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
         return _plan(setup, args, out)
     if args.command == "run":

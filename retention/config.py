@@ -49,6 +49,23 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """A Kubernetes cluster whose workloads' images are protected (``in_use.clusters``)."""
+
+    name: str
+    kubeconfig: Path | None = None  # None: the in-cluster service account
+    context: str | None = None  # None: the kubeconfig's current context
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    min_images: int = 1  # fewer image references read: the cluster counts as unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class InUseSettings:
+    keep_for: timedelta = timedelta(days=30)
+    clusters: tuple[ClusterSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     registries: dict[str, RegistrySettings]
@@ -61,6 +78,7 @@ class Config:
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
     log_format: str = "json"
+    in_use: InUseSettings | None = None
 
     @property
     def enforce(self) -> bool:
@@ -82,7 +100,12 @@ _TOP_KEYS = {
     "state_dir": False,
     "listen": False,
     "log_format": False,
+    "in_use": False,
 }
+_IN_USE_KEYS = {"keep_for": False, "clusters": True}
+_CLUSTER_KEYS = {"name": True, "kubeconfig": False, "context": False, "namespaces": False,
+                 "min_images": False}
+_CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _REGISTRY_KEYS = {
     "url": True,
     "type": False,
@@ -206,11 +229,98 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
             reader.error(top["log_format"], f"log_format must be json or console, not {fmt!r}")
         elif fmt is not None:
             kwargs["log_format"] = fmt
+    if "in_use" in top and (in_use := _in_use(reader, top["in_use"], base)) is not None:
+        kwargs["in_use"] = in_use
 
     if problems or policies is None:
         raise ConfigError(problems)
     return Config(path=path, registries=registries, policies=policies, allowlist=allowlist,
                   **kwargs)  # type: ignore[arg-type]
+
+
+def _in_use(reader: Reader, node: yaml.Node, base: Path) -> InUseSettings | None:
+    fields = reader.mapping(node, what="in_use", allowed=_IN_USE_KEYS)
+    if fields is None:
+        return None
+    keep_for = InUseSettings().keep_for
+    if "keep_for" in fields and (text := reader.string(fields["keep_for"],
+                                                       what="in_use.keep_for")) is not None:
+        try:
+            keep_for = parse_duration(text)
+        except ValueError as exc:
+            reader.error(fields["keep_for"], f"in_use.keep_for: {exc}")
+    clusters: list[ClusterSettings] = []
+    names: set[str] = set()
+    items = reader.sequence(fields["clusters"], what="in_use.clusters") \
+        if "clusters" in fields else None
+    for i, item in enumerate(items or ()):
+        cluster = _cluster(reader, item, base, what=f"in_use.clusters[{i}]")
+        if cluster is None:
+            continue
+        if cluster.name in names:
+            reader.error(item, f"in_use.clusters[{i}]: duplicate cluster name {cluster.name!r}")
+        names.add(cluster.name)
+        clusters.append(cluster)
+    if items is not None and not items:
+        reader.error(fields["clusters"], "in_use.clusters is empty; name at least one cluster "
+                     "or remove in_use")
+    return InUseSettings(keep_for=keep_for, clusters=tuple(clusters))
+
+
+def _cluster(reader: Reader, node: yaml.Node, base: Path, *, what: str) -> ClusterSettings | None:
+    fields = reader.mapping(node, what=what, allowed=_CLUSTER_KEYS)
+    if fields is None:
+        return None
+    before = len(reader.problems)
+    name = reader.string(fields["name"], what=f"{what}.name") if "name" in fields else None
+    if name is not None and not _CLUSTER_NAME.fullmatch(name):
+        reader.error(fields["name"], f"{what}.name must match [a-z0-9][a-z0-9-]*, not {name!r}")
+    kubeconfig = None
+    if "kubeconfig" in fields and (text := reader.string(fields["kubeconfig"],
+                                                         what=f"{what}.kubeconfig")):
+        kubeconfig = base / text
+    context = reader.string(fields["context"], what=f"{what}.context") \
+        if "context" in fields else None
+    if kubeconfig is not None:
+        _check_kubeconfig(reader, fields["kubeconfig"], kubeconfig, context, what=what)
+    elif context is not None:
+        reader.error(fields["context"], f"{what}.context needs a kubeconfig; the in-cluster "
+                     "service account has no contexts")
+    namespaces = tuple(v for v, _ in reader.strings(fields["namespaces"],
+                                                   what=f"{what}.namespaces")) \
+        if "namespaces" in fields else ()
+    min_images = 1
+    if "min_images" in fields:
+        value = reader.integer(fields["min_images"], what=f"{what}.min_images")
+        min_images = value if value is not None else 1
+    if len(reader.problems) > before or name is None:
+        return None
+    return ClusterSettings(name=name, kubeconfig=kubeconfig, context=context,
+                           namespaces=namespaces, min_images=min_images)
+
+
+def _check_kubeconfig(reader: Reader, node: yaml.Node, path: Path, context: str | None, *,
+                      what: str) -> None:
+    """A kubeconfig that cannot be read, or lacks the context, is a config error now rather
+    than an unreadable cluster at the first run."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        reader.error(node, f"{what}.kubeconfig: cannot read {path}: {exc.strerror}")
+        return
+    except yaml.YAMLError as exc:
+        reader.error(node, f"{what}.kubeconfig: {path} is not valid YAML: {exc}")
+        return
+    if not isinstance(doc, dict):
+        reader.error(node, f"{what}.kubeconfig: {path} is not a kubeconfig")
+        return
+    wanted = context or doc.get("current-context")
+    known = [c.get("name") for c in doc.get("contexts") or () if isinstance(c, dict)]
+    if not wanted:
+        reader.error(node, f"{what}.kubeconfig: {path} has no current-context; set context")
+    elif wanted not in known:
+        reader.error(node, f"{what}: context {wanted!r} is not in {path} (it has: "
+                     f"{', '.join(map(str, known)) or 'none'})")
 
 
 def _registry(
