@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,9 @@ from retention.inventory import Inventory
 from retention.references import parse_reference
 
 log = structlog.get_logger("retention.kube")
+# lightkube's HTTP client logs every request at INFO: one line per page is noise in the
+# audit trail (failures are logged here, with the cluster and the kind).
+logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 PAGE_SIZE = 500  # objects per list request: bounded memory, few round trips
 TIMEOUT = 30.0  # seconds for one request; a slower cluster is unreadable

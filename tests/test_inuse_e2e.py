@@ -304,3 +304,45 @@ def test_in_use_command(tmp_path, registry, cluster):
 def _cluster_settings(tmp_path, kubeconfig):
     from retention.config import ClusterSettings
     return ClusterSettings(name="prod", kubeconfig=kubeconfig)
+
+
+def test_daemon_protects_and_counts_per_cluster(tmp_path, registry, pusher: Pusher, cluster):
+    import httpx
+
+    from retention.daemon import Daemon
+    from tests.test_daemon import every_second, metric, wait_for
+
+    used = pusher.image("api", "v1", created=OLD, layers=(b"daemon-used",))
+    doomed = pusher.image("api", "v0", created=OLD, layers=(b"daemon-doomed",))
+    cluster.add(workload("daemonsets", "infra", "agent", [ref(registry, "api", "v1")]))
+    config = write_config(tmp_path, registry.url,
+                          [("prod", cluster.kubeconfig(tmp_path / "prod.yaml"))])
+    config.write_text(config.read_text() + "listen: 127.0.0.1:0\n")
+
+    async def scenario():
+        daemon = Daemon(config, options=every_second())
+        task = asyncio.create_task(daemon.run())
+        await wait_for(lambda: asyncio.sleep(0, daemon.port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+            text = (await http.get("/metrics")).text
+            assert metric(text, "retention_in_use_read_failures_total", cluster="prod") == 0
+
+            async def ran():
+                text = (await http.get("/metrics")).text
+                done = metric(text, "retention_runs_total", policy="everything",
+                              outcome="success")
+                return text if done else None
+            text = await wait_for(ran)
+            assert metric(text, "retention_in_use_digests", cluster="prod") == 1
+            cluster.forbidden.add("cronjobs")
+
+            async def failed():
+                text = (await http.get("/metrics")).text
+                n = metric(text, "retention_in_use_read_failures_total", cluster="prod")
+                return text if n else None
+            await wait_for(failed)
+        daemon.stopping.set()
+        await task
+
+    asyncio.run(scenario())
+    assert pusher.exists("api", used.digest) and not pusher.exists("api", doomed.digest)
