@@ -8,19 +8,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retention.errors import ConfigError, Problem
+from retention.references import (
+    NO_HOSTS,
+    PULLABLE_PREFIX,
+    Hosts,
+    normalize_host,
+    normalize_repository,
+    parse_reference,
+)
 
-_DIGEST = r"sha256:[0-9a-f]{64}"
-_BARE = re.compile(_DIGEST)
-# [host[:port]/]repo@digest; a host is the first component when it has a dot or a colon
-# or is "localhost", as docker's reference grammar has it.
-_REFERENCE = re.compile(rf"(?P<name>[a-z0-9][a-z0-9._/:-]*)@(?P<digest>{_DIGEST})")
+_BARE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
 class Pin:
     digest: str
     repository: str | None = None  # None: any repository
-    host: str | None = None  # None: any registry
+    host: str | None = None  # normalised, aliases resolved; None: any registry
+    source: str = field(default="", compare=False)  # file:line, for warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,30 +42,40 @@ class Allowlist:
         return cls(pins, {k: tuple(v) for k, v in index.items()})
 
     def pinned(self, digest: str, *, repository: str, host: str) -> bool:
+        host = normalize_host(host)
         for pin in self._by_digest.get(digest, ()):
-            if pin.repository is not None and pin.repository != repository:
-                continue
             if pin.host is not None and pin.host != host:
+                continue
+            if pin.repository is not None and repository not in (
+                    pin.repository, normalize_repository(host, pin.repository)):
+                # A pin without a host names `nginx` as a person would; on Docker Hub
+                # that is library/nginx.
                 continue
             return True
         return False
 
 
-def parse_entry(text: str) -> Pin | None:
-    if text.startswith("docker-pullable://"):
-        text = text[len("docker-pullable://"):]
+def parse_entry(text: str, *, hosts: Hosts = NO_HOSTS, source: str = "") -> Pin | None:
+    """One allowlist line (comment stripped) as a Pin; None when it is not a pinned digest.
+
+    A tag before the digest (``repo:v1@sha256:...``) is ignored: the digest is what is
+    pinned. Hosts are normalised and a registry's aliases resolved to its URL host, so the
+    planner compares hosts as plain strings."""
+    if text.startswith(PULLABLE_PREFIX):
+        text = text[len(PULLABLE_PREFIX):]
     if _BARE.fullmatch(text):
-        return Pin(text)
-    m = _REFERENCE.fullmatch(text)
-    if not m:
+        return Pin(text, source=source)
+    ref = parse_reference(text, default_host=None)
+    if ref is None or ref.digest is None or not _BARE.fullmatch(ref.digest):
         return None
-    name = m.group("name")
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return Pin(m.group("digest"), repository=rest, host=first)
-    if ":" in name:
-        return None  # a tag before the digest (repo:tag@digest) is ambiguous: refuse it
-    return Pin(m.group("digest"), repository=name)
+    host = hosts.canonical_host(ref.host) if ref.host is not None else None
+    return Pin(ref.digest, repository=ref.repository, host=host, source=source)
+
+
+def unknown_host_pins(allowlist: Allowlist, hosts: Hosts) -> list[Pin]:
+    """Pins naming a host that no configured registry has: they protect nothing."""
+    known = set(hosts.canonical.values())
+    return [p for p in allowlist.pins if p.host is not None and p.host not in known]
 
 
 def allowlist_files(path: Path) -> list[Path]:
@@ -69,7 +84,7 @@ def allowlist_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_allowlist(path: Path | None) -> Allowlist:
+def load_allowlist(path: Path | None, *, hosts: Hosts = NO_HOSTS) -> Allowlist:
     """Read a file or a directory of files; every bad line is reported, with its number."""
     if path is None:
         return Allowlist.of(())
@@ -85,13 +100,14 @@ def load_allowlist(path: Path | None) -> Allowlist:
             text = raw.split("#", 1)[0].strip()
             if not text:
                 continue
-            pin = parse_entry(text)
+            pin = parse_entry(text, hosts=hosts, source=f"{file}:{number}")
             if pin is None:
                 col = len(raw) - len(raw.lstrip()) + 1
                 problems.append(Problem(
                     str(file), number, col,
                     f"not a pinned digest: {text!r}; write sha256:<64 hex>, repo@sha256:<hex>, "
-                    "host/repo@sha256:<hex> or docker-pullable://host/repo@sha256:<hex>",
+                    "host/repo@sha256:<hex>, host/repo:tag@sha256:<hex> or "
+                    "docker-pullable://host/repo@sha256:<hex>",
                 ))
                 continue
             pins.append(pin)

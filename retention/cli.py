@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from retention import __version__, logs
+from retention.allowlist import unknown_host_pins
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, inventory_from_json, inventory_to_json
 from retention.policy import Policy, load_policies
@@ -68,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=("table", "json"), default="table")
     p.add_argument("--registry", action="append", metavar="NAME",
                    help="only this registry (repeatable)")
+
+    p = sub.add_parser("in-use", help="print the images the configured Kubernetes clusters "
+                       "use, per cluster, namespace and workload")
+    with_config(p)
+    p.add_argument("--output", choices=("table", "json"), default="table")
 
     p = sub.add_parser("serve", help="run the daemon")
     with_config(p)
@@ -124,13 +130,16 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
         return OK
     if args.command == "validate":
-        return _validate(args, out)
+        return _validate(args, out, err)
     setup = load_setup(args.config)
     # `run` is an audit trail (one event per deletion and per protected match, as the daemon
     # logs them); `plan` and `inventory` print their answer and log only what went wrong.
     _configure_logs(setup, err, level="info" if args.command in ("run", "serve") else "warning")
     if args.command == "inventory":
         return _inventory(setup, args, out)
+    if args.command == "in-use":
+        from retention.kube import print_in_use
+        return FAILED if asyncio.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
         return _plan(setup, args, out)
     if args.command == "run":
@@ -142,12 +151,16 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     raise AssertionError(args.command)
 
 
-def _validate(args: argparse.Namespace, out: TextIO) -> int:
+def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policies = 0
     if args.config is not None:
         setup = load_setup(args.config)
         policies += len(setup.policies)
         registries = setup.config.registries.keys()
+        # A warning, not an error: the pin may be for a registry configured later.
+        for pin in unknown_host_pins(setup.allowlist, setup.config.hosts()):
+            print(f"{pin.source}: warning: allowlist entry for host {pin.host}, which no "
+                  "configured registry has (url or aliases): it protects nothing", file=err)
     else:
         registries = None
     if args.paths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
+from retention.references import Hosts, normalize_host
 from retention.secrets import Secret
 from retention.yamlnodes import Reader, compose_documents
 
@@ -39,10 +41,28 @@ class RegistrySettings:
     token_hosts: tuple[str, ...] = ()
     repositories: tuple[str, ...] = ()
     concurrency: int = 8
+    aliases: tuple[str, ...] = ()  # other host names clients pull this registry by
 
     @property
     def host(self) -> str:
         return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """A Kubernetes cluster whose workloads' images are protected (``in_use.clusters``)."""
+
+    name: str
+    kubeconfig: Path | None = None  # None: the in-cluster service account
+    context: str | None = None  # None: the kubeconfig's current context
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    min_images: int = 1  # fewer image references read: the cluster counts as unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class InUseSettings:
+    keep_for: timedelta = timedelta(days=30)
+    clusters: tuple[ClusterSettings, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +78,15 @@ class Config:
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
     log_format: str = "json"
+    in_use: InUseSettings | None = None
 
     @property
     def enforce(self) -> bool:
         return self.mode == "enforce"
+
+    def hosts(self) -> Hosts:
+        """Which registry each host name (URL host or alias) belongs to."""
+        return Hosts.of((r.name, r.host, r.aliases) for r in self.registries.values())
 
 
 _TOP_KEYS = {
@@ -75,7 +100,12 @@ _TOP_KEYS = {
     "state_dir": False,
     "listen": False,
     "log_format": False,
+    "in_use": False,
 }
+_IN_USE_KEYS = {"keep_for": False, "clusters": True}
+_CLUSTER_KEYS = {"name": True, "kubeconfig": False, "context": False, "namespaces": False,
+                 "min_images": False}
+_CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _REGISTRY_KEYS = {
     "url": True,
     "type": False,
@@ -89,6 +119,7 @@ _REGISTRY_KEYS = {
     "token_hosts": False,
     "repositories": False,
     "concurrency": False,
+    "aliases": False,
 }
 
 
@@ -146,6 +177,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
                     registries[name] = settings
             if not node.value:
                 reader.error(node, "registries is empty; configure at least one registry")
+            _check_hosts_unique(reader, node, registries)
 
     def path_of(key: str) -> Path | None:
         if key not in top:
@@ -197,11 +229,98 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
             reader.error(top["log_format"], f"log_format must be json or console, not {fmt!r}")
         elif fmt is not None:
             kwargs["log_format"] = fmt
+    if "in_use" in top and (in_use := _in_use(reader, top["in_use"], base)) is not None:
+        kwargs["in_use"] = in_use
 
     if problems or policies is None:
         raise ConfigError(problems)
     return Config(path=path, registries=registries, policies=policies, allowlist=allowlist,
                   **kwargs)  # type: ignore[arg-type]
+
+
+def _in_use(reader: Reader, node: yaml.Node, base: Path) -> InUseSettings | None:
+    fields = reader.mapping(node, what="in_use", allowed=_IN_USE_KEYS)
+    if fields is None:
+        return None
+    keep_for = InUseSettings().keep_for
+    if "keep_for" in fields and (text := reader.string(fields["keep_for"],
+                                                       what="in_use.keep_for")) is not None:
+        try:
+            keep_for = parse_duration(text)
+        except ValueError as exc:
+            reader.error(fields["keep_for"], f"in_use.keep_for: {exc}")
+    clusters: list[ClusterSettings] = []
+    names: set[str] = set()
+    items = reader.sequence(fields["clusters"], what="in_use.clusters") \
+        if "clusters" in fields else None
+    for i, item in enumerate(items or ()):
+        cluster = _cluster(reader, item, base, what=f"in_use.clusters[{i}]")
+        if cluster is None:
+            continue
+        if cluster.name in names:
+            reader.error(item, f"in_use.clusters[{i}]: duplicate cluster name {cluster.name!r}")
+        names.add(cluster.name)
+        clusters.append(cluster)
+    if items is not None and not items:
+        reader.error(fields["clusters"], "in_use.clusters is empty; name at least one cluster "
+                     "or remove in_use")
+    return InUseSettings(keep_for=keep_for, clusters=tuple(clusters))
+
+
+def _cluster(reader: Reader, node: yaml.Node, base: Path, *, what: str) -> ClusterSettings | None:
+    fields = reader.mapping(node, what=what, allowed=_CLUSTER_KEYS)
+    if fields is None:
+        return None
+    before = len(reader.problems)
+    name = reader.string(fields["name"], what=f"{what}.name") if "name" in fields else None
+    if name is not None and not _CLUSTER_NAME.fullmatch(name):
+        reader.error(fields["name"], f"{what}.name must match [a-z0-9][a-z0-9-]*, not {name!r}")
+    kubeconfig = None
+    if "kubeconfig" in fields and (text := reader.string(fields["kubeconfig"],
+                                                         what=f"{what}.kubeconfig")):
+        kubeconfig = base / text
+    context = reader.string(fields["context"], what=f"{what}.context") \
+        if "context" in fields else None
+    if kubeconfig is not None:
+        _check_kubeconfig(reader, fields["kubeconfig"], kubeconfig, context, what=what)
+    elif context is not None:
+        reader.error(fields["context"], f"{what}.context needs a kubeconfig; the in-cluster "
+                     "service account has no contexts")
+    namespaces = tuple(v for v, _ in reader.strings(fields["namespaces"],
+                                                   what=f"{what}.namespaces")) \
+        if "namespaces" in fields else ()
+    min_images = 1
+    if "min_images" in fields:
+        value = reader.integer(fields["min_images"], what=f"{what}.min_images")
+        min_images = value if value is not None else 1
+    if len(reader.problems) > before or name is None:
+        return None
+    return ClusterSettings(name=name, kubeconfig=kubeconfig, context=context,
+                           namespaces=namespaces, min_images=min_images)
+
+
+def _check_kubeconfig(reader: Reader, node: yaml.Node, path: Path, context: str | None, *,
+                      what: str) -> None:
+    """A kubeconfig that cannot be read, or lacks the context, is a config error now rather
+    than an unreadable cluster at the first run."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        reader.error(node, f"{what}.kubeconfig: cannot read {path}: {exc.strerror}")
+        return
+    except yaml.YAMLError as exc:
+        reader.error(node, f"{what}.kubeconfig: {path} is not valid YAML: {exc}")
+        return
+    if not isinstance(doc, dict):
+        reader.error(node, f"{what}.kubeconfig: {path} is not a kubeconfig")
+        return
+    wanted = context or doc.get("current-context")
+    known = [c.get("name") for c in doc.get("contexts") or () if isinstance(c, dict)]
+    if not wanted:
+        reader.error(node, f"{what}.kubeconfig: {path} has no current-context; set context")
+    elif wanted not in known:
+        reader.error(node, f"{what}: context {wanted!r} is not in {path} (it has: "
+                     f"{', '.join(map(str, known)) or 'none'})")
 
 
 def _registry(
@@ -288,13 +407,40 @@ def _registry(
     if "concurrency" in fields:
         concurrency = reader.integer(fields["concurrency"], what=f"{what}.concurrency",
                                      minimum=1) or 8
+    aliases: list[str] = []
+    if "aliases" in fields:
+        for alias, alias_node in reader.strings(fields["aliases"], what=f"{what}.aliases"):
+            if not _ALIAS.fullmatch(alias):
+                reader.error(alias_node, f"{what}.aliases: {alias!r} is not a host name "
+                             "(write host or host:port, without scheme or path)")
+            else:
+                aliases.append(alias)
     if len(reader.problems) > before or url is None:
         return None
     return RegistrySettings(
         name=name, url=url, type=rtype, credentials=credentials, ca_file=ca_file,
         insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=repositories,
-        concurrency=concurrency,
+        concurrency=concurrency, aliases=tuple(aliases),
     )
+
+
+_ALIAS = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                    r"(?::[0-9]+)?")
+
+
+def _check_hosts_unique(reader: Reader, node: yaml.MappingNode,
+                        registries: dict[str, RegistrySettings]) -> None:
+    # An alias that also names another registry would make a pin or an in-use image protect
+    # in the wrong registry (or not in the right one). Two registries with one URL (say,
+    # with different credentials) are the same storage and fine.
+    owner: dict[str, tuple[str, str]] = {}  # host -> (registry, its URL host)
+    for settings in registries.values():
+        own = normalize_host(settings.host)
+        for host in {normalize_host(h) for h in (settings.host, *settings.aliases)}:
+            other, other_own = owner.setdefault(host, (settings.name, own))
+            if other_own != own:
+                reader.error(node, f"registries {other} and {settings.name} both have the "
+                             f"host {host} (as URL or in aliases); a host names one registry")
 
 
 def _docker_config_credentials(

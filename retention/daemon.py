@@ -152,6 +152,8 @@ class Daemon:
         self.setup = setup
         self._fingerprint = self._fingerprint_of(setup)
         self.metrics.policies_loaded.set(len(setup.policies))
+        for cluster in setup.config.in_use.clusters if setup.config.in_use else ():
+            self.metrics.in_use_read_failures.labels(cluster.name)  # exported at 0
         if self._redactor is not None:
             self._redactor.set_secrets(setup.secrets())
 

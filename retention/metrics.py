@@ -59,6 +59,12 @@ class Metrics:
         self.registry_request_duration = Histogram(
             "retention_registry_request_duration_seconds", "Duration of registry requests",
             ["registry", "method"], registry=r)
+        self.in_use_digests = Gauge(
+            "retention_in_use_digests", "Digests a cluster's workloads use, at its last "
+            "complete read", ["cluster"], registry=r)
+        self.in_use_read_failures = Counter(
+            "retention_in_use_read_failures", "Reads of a cluster that failed (the run then "
+            "deletes nothing)", ["cluster"], registry=r)
 
     def observer(self, registry: str) -> Observer:
         def observe(method: str, code: str, seconds: float) -> None:

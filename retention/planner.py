@@ -25,13 +25,15 @@ from retention.policy import DeleteRule, KeepRule, Policy
 PLAUSIBLE_SINCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 PINNED = "pinned"
+IN_USE = "in-use"
 LOCKED = "locked"
 INDEX_CHILD = "index-child"
 REFERRER = "referrer"
 GRACE = "grace"
 CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
-PROTECTION_REASONS = (PINNED, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED, UNKNOWN_MEDIA_TYPE)
+PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
+                      UNKNOWN_MEDIA_TYPE)
 
 # Where a manifest's time comes from (JSON `time_source`).
 PUSHED = "pushed"  # the registry's push time (ACR)
@@ -137,6 +139,8 @@ class Options:
     untagged_grace: timedelta = timedelta(hours=24)
     max_deletions: int = 1000
     allowlist: Allowlist = field(default_factory=lambda: Allowlist.of(()))
+    # (registry, repository) -> {digest: why}: what Kubernetes runs (retention.inuse).
+    in_use: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
 
 
 def plan(
@@ -383,11 +387,14 @@ def _pinned_closure(inventory: Inventory, view: _RepoView, allowlist: Allowlist)
 
 
 def _intrinsic_protection(
-    m: Manifest, view: _RepoView, pinned: set[str], now: datetime, options: Options
+    m: Manifest, view: _RepoView, pinned: set[str], now: datetime, options: Options,
+    *, registry: str = "",
 ) -> tuple[str, str] | None:
     """A protection that holds whatever else is deleted: (reason, sentence) or None."""
     if m.digest in pinned:
         return PINNED, "pinned by the allowlist (or the child or referrer of a pinned digest)"
+    if (used := options.in_use.get((registry, view.repo.name), {}).get(m.digest)) is not None:
+        return IN_USE, used
     if m.locked:
         return LOCKED, "the registry marks it as not deletable"
     if not m.parsed:
@@ -465,7 +472,7 @@ class _Deciding:
 
     def protection(self, digest: str) -> tuple[str, str] | None:
         return _intrinsic_protection(self.view.by_digest[digest], self.view, self.pinned,
-                                     self.now, self.options)
+                                     self.now, self.options, registry=self.registry)
 
     def decide_matches(self) -> None:
         """Each direct match is kept by a keep rule, saved by a protection, or doomed."""

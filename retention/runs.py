@@ -15,6 +15,7 @@ import structlog
 from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
+from retention.kube import NOTHING, InUse, in_use_pass
 from retention.metrics import Metrics
 from retention.planner import Plan, only, plan
 from retention.policy import Policy
@@ -111,15 +112,18 @@ def with_last_known(inventory: Inventory, state: State) -> Inventory:
 
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
-             *, now: datetime) -> Plan:
+             *, now: datetime, in_use: InUse = NOTHING) -> Plan:
     """One plan over every registry, each policy planned against its own registry."""
     by_registry: dict[str, list[Policy]] = {}
     for p in policies:
         if p.registry is not None:
             by_registry.setdefault(p.registry, []).append(p)
-    parts = [plan(inventories[name], chosen, now=now, options=setup.planner_options())
+    options = replace(setup.planner_options(), in_use=in_use.protected)
+    parts = [plan(inventories[name], chosen, now=now, options=options)
              for name, chosen in sorted(by_registry.items()) if name in inventories]
     merged = sorted((pp for part in parts for pp in part.policies), key=lambda pp: pp.policy)
+    if in_use.failure:  # what runs is unknown: every policy deletes nothing (fail closed)
+        merged = [replace(pp, aborted=in_use.failure) for pp in merged]
     return Plan(now=now, policies=tuple(merged))
 
 
@@ -171,7 +175,9 @@ async def run_pass(
     async with open_clients(setup, registries, metrics=metrics,
                             connections=connections) as clients:
         inventories = await collect(clients, state, now=clock)
-        whole = plan_all(setup, inventories, settled.values(), now=clock())
+        in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
+                                   metrics=metrics)
+        whole = plan_all(setup, inventories, settled.values(), now=clock(), in_use=in_use)
         the_plan = only(whole, [p.name for p in policies], inventories)
         if metrics:
             metrics.record_plan(the_plan)

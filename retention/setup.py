@@ -51,7 +51,7 @@ def load_setup(config_path: str | Path) -> Setup:
     except ConfigError as exc:
         problems.extend(exc.problems)
     try:
-        allowlist = load_allowlist(config.allowlist)
+        allowlist = load_allowlist(config.allowlist, hosts=config.hosts())
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from retention.inuse import Sighting
 from retention.inventory import Blob, Inventory, Repository
 from retention.scanner import ManifestFacts
 
@@ -218,3 +219,31 @@ class State:
                                       "policy, reason, status FROM journal ORDER BY id")
             names = [c[0] for c in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- in use on Kubernetes (issue 13) ------------------------------------------------------
+
+    _IN_USE_TABLE = (
+        "CREATE TABLE IF NOT EXISTS in_use (registry TEXT NOT NULL, repository TEXT NOT NULL, "
+        "digest TEXT NOT NULL, used_by TEXT NOT NULL, last_seen TEXT NOT NULL, "
+        "PRIMARY KEY (registry, repository, digest))")
+
+    def record_in_use(self, sightings: Iterable[Sighting]) -> None:
+        """Remember when each digest was last seen in use (and by whom), for keep_for."""
+        with self._lock:
+            self._db.execute(self._IN_USE_TABLE)
+            self._db.executemany(
+                "INSERT INTO in_use VALUES (?, ?, ?, ?, ?) ON CONFLICT (registry, repository, "
+                "digest) DO UPDATE SET used_by=excluded.used_by, last_seen=excluded.last_seen "
+                "WHERE excluded.last_seen >= in_use.last_seen",
+                [(s.registry, s.repository, s.digest, s.used_by, _ts(s.last_seen))
+                 for s in sightings])
+
+    def in_use_since(self, since: datetime) -> list[Sighting]:
+        """Digests seen in use at ``since`` or later; older rows are forgotten."""
+        with self._lock:
+            self._db.execute(self._IN_USE_TABLE)
+            self._db.execute("DELETE FROM in_use WHERE last_seen < ?", (_ts(since),))
+            rows = self._db.execute("SELECT registry, repository, digest, used_by, last_seen "
+                                    "FROM in_use ORDER BY registry, repository, digest")
+            return [Sighting(r, repo, d, by, datetime.fromisoformat(at))
+                    for r, repo, d, by, at in rows.fetchall()]
