@@ -112,7 +112,7 @@ class Executor:
             return
         acr = AcrApi(client)
         try:
-            if await acr.manifests(repository):
+            if not await acr.confirmed_empty(repository):
                 log.info("repository kept: not empty", policy=p.policy, registry=p.registry,
                          repository=repository)
                 return
