@@ -152,7 +152,8 @@ class Authenticator:
         try:
             response = await self._send("GET", realm, params=query, headers=headers)
         except RegistryError as exc:
-            raise AuthenticationError(f"token service {parts.netloc} unreachable: {exc}",
+            detail = str(exc).removeprefix(f"registry {name!r}: ")
+            raise AuthenticationError(f"token service {parts.netloc} unreachable: {detail}",
                                       registry=name) from None
         who = f"user {credentials.username!r}" if credentials else "anonymous access"
         if response.status_code == 401:

@@ -105,7 +105,8 @@ class EntraExchange:
         try:
             return await send("POST", url, data=form)
         except RegistryError as exc:
-            raise AuthenticationError(f"ACR's token service is unreachable: {exc}",
+            detail = str(exc).removeprefix(f"registry {self._registry!r}: ")
+            raise AuthenticationError(f"ACR's token service is unreachable: {detail}",
                                       registry=self._registry) from None
 
     async def _refresh_token(self, send: Send, *, realm: str, service: str) -> str:
