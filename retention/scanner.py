@@ -169,7 +169,8 @@ class Scanner:
         return self._repository(name, facts, tags_of)
 
     async def _scan_acr_repository(self, acr: AcrApi, name: str) -> Repository:
-        manifests, tags = await asyncio.gather(acr.manifests(name), acr.tags(name))
+        manifests, tags = await asyncio.gather(acr.manifests(name, missing_ok=True),
+                                               acr.tags(name))
         listing = {m.digest: m for m in manifests}
         locked_by_tag = {t.digest for t in tags if not t.delete_enabled}
         facts: dict[str, ManifestFacts] = {}

@@ -59,6 +59,7 @@ class EmulatorFault:
     times: int = 1
     skip: int = 0
     hook: Callable[[str, str], None] | None = None
+    fail_after_hook: bool = False  # with hook: answer ``status`` after running it
 
 
 @dataclass
@@ -204,7 +205,7 @@ class AcrEmulator:
                     fault = emulator.take_fault(self.command, self.path)
                 if fault is not None and fault.hook is not None:
                     fault.hook(self.command, self.path)
-                elif fault is not None:
+                if fault is not None and (fault.hook is None or fault.fail_after_hook):
                     return self._error(fault.status, fault.code, "injected")
                 with emulator.lock:
                     for rule in emulator.throttle:

@@ -26,7 +26,7 @@ from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange
 from retention.scanner import Scanner
 from retention.secrets import Secret
-from tests.acr_emulator import AcrEmulator, EmulatorFault, FakeEntraCredential
+from tests.acr_emulator import AcrEmulator, EmulatorFault, FakeEntraCredential, TagEntry
 from tests.conftest import PASSWORD, USER
 from tests.pusher import Pusher
 from tests.servers import Fault, paged_tags, set_link, start_registry
@@ -524,3 +524,27 @@ def test_acr_confirmed_empty(acr: AcrEmulator):
         return [await api.confirmed_empty(r) for r in ("full", "empty", "never-existed")]
 
     assert _run(check, s) == [False, True, False]
+
+
+def test_acr_transient_404_on_the_reread_before_deleting_deletes_nothing(acr: AcrEmulator,
+                                                                         tmp_path: Path):
+    old = NOW - timedelta(days=10)
+    first = acr.image("web", "latest", created=old, seed="v1")
+    acr.image("web", "latest", created=NOW - timedelta(days=1), seed="v2")
+
+    def retag(method: str, path: str) -> None:
+        # Between planning and deleting, someone tags the orphan to roll back to it; ACR's
+        # listing answers a transient 404 just then.
+        acr.tags["web"]["rollback"] = TagEntry(first)
+
+    # The scan reads _manifests twice (the 401 challenge, then the answer); the executor's
+    # re-read before deleting is the third.
+    acr.faults.append(EmulatorFault("GET", r"/acr/v1/web/_manifests", skip=2, hook=retag,
+                                    fail_after_hook=True))
+    config = acr_config(tmp_path, acr, 'name: p\nrepositories: {include: ["**"]}\n'
+                        'delete: [{untagged: true}]\n')
+    out = io.StringIO()
+    assert main_cli(["run", "--config", str(config), "--output", "json"], out) == 1
+    doc = json.loads(out.getvalue())
+    assert deleted_digests(doc) == set()
+    assert first in acr.repos["web"]

@@ -64,8 +64,11 @@ class AcrApi:
             names.extend(str(n) for n in page)
         return sorted(set(names))
 
-    async def manifests(self, repository: str, *, missing_ok: bool = True
+    async def manifests(self, repository: str, *, missing_ok: bool = False
                         ) -> list[AcrManifest]:
+        """Every manifest of the repository. ``missing_ok``: a 404 to the first request is
+        an empty repository (the scan, which met it in the catalog moments ago); otherwise
+        it raises, so that a transient 404 never reads as "nothing is there"."""
         path = f"/acr/v1/{repository}/_manifests"
         out = []
         async for page in self._pages(path, "manifests", missing_ok=missing_ok,
@@ -102,7 +105,7 @@ class AcrApi:
         manifest: a complete listing, with none in it. A 404 is not that answer (it may be
         transient, or the repository already gone): nothing is confirmed then."""
         try:
-            manifests = await self.manifests(repository, missing_ok=False)
+            manifests = await self.manifests(repository)
         except RegistryError as exc:
             if exc.status == 404:
                 return False
