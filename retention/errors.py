@@ -54,5 +54,12 @@ class DeletionDisabledError(RegistryError):
     """The registry refuses deletes (405 / UNSUPPORTED)."""
 
 
+class ManifestLockedError(RegistryError):
+    """The registry refuses to delete one manifest because that manifest (or its tag or
+    repository) is locked, as ACR answers for ``deleteEnabled: false``. It fails that manifest
+    only: deliberately neither a DeletionDisabledError nor an AuthenticationError, which stop
+    every deletion on the registry."""
+
+
 class StateError(RetentionError):
     """The embedded state database cannot be used."""

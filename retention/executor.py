@@ -122,7 +122,12 @@ class TagConfirmation:
     async def tags_of(self, digest: str) -> set[str]:
         if self._acr is not None:
             self.rereads += 1
-            return await self._acr.manifest_tags(self._repository, digest) or set()
+            tags = await self._acr.manifest_tags(self._repository, digest)
+            if tags is None:
+                # Gone, or a transient 404: either way its tags are not confirmed.
+                raise RegistryError(f"ACR answered 404 for {_short(digest)}'s tags",
+                                    registry=self._client.settings.name, status=404)
+            return tags
         await self._fresh()
         return self._snapshot.get(digest, set())
 
@@ -375,7 +380,7 @@ class Executor:
             return
         acr = AcrApi(client)
         try:
-            if await acr.manifests(repository):
+            if not await acr.confirmed_empty(repository):
                 log.info("repository kept: not empty", policy=p.policy, registry=p.registry,
                          repository=repository)
                 return

@@ -102,31 +102,43 @@ class Scanner:
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
 
     async def scan(self) -> Inventory:
-        """Scan every repository of the registry (or those its settings list)."""
+        """Scan every repository of the registry (or those its settings list).
+
+        A repository that cannot be read completely comes back with ``error`` set (nothing
+        is deleted there). Only a catalog refused with 401/403, or every repository refused
+        for authentication, is a registry-wide AuthenticationError.
+        """
         if self._acr is not None and not self._client.settings.repositories:
             names = await self._acr.catalog()
         else:
             names = await self._client.catalog()
         gate = asyncio.Semaphore(self._options.parallel_repositories)
 
-        async def one(name: str) -> Repository:
+        async def one(name: str) -> tuple[Repository, AuthenticationError | None]:
             async with gate:
-                return await self.scan_repository(name)
+                return await self._scan_one(name)
 
-        repos = await asyncio.gather(*(one(n) for n in names))
+        results = await asyncio.gather(*(one(n) for n in names))
+        refused = [e for _, e in results if e is not None]
+        if results and len(refused) == len(results):
+            raise refused[0]  # the credentials, not one repository's permissions
         settings = self._client.settings
         return Inventory(registry=settings.name, host=settings.host,
-                         repositories=tuple(repos), collected_at=self._clock())
+                         repositories=tuple(r for r, _ in results), collected_at=self._clock())
 
     async def scan_repository(self, name: str) -> Repository:
+        return (await self._scan_one(name))[0]
+
+    async def _scan_one(self, name: str) -> tuple[Repository, AuthenticationError | None]:
+        """The repository, or one carrying the error that made it unreadable; and the
+        AuthenticationError when that was the cause (a refused scope, a 403)."""
         try:
-            return await self._scan_repository(name)
-        except AuthenticationError:
-            raise  # wrong credentials fail the whole run, loudly
+            return await self._scan_repository(name), None
         except RegistryError as exc:
+            refused = exc if isinstance(exc, AuthenticationError) else None
             log.warning("repository read failed", registry=self._client.settings.name,
-                        repository=name, error=str(exc))
-            return Repository(name=name, error=str(exc))
+                        repository=name, error=str(exc), access_denied=refused is not None)
+            return Repository(name=name, error=str(exc)), refused
 
     async def _scan_repository(self, name: str) -> Repository:
         if self._acr is not None:
@@ -141,25 +153,30 @@ class Scanner:
 
         facts: dict[str, ManifestFacts] = {}
         gone: set[str] = set()
+        # Digests the registry served in this scan: their cached facts need no check.
+        confirmed = set(tags_of)
         # A referrer tag names its subject: that finds an image whose own tag moved on
         # while its signature stayed (it is an orphan now, and so is the signature).
         subjects = {referrer_tag_subject(t) for ts in tags_of.values() for t in ts}
-        await self._resolve(name, set(tags_of) | (subjects - {None}), facts, gone)
+        await self._resolve(name, set(tags_of) | (subjects - {None}), facts, gone, confirmed)
         # Digests seen here before and reachable no more may be orphans now: a HEAD by
         # digest tells whether each still exists, without fetching it again.
         earlier = sorted(set(self._known(name)) - facts.keys() - gone)
         heads = await asyncio.gather(*(client.head_manifest(name, d) for d in earlier))
-        await self._resolve(name, {d for d, h in zip(earlier, heads, strict=True) if h},
-                            facts, gone)
+        alive = {d for d, h in zip(earlier, heads, strict=True) if h}
+        gone.update(set(earlier) - alive)
+        confirmed |= alive
+        await self._resolve(name, alive, facts, gone, confirmed)
 
         return self._repository(name, facts, tags_of)
 
     async def _scan_acr_repository(self, acr: AcrApi, name: str) -> Repository:
-        manifests, tags = await asyncio.gather(acr.manifests(name), acr.tags(name))
+        manifests, tags = await asyncio.gather(acr.manifests(name, missing_ok=True),
+                                               acr.tags(name))
         listing = {m.digest: m for m in manifests}
         locked_by_tag = {t.digest for t in tags if not t.delete_enabled}
         facts: dict[str, ManifestFacts] = {}
-        await self._resolve(name, set(listing), facts, set(), referrers=False)
+        await self._resolve(name, set(listing), facts, set(), set(listing), referrers=False)
         tags_of = {d: list(m.tags) for d, m in listing.items()}
         pushed = {d: m.created for d, m in listing.items()}
         # Locked when the manifest or any of its tags says deleteEnabled: false; a
@@ -189,12 +206,17 @@ class Scanner:
         return Repository(name=name, manifests=tuple(manifests))
 
     async def _resolve(self, name: str, pending: set[str], facts: dict[str, ManifestFacts],
-                       gone: set[str], *, referrers: bool = True) -> None:
-        """Facts for ``pending`` and for everything they lead to: children and referrers."""
+                       gone: set[str], confirmed: set[str], *, referrers: bool = True) -> None:
+        """Facts for ``pending`` and for everything they lead to: children and referrers.
+
+        ``confirmed``: digests the registry served in this scan. Any other digest reached
+        here (a child or subject named by cached facts, a referrer tag's subject) is used
+        only once the registry confirms it still has it.
+        """
         pending = pending - facts.keys() - gone
         while pending:
             batch = sorted(pending)
-            results = await asyncio.gather(*(self._facts(name, d) for d in batch))
+            results = await asyncio.gather(*(self._facts(name, d, confirmed) for d in batch))
             pending = set()
             for digest, fact in zip(batch, results, strict=True):
                 if fact is None:
@@ -205,13 +227,22 @@ class Scanner:
             found = await asyncio.gather(*(self._client.referrers(name, d) for d in batch
                                            if d in facts and referrers))
             for digests in found:
+                # The registry's referrers API lists what it holds now.
+                confirmed.update(digests or ())
                 pending.update(digests or ())
             pending -= facts.keys() | gone
 
-    async def _facts(self, repository: str, digest: str) -> ManifestFacts | None:
+    async def _facts(self, repository: str, digest: str,
+                     confirmed: set[str]) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)
         if cached is not None and (cached.config_read or self._acr is not None):
-            return cached
+            # Facts are immutable, existence is not: someone may have deleted the digest
+            # since it was cached. A HEAD is cheap; a resurrected manifest would be
+            # "deleted" again and its bytes counted as reclaimed.
+            if digest in confirmed or \
+                    await self._client.head_manifest(repository, digest) is not None:
+                return cached
+            return None
         fetched = await self._client.get_manifest(repository, digest)
         if fetched is None:
             return None

@@ -21,8 +21,8 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   fi
 fi
 
-# Real clients the tests push with: skopeo (copies BuildKit's exact OCI layout) and buildah
-# (reproducible builds, --timestamp 0).
+# Real clients the tests push with: skopeo (copies BuildKit's exact OCI layout, writes
+# schema-1 manifests with --format v2s1) and buildah (reproducible builds, --timestamp 0).
 missing_clients=()
 for tool in skopeo buildah; do
   command -v "$tool" >/dev/null 2>&1 || missing_clients+=("$tool")

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,23 @@ class Entry:
 class TagEntry:
     digest: str
     delete_enabled: bool = True
+
+
+@dataclass
+class EmulatorFault:
+    """A scripted fault: on a request whose method matches and whose path and query
+    ``path`` (a regular expression) is found in, after ``skip`` such requests went through
+    untouched, answer ``status`` with ``code``, or, with ``hook``, run it (it may change the
+    registry while the request is in flight) and then answer normally."""
+
+    method: str  # "*" for any
+    path: str
+    status: int = 404
+    code: str = "NAME_UNKNOWN"
+    times: int = 1
+    skip: int = 0
+    hook: Callable[[str, str], None] | None = None
+    fail_after_hook: bool = False  # with hook: answer ``status`` after running it
 
 
 @dataclass
@@ -78,6 +96,7 @@ class AcrEmulator:
     refresh_tokens: dict[str, float] = field(default_factory=dict)
     access_tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
     throttle: list[list] = field(default_factory=list)  # [method, regex, times, status]
+    faults: list[EmulatorFault] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     answered: list[tuple[str, str, int]] = field(default_factory=list)
     issued: Counter = field(default_factory=Counter)
@@ -135,6 +154,16 @@ class AcrEmulator:
                        if m == method and s == status and rx.search(p))
         return sum(1 for m, p in self.requests if m == method and rx.search(p))
 
+    def take_fault(self, method: str, path: str) -> EmulatorFault | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method in ("*", method) and re.search(fault.path, path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
+                fault.times -= 1
+                return fault
+        return None
+
     # -- server ----------------------------------------------------------------------------
 
     def start(self) -> str:
@@ -173,6 +202,12 @@ class AcrEmulator:
                 path, query = parts.path, parse_qs(parts.query)
                 with emulator.lock:
                     emulator.requests.append((self.command, self.path))
+                    fault = emulator.take_fault(self.command, self.path)
+                if fault is not None and fault.hook is not None:
+                    fault.hook(self.command, self.path)
+                if fault is not None and (fault.hook is None or fault.fail_after_hook):
+                    return self._error(fault.status, fault.code, "injected")
+                with emulator.lock:
                     for rule in emulator.throttle:
                         method, rx, times, status = rule
                         if times > 0 and method in ("*", self.command) and re.search(rx, path):
@@ -290,6 +325,9 @@ class AcrEmulator:
                     return self._json(200, {})
                 if path == "/acr/v1/_catalog":
                     return self._page(path, sorted(em.repos), "repositories", query, {})
+                m = re.fullmatch(r"/acr/v1/(.+)/_(manifests|tags)", path)
+                if m and m.group(1) not in em.repos:
+                    return self._error(404, "NAME_UNKNOWN", "repository not found")
                 m = re.fullmatch(r"/acr/v1/(.+)/_manifests", path)
                 if m:
                     repo = m.group(1)
@@ -367,7 +405,12 @@ class AcrEmulator:
                         if not entry.delete_enabled or any(
                                 t.digest == digest and not t.delete_enabled
                                 for t in em.tags.get(repo, {}).values()):
-                            return self._error(405, "DENIED", "the manifest is locked")
+                            # What ACR answers for deleteEnabled: false on the manifest,
+                            # one of its tags or its repository.
+                            return self._error(
+                                405, "REGISTRY_DISALLOWED_OPERATION",
+                                "The operation is disallowed on this registry, repository "
+                                "or image.")
                         del entries[digest]
                         for tag in [t for t, e in em.tags.get(repo, {}).items()
                                     if e.digest == digest]:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,8 +81,9 @@ class Registry:
 
 
 def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True,
-                   tls: tuple[Path, Path] | None = None) -> Registry:
-    """``tls`` is (certificate, key): the registry then serves HTTPS."""
+                   tls: tuple[Path, Path] | None = None, schema1: bool = False) -> Registry:
+    """``tls`` is (certificate, key): the registry then serves HTTPS. ``schema1``: accept
+    Docker schema-1 manifests (distribution 2.8 refuses their push unless told to)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     root = workdir / "data"
@@ -98,6 +99,8 @@ def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = Tr
     }
     if auth:
         config["auth"] = auth
+    if schema1:
+        config["compatibility"] = {"schema1": {"enabled": True}}
     if tls:
         config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     config_path = workdir / "config.yml"
@@ -152,6 +155,11 @@ class TokenServer:
     lifetime: int = 300
     issued: Counter = field(default_factory=Counter)
     authorizations_seen: list[str] = field(default_factory=list)
+    # Repositories the user gets no access to. "filter": the token is issued without their
+    # access (as docker_auth and Harbor do; the registry then answers 401 insufficient
+    # scope); "403": the token request is refused.
+    denied: set[str] = field(default_factory=set)
+    deny_mode: str = "filter"
     _server: ThreadingHTTPServer | None = None
 
     def __post_init__(self) -> None:
@@ -209,6 +217,18 @@ class TokenServer:
                     self.wfile.write(body)
                     return
                 scopes = [s for v in query.get("scope", []) for s in v.split(" ")]
+                refused = [s for s in scopes if s.split(":")[0] == "repository"
+                           and ":".join(s.split(":")[1:-1]) in server.denied]
+                if refused and server.deny_mode == "403":
+                    body = b'{"errors":[{"code":"DENIED","message":"access to the requested ' \
+                           b'resource is not authorized"}]}'
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                scopes = [s for s in scopes if s not in refused]
                 server.issued[tuple(scopes)] += 1
                 body = json.dumps({"token": server.token(user, scopes),
                                    "expires_in": server.lifetime}).encode()
@@ -232,15 +252,64 @@ class TokenServer:
 # A fault-injecting proxy between the client and the registry.
 
 
+# rewrite(method, path, status, headers, body) -> (status, headers, body)
+Rewrite = Callable[[str, str, int, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
+
+
 @dataclass
 class Fault:
     method: str  # "*" for any
     path: str  # regular expression searched in the path and query
-    action: str  # "status", "reset" or "delay"
+    # "status", "reset", "delay", "redirect"; "hook": run ``hook(method, path)`` while the
+    # request is in flight (it may change the registry), then forward it; "rewrite": forward
+    # it and pass the registry's answer through ``rewrite`` (a Link, the body, the status).
+    action: str
     times: int = 1
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    skip: int = 0  # matching requests let through untouched first: skip=1 hits the 2nd
+    hook: Callable[[str, str], None] | None = None
+    rewrite: Rewrite | None = None
+    body: bytes | None = None  # the body of a "status" answer (else a JSON error)
+
+
+def paged_tags(page_size: int) -> Rewrite:
+    """Makes distribution 2.8's unpaged tags/list paged, as distribution 3, Harbor and
+    most registries page it: at most ``n`` (capped at ``page_size``) tags after ``last``,
+    in lexical order, and a ``Link`` to the next page."""
+
+    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if status != 200:
+            return status, headers, body
+        parts = urlsplit(path)
+        query = parse_qs(parts.query)
+        n = min(int(query.get("n", [page_size])[0]), page_size)
+        last = query.get("last", [None])[0]
+        doc = json.loads(body)
+        tags = sorted(doc.get("tags") or [])
+        rest = [t for t in tags if last is None or t > last]
+        doc["tags"] = rest[:n]
+        headers = {k: v for k, v in headers.items() if k.lower() != "link"}
+        if len(rest) > n:
+            headers["Link"] = f'<{parts.path}?last={doc["tags"][-1]}&n={n}>; rel="next"'
+        return status, headers, json.dumps(doc).encode()
+
+    return rewrite
+
+
+def set_link(link: str | None) -> Rewrite:
+    """Replaces the answer's ``Link`` header (None removes it)."""
+
+    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+        headers = {k: v for k, v in headers.items() if k.lower() != "link"}
+        if link is not None:
+            headers["Link"] = link
+        return status, headers, body
+
+    return rewrite
 
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -271,6 +340,9 @@ class FaultProxy:
             for fault in self.faults:
                 if fault.times > 0 and fault.method in ("*", method) and \
                         re.search(fault.path, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.times -= 1
                     return fault
         return None
@@ -297,7 +369,8 @@ class FaultProxy:
                         self.connection.close()
                     return
                 if fault is not None and fault.action == "status":
-                    payload = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}'
+                    payload = fault.body if fault.body is not None else \
+                        b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}'
                     self.send_response(fault.status)
                     for k, v in fault.headers.items():
                         self.send_header(k, v)
@@ -316,6 +389,8 @@ class FaultProxy:
                     return
                 if fault is not None and fault.action == "delay":
                     time.sleep(fault.seconds)
+                if fault is not None and fault.action == "hook":
+                    fault.hook(self.command, self.path)
                 conn = http.client.HTTPConnection(proxy.upstream.hostname,
                                                   proxy.upstream.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
@@ -323,10 +398,14 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
-                self.send_response(response.status)
-                for k, v in response.getheaders():
-                    if k.lower() not in _HOP:
-                        self.send_header(k, v)
+                status = response.status
+                answer = {k: v for k, v in response.getheaders() if k.lower() not in _HOP}
+                if fault is not None and fault.action == "rewrite":
+                    status, answer, data = fault.rewrite(self.command, self.path, status,
+                                                         answer, data)
+                self.send_response(status)
+                for k, v in answer.items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":

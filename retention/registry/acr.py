@@ -42,6 +42,12 @@ def _delete_enabled(entry: dict[str, Any]) -> bool:
     return attributes.get("deleteEnabled", True) is True
 
 
+def _digest(value: Any) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"not a digest: {value!r}")
+    return value
+
+
 class AcrApi:
     def __init__(self, client: RegistryClient):
         self._client = client
@@ -58,28 +64,40 @@ class AcrApi:
             names.extend(str(n) for n in page)
         return sorted(set(names))
 
-    async def manifests(self, repository: str) -> list[AcrManifest]:
+    async def manifests(self, repository: str, *, missing_ok: bool = False
+                        ) -> list[AcrManifest]:
+        """Every manifest of the repository. ``missing_ok``: a 404 to the first request is
+        an empty repository (the scan, which met it in the catalog moments ago); otherwise
+        it raises, so that a transient 404 never reads as "nothing is there"."""
+        path = f"/acr/v1/{repository}/_manifests"
         out = []
-        async for page in self._pages(f"/acr/v1/{repository}/_manifests", "manifests",
+        async for page in self._pages(path, "manifests", missing_ok=missing_ok,
                                       scope=f"repository:{repository}:metadata_read"):
             for entry in page:
-                out.append(AcrManifest(
-                    digest=str(entry["digest"]),
-                    tags=tuple(str(t) for t in entry.get("tags") or ()),
-                    media_type=str(entry.get("mediaType") or ""),
-                    size=int(entry.get("imageSize") or 0),
-                    created=parse_time(entry.get("createdTime")),
-                    delete_enabled=_delete_enabled(entry),
-                ))
+                try:
+                    out.append(AcrManifest(
+                        digest=_digest(entry["digest"]),
+                        tags=tuple(str(t) for t in entry.get("tags") or ()),
+                        media_type=str(entry.get("mediaType") or ""),
+                        size=int(entry.get("imageSize") or 0),
+                        created=parse_time(entry.get("createdTime")),
+                        delete_enabled=_delete_enabled(entry),
+                    ))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise self._garbled(path) from None
         return out
 
     async def tags(self, repository: str) -> list[AcrTag]:
+        path = f"/acr/v1/{repository}/_tags"
         out = []
-        async for page in self._pages(f"/acr/v1/{repository}/_tags", "tags",
+        async for page in self._pages(path, "tags",
                                       scope=f"repository:{repository}:metadata_read"):
             for entry in page:
-                out.append(AcrTag(str(entry["name"]), str(entry["digest"]),
-                                  _delete_enabled(entry)))
+                try:
+                    out.append(AcrTag(str(entry["name"]), _digest(entry["digest"]),
+                                      _delete_enabled(entry)))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise self._garbled(path) from None
         return out
 
     async def manifest_tags(self, repository: str, digest: str) -> set[str] | None:
@@ -98,6 +116,22 @@ class AcrApi:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RegistryError(f"GET {path}: the answer is not ACR's manifest attributes",
                                 registry=self._client.settings.name) from None
+
+    async def confirmed_empty(self, repository: str) -> bool:
+        """True only when ACR's listing positively answers that the repository holds no
+        manifest: a complete listing, with none in it. A 404 is not that answer (it may be
+        transient, or the repository already gone): nothing is confirmed then."""
+        try:
+            manifests = await self.manifests(repository)
+        except RegistryError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return not manifests
+
+    def _garbled(self, path: str) -> RegistryError:
+        return RegistryError(f"GET {path}: an entry of the answer is not the expected JSON",
+                             registry=self._client.settings.name)
 
     async def delete_repository(self, repository: str) -> bool:
         response = await self._client.request(

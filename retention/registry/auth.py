@@ -20,8 +20,8 @@ import httpx
 import structlog
 
 from retention.config import Credentials, RegistrySettings
-from retention.errors import AuthenticationError
-from retention.registry.entra import EntraExchange
+from retention.errors import AuthenticationError, RegistryError
+from retention.registry.entra import EntraExchange, Send
 
 log = structlog.get_logger("retention.registry.auth")
 
@@ -67,9 +67,12 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.monotonic,
         entra: EntraExchange | None = None,
+        send: Send | None = None,
     ):
         self._settings = settings
         self._http = http
+        # The client's own request path (its retry policy); plain httpx when none is given.
+        self._send: Send = send or _plain(http)
         self._clock = clock
         self._entra = entra  # ACR with Microsoft Entra ID instead of a password
         self._basic = False  # the registry asked for basic auth
@@ -128,7 +131,7 @@ class Authenticator:
                                       registry=name)
         if self._entra is not None:
             token, lifetime = await self._entra.access_token(
-                self._http, realm=realm, service=params.get("service", ""),
+                self._send, realm=realm, service=params.get("service", ""),
                 scope=params.get("scope") or scope)
             return _Token(token, self._clock() + lifetime - min(_EXPIRY_MARGIN, lifetime / 5))
         query: dict[str, str] = {}
@@ -147,16 +150,21 @@ class Authenticator:
                             hint="add the host to token_hosts if it is the registry's own "
                                  "token service")
         try:
-            response = await self._http.get(realm, params=query, headers=headers)
-        except httpx.TransportError as exc:
-            raise AuthenticationError(f"token service {parts.netloc} unreachable: {exc!r}",
+            response = await self._send("GET", realm, params=query, headers=headers)
+        except RegistryError as exc:
+            detail = str(exc).removeprefix(f"registry {name!r}: ")
+            raise AuthenticationError(f"token service {parts.netloc} unreachable: {detail}",
                                       registry=name) from None
-        if response.status_code in (401, 403):
-            who = f"user {credentials.username!r}" if credentials else "anonymous access"
+        who = f"user {credentials.username!r}" if credentials else "anonymous access"
+        if response.status_code == 401:
             raise AuthenticationError(
-                f"the token service at {parts.netloc} rejected {who} (HTTP "
-                f"{response.status_code}): check the username and password", registry=name,
-                status=response.status_code)
+                f"the token service at {parts.netloc} rejected {who} (HTTP 401): check the "
+                "username and password", registry=name, status=401)
+        if response.status_code == 403:
+            # The credentials are fine; this scope (one repository, say) is not granted.
+            raise AuthenticationError(
+                f"the token service at {parts.netloc} refused {query['scope']!r} to {who} "
+                "(HTTP 403): the account lacks permission for it", registry=name, status=403)
         if response.status_code != 200:
             raise AuthenticationError(f"the token service at {parts.netloc} answered HTTP "
                                       f"{response.status_code}", registry=name,
@@ -180,3 +188,12 @@ class Authenticator:
             return False  # never downgrade a password to plain HTTP
         allowed = {registry.hostname, *self._settings.token_hosts}
         return parts.hostname in allowed or parts.netloc in allowed
+
+
+def _plain(http: httpx.AsyncClient) -> Send:
+    async def send(method: str, url: str, **kwargs: object) -> httpx.Response:
+        try:
+            return await http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise RegistryError(f"{method} {url} failed: {exc!r}") from None
+    return send

@@ -23,17 +23,34 @@ import structlog
 
 from retention import __version__
 from retention.config import RegistrySettings
-from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
+from retention.errors import (
+    AuthenticationError,
+    DeletionDisabledError,
+    ManifestLockedError,
+    RegistryError,
+)
 from retention.registry.auth import Authenticator
 from retention.registry.entra import EntraExchange
-from retention.registry.mediatypes import ACCEPT, OCI_INDEX
+from retention.registry.mediatypes import (
+    ACCEPT,
+    DOCKER_SCHEMA1,
+    DOCKER_SCHEMA1_SIGNED,
+    OCI_INDEX,
+)
 
 log = structlog.get_logger("retention.registry")
 
 RETRYABLE = frozenset({429, 502, 503, 504})
+SCHEMA1 = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+# Error codes of a DELETE refused for one manifest because it is locked (ACR's answer for
+# deleteEnabled: false is 405 REGISTRY_DISALLOWED_OPERATION).
+LOCKED_CODES = frozenset({"REGISTRY_DISALLOWED_OPERATION", "DISALLOWED_OPERATION"})
 # distribution answers 400 PAGINATION_NUMBER_INVALID above 1000; some registries allow less.
 PAGE_SIZES = (1000, 100, None)
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# A listing longer than this is taken for an endless one (a registry bug, or a Link chain
+# that never ends): 10,000 pages of 1,000 tags is ten million, far beyond any repository.
+MAX_PAGES = 10_000
 
 Observer = Callable[[str, str, float], None]  # (method, code, seconds)
 
@@ -101,7 +118,7 @@ class RegistryClient:
             headers={"User-Agent": f"retention/{__version__}"},
             limits=httpx.Limits(max_connections=settings.concurrency * 2),
         )
-        self._auth = Authenticator(settings, self._http, entra=entra)
+        self._auth = Authenticator(settings, self._http, entra=entra, send=self.send)
         self._referrers_api: bool | None = None  # None: not known yet
         self._referrers_probe = asyncio.Lock()
 
@@ -127,19 +144,56 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
     ) -> httpx.Response:
-        """``retry=False``: one attempt; a retryable answer is returned, a connection error
+        """A registry request with the authorization ``scope`` needs (answering a 401 once).
+
+        ``retry=False``: one attempt; a retryable answer is returned, a connection error
         raised, for a caller that must check something again before it tries again."""
+        name = self.settings.name
+        auth_retried = False
+        while True:
+            response = await self.send(
+                method, url, headers={**(headers or {}), **self._auth.headers(scope)},
+                params=params, follow_redirects=follow_redirects, retry=retry)
+            if response.status_code == 401:
+                if auth_retried:
+                    if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
+                        raise AuthenticationError(
+                            f"the registry refused a fresh token for {scope!r}: the account "
+                            "lacks permission for it", registry=name, status=401)
+                    raise AuthenticationError(
+                        "credentials rejected (HTTP 401): check the username and password",
+                        registry=name, status=401)
+                await self._auth.answer(response, scope)
+                auth_retried = True
+                continue
+            return response
+
+    async def send(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        follow_redirects: bool = False,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """One request under the retry policy, with the headers given and no others.
+
+        Token requests (a realm's ``/token``, ACR's ``/oauth2/token`` and ``/oauth2/exchange``)
+        come through here too: they are throttled like every other endpoint, and a 429 there
+        must not fail a run that a retry would let finish.
+        """
         name = self.settings.name
         attempts = self._retry.attempts if retry else 1
         attempt = 0
-        auth_retried = False
         while True:
-            request_headers = {**(headers or {}), **self._auth.headers(scope)}
             started = time.monotonic()
             try:
                 async with self._slots:
                     response = await self._http.request(
-                        method, url, headers=request_headers, params=params,
+                        method, url, headers=headers, params=params, data=data,
                         follow_redirects=follow_redirects)
                     await response.aread()
             except httpx.TransportError as exc:
@@ -160,18 +214,6 @@ class RegistryClient:
                 continue
             self._record(method, str(response.status_code), started)
             status = response.status_code
-            if status == 401:
-                if auth_retried:
-                    if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
-                        raise AuthenticationError(
-                            f"the registry refused a fresh token for {scope!r}: the account "
-                            "lacks permission for it", registry=name, status=401)
-                    raise AuthenticationError(
-                        "credentials rejected (HTTP 401): check the username and password",
-                        registry=name, status=401)
-                await self._auth.answer(response, scope)
-                auth_retried = True
-                continue
             if status in RETRYABLE and attempt + 1 < attempts:
                 attempt += 1
                 delay = _retry_after(response) or self._retry.backoff(attempt - 1)
@@ -225,37 +267,67 @@ class RegistryClient:
     ) -> AsyncIterator[list[Any]]:
         """The ``key`` list of each page of a paged listing, following ``Link`` headers.
 
+        A listing is complete or it is an error: a listing cut short would make what was on
+        the lost pages look untagged, or not there at all, and so deletable. Any answer but
+        200 after the first page (404 included), a ``Link`` back to a page already read, more
+        than MAX_PAGES pages, or a page that is not the expected JSON raises RegistryError.
+
         ``sizes`` are the page sizes to ask for, largest first: a 400 to the first request
-        means the registry allows less, so the next is tried. ``missing_ok``: a 404 means an
-        empty listing (a repository whose tags are all gone).
+        means the registry allows less, so the next is tried. ``missing_ok``: a 404 to the
+        first request means an empty listing (a repository that does not exist, or whose
+        tags are all gone); only the first: a 404 later is a failed page.
         """
         url: str | httpx.URL = path
         remaining = list(sizes)
         params: dict[str, Any] | None = {"n": remaining[0]} if remaining[0] else None
-        first = True
+        read: set[str] = set()  # every page URL requested, to catch a Link that loops
+        page = 1
         while True:
             response = await self.request("GET", url, scope=scope, params=params)
-            if first and response.status_code == 400 and len(remaining) > 1:
+            if page == 1 and response.status_code == 400 and len(remaining) > 1:
                 remaining.pop(0)  # page size above what this registry allows: ask for less
                 params = {"n": remaining[0]} if remaining[0] else None
                 continue
-            if response.status_code == 404 and missing_ok:
+            read.add(str(response.request.url))
+            if response.status_code == 404 and missing_ok and page == 1:
                 return
             if response.status_code != 200:
-                raise self.failure(response, f"GET {path}")
-            try:
-                items = response.json().get(key) or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"GET {path}: the answer is not the expected JSON",
-                                    registry=self.settings.name) from None
-            yield list(items)
+                raise self.failure(response, f"GET {path}" if page == 1 else
+                                   f"GET {path} (page {page}: the listing is incomplete)")
+            yield self._page_items(response, path, key, page)
             link = next_link(response.headers.get("link"))
             if link is None:
                 return
             # The Link target carries its own query (n, last): use it as the registry wrote it.
             url = self.next_page(response, link)
             params = None
-            first = False
+            if str(url) in read:
+                raise RegistryError(
+                    f"GET {path}: the Link header of page {page} leads back to a page already "
+                    f"read ({url.raw_path.decode()}); the listing would never end",
+                    registry=self.settings.name)
+            page += 1
+            if page > MAX_PAGES:
+                raise RegistryError(
+                    f"GET {path}: more than {MAX_PAGES:,} pages; the listing looks endless, "
+                    "so it is not trusted", registry=self.settings.name)
+
+    def _page_items(self, response: httpx.Response, path: str, key: str,
+                    page: int) -> list[Any]:
+        """The list under ``key``; null is an empty page. Anything else raises, an absent key
+        too: a page that says nothing about its items must not read as "there are none"."""
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        items = doc.get(key, False) if isinstance(doc, dict) else False
+        if items is None:
+            items = []  # distribution and ACR write "tags": null for none
+        if not isinstance(items, list):
+            raise RegistryError(f"GET {path}, page {page}: the answer is not the expected JSON "
+                                f"(truncated or garbled: no {key!r} list)",
+                                registry=self.settings.name)
+        return items
 
     async def catalog(self) -> list[str]:
         if self.settings.repositories:
@@ -263,15 +335,21 @@ class RegistryClient:
         names: list[str] = []
         async for page in self.pages("/v2/_catalog", "repositories",
                                      scope="registry:catalog:*"):
-            names.extend(str(n) for n in page)
+            names.extend(self._strings(page, "GET /v2/_catalog"))
         return sorted(set(names))
 
     async def tags(self, repository: str) -> list[str]:
         tags: list[str] = []
         async for page in self.pages(f"/v2/{repository}/tags/list", "tags",
                                      scope=_pull(repository), missing_ok=True):
-            tags.extend(str(t) for t in page)
+            tags.extend(self._strings(page, f"GET /v2/{repository}/tags/list"))
         return sorted(set(tags))
+
+    def _strings(self, items: list[Any], what: str) -> list[str]:
+        if not all(isinstance(i, str) and i for i in items):
+            raise RegistryError(f"{what}: the answer is not the expected JSON (a name that "
+                                "is not a string)", registry=self.settings.name)
+        return items
 
     async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
         """Resolve a tag (or digest) to a digest; None when it does not exist (any more)."""
@@ -304,11 +382,16 @@ class RegistryClient:
             raise self.failure(response, f"GET {path}")
         body = response.content
         computed = "sha256:" + hashlib.sha256(body).hexdigest()
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
         if reference.startswith("sha256:") and computed != reference:
+            if media_type in SCHEMA1:
+                # distribution signs schema 1 anew on every GET, so its bytes never hash to
+                # the digest (that is of the payload without signatures). Such a manifest is
+                # never parsed, only protected as unknown-media-type: nothing trusts its body.
+                return FetchedManifest(reference, media_type, body)
             raise RegistryError(f"GET {path}: the body's sha256 is {computed}, not the digest "
                                 "asked for; refusing to trust this registry's answer",
                                 registry=self.settings.name)
-        media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return FetchedManifest(reference if ":" in reference else computed, media_type, body)
 
     async def get_blob(self, repository: str, digest: str, *,
@@ -392,6 +475,18 @@ class RegistryClient:
             return True
         if response.status_code == 404:
             return False
+        if response.status_code == 403:
+            # A refusal of this one manifest (a lock, a repository-scoped permission): it
+            # fails alone. An account without delete rights at all meets 401 on the token.
+            raise RegistryError(f"DELETE {path}: refused for this manifest (HTTP 403)"
+                                f"{_error_detail(response)}", registry=self.settings.name,
+                                status=403)
+        if self._locked(response):
+            raise ManifestLockedError(
+                f"DELETE {path}: the manifest is locked (HTTP {response.status_code})"
+                f"{_error_detail(response)}; unlock it (ACR: az acr repository update "
+                "--delete-enabled true) if it should go", registry=self.settings.name,
+                status=response.status_code)
         if response.status_code == 405 or "UNSUPPORTED" in response.text:
             raise DeletionDisabledError(
                 f"DELETE {path}: the registry has deletion disabled (HTTP "
@@ -401,9 +496,33 @@ class RegistryClient:
                 registry=self.settings.name, status=response.status_code)
         raise self.failure(response, f"DELETE {path}")
 
+    def _locked(self, response: httpx.Response) -> bool:
+        """A refusal about this manifest, not about deletion on the whole registry.
+
+        ACR answers 405 REGISTRY_DISALLOWED_OPERATION for a manifest, tag or repository with
+        ``deleteEnabled: false``; it has no registry-wide switch for deletes, so any 405 there
+        is a lock. distribution answers 405 UNSUPPORTED when deletion is disabled.
+        """
+        if response.status_code not in (405, 409, 412):
+            return False
+        code = _error_code(response)
+        if code in LOCKED_CODES:
+            return True
+        return self.settings.type == "acr" and response.status_code == 405 \
+            and code != "UNSUPPORTED"
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["errors"][0]["code"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
 
 def _path(url: str | httpx.URL) -> str:
-    return url.path if isinstance(url, httpx.URL) else url
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        return url
+    return httpx.URL(url).path
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -20,9 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import structlog
 
-from retention.errors import AuthenticationError
+from retention.errors import AuthenticationError, RegistryError
 
 log = structlog.get_logger("retention.registry.entra")
+
+# The registry client's request path with its retry policy:
+# send(method, url, *, headers=None, params=None, data=None) -> httpx.Response.
+Send = Callable[..., Awaitable[httpx.Response]]
 
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 _MARGIN = 300.0  # renew tokens this long before they expire
@@ -69,12 +73,14 @@ class EntraExchange:
         self._refresh: _Refresh | None = None
         self._lock = asyncio.Lock()
 
-    async def access_token(self, http: httpx.AsyncClient, *, realm: str, service: str,
+    async def access_token(self, send: Send, *, realm: str, service: str,
                            scope: str) -> tuple[str, float]:
-        """(access token, lifetime in seconds) for ``scope``."""
+        """(access token, lifetime in seconds) for ``scope``. ``send`` is the registry
+        client's request path: ACR throttles /oauth2/token and /oauth2/exchange (429 with
+        Retry-After) like every other endpoint, and those are retried the same way."""
         for attempt in (1, 2):
-            refresh = await self._refresh_token(http, realm=realm, service=service)
-            response = await http.post(realm, data={
+            refresh = await self._refresh_token(send, realm=realm, service=service)
+            response = await self._post(send, realm, {
                 "grant_type": "refresh_token", "service": service, "scope": scope,
                 "refresh_token": refresh})
             if response.status_code == 200:
@@ -95,7 +101,15 @@ class EntraExchange:
         raise AuthenticationError("ACR answered /oauth2/token without an access token",
                                   registry=self._registry)
 
-    async def _refresh_token(self, http: httpx.AsyncClient, *, realm: str, service: str) -> str:
+    async def _post(self, send: Send, url: str, form: dict[str, str]) -> httpx.Response:
+        try:
+            return await send("POST", url, data=form)
+        except RegistryError as exc:
+            detail = str(exc).removeprefix(f"registry {self._registry!r}: ")
+            raise AuthenticationError(f"ACR's token service is unreachable: {detail}",
+                                      registry=self._registry) from None
+
+    async def _refresh_token(self, send: Send, *, realm: str, service: str) -> str:
         async with self._lock:
             current = self._refresh
             if current is not None and current.expires - _MARGIN > self._now():
@@ -110,7 +124,7 @@ class EntraExchange:
                     registry=self._registry) from None
             parts = urlsplit(realm)
             exchange = urlunsplit((parts.scheme, parts.netloc, "/oauth2/exchange", "", ""))
-            response = await http.post(exchange, data={
+            response = await self._post(send, exchange, {
                 "grant_type": "access_token", "service": service,
                 "access_token": entra.token})
             token = _field(response, "refresh_token") if response.status_code == 200 else None
