@@ -62,8 +62,10 @@ class Served:
     procs: list[subprocess.Popen]
 
     def query(self, expr: str) -> list[dict]:
-        answer = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr},
-                           timeout=10).json()
+        response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr},
+                             timeout=10)
+        assert response.status_code == 200, (expr, response.status_code, response.text)
+        answer = response.json()
         assert answer["status"] == "success", (expr, answer)
         return answer["data"]["result"]
 
@@ -79,6 +81,10 @@ def served(tmp_path: Path, registry, pusher: Pusher) -> Iterator[Served]:
     port = free_port()
     config = write_config(tmp_path, registry.url, mode="enforce", extra=(
         f'listen: 127.0.0.1:{port}\nschedule: "* * * * *"\nlog_format: json'))
+    # The daemon's first run is at the next minute. Prometheus must have scraped the
+    # counters at 0 before it, or increase() cannot see the deletion: leave it 20 s at least.
+    if (second := time.time() % 60) > 40:
+        time.sleep(61 - second)
     procs: list[subprocess.Popen] = []
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -97,7 +103,16 @@ def served(tmp_path: Path, registry, pusher: Pusher) -> Iterator[Served]:
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
             stdout=(logs / "prometheus.out").open("w"),
             stderr=(logs / "prometheus.err").open("w")))
-        yield Served(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}", procs)
+        served = Served(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}", procs)
+
+        def prometheus_ready() -> bool:  # it answers 503 while it opens its storage
+            try:
+                return httpx.get(f"{served.prometheus_url}/-/ready", timeout=5).is_success
+            except httpx.TransportError:
+                return False
+
+        wait_until("Prometheus to be ready", prometheus_ready, timeout=60, procs=procs)
+        yield served
     finally:
         for proc in reversed(procs):
             stop(proc)
