@@ -32,6 +32,17 @@ if [ ${#missing_clients[@]} -gt 0 ]; then
   apt_install "${missing_clients[@]}" >/dev/null
 fi
 
+# Debian's prometheus (2.42) and its promtool: the alert rules' unit tests and the
+# end-to-end check of the dashboard's queries against `retention serve`.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing Debian's prometheus (and promtool)"
+  apt_install prometheus >/dev/null
+  # The package enables a system Prometheus on :9090; the tests start their own.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 "$PYTHON" - <<'PY' || { echo "setup: Python 3.11 or newer is required" >&2; exit 2; }
 import sys; sys.exit(sys.version_info < (3, 11))

@@ -46,8 +46,9 @@ def every_second(**overrides) -> DaemonOptions:
 
 
 def runs_by_outcome(daemon: Daemon) -> dict[str, float]:
+    """Outcomes that happened (every outcome is exported, at 0 until it happens)."""
     return {s.labels["outcome"]: s.value for m in daemon.metrics.runs.collect()
-            for s in m.samples if s.name == "retention_runs_total"}
+            for s in m.samples if s.name == "retention_runs_total" and s.value}
 
 
 def slow_registry(tmp_path: Path, pusher: Pusher, proxy, *, seconds: float, times: int) -> Path:
@@ -77,7 +78,7 @@ def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Push
                                outcome="success")
                 return text if value is not None and value >= n else None
 
-            await runs_done(0) or await wait_for(lambda: runs_done(1))
+            await wait_for(lambda: runs_done(1))
             # The first run recorded app:latest; now re-push it and let a run delete the
             # orphan.
             pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"two",))
@@ -235,3 +236,63 @@ def test_runs_of_one_policy_never_overlap(tmp_path: Path, registry, pusher: Push
     assert most == 1
     runs = sum(runs_by_outcome(daemon).values())
     assert 1 <= runs <= 3  # not one per trigger: the skipped triggers coalesced away
+
+
+def never(_cron: str):
+    """A trigger that does not fire during a test: only what the start exports is seen."""
+    from apscheduler.triggers.date import DateTrigger
+
+    return DateTrigger(run_date="2999-01-01T00:00:00+00:00")
+
+
+def test_counters_exported_at_zero_from_start_and_after_reload(tmp_path: Path, registry):
+    # Issue 15: a labelled counter that first appears at its post-increment value is
+    # invisible to increase(), so the first failure after a start never alerts.
+    config = write_config(tmp_path, registry.url, extra="listen: 127.0.0.1:0")
+
+    async def scenario():
+        daemon = Daemon(config, options=every_second(trigger=never))
+        task = asyncio.create_task(daemon.run())
+        await wait_for(lambda: asyncio.sleep(0, daemon.port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+            async def scrape():
+                return (await http.get("/metrics")).text
+
+            text = await scrape()
+            for outcome in ("success", "failure", "aborted"):
+                assert metric(text, "retention_runs_total", policy="orphans",
+                              outcome=outcome) == 0
+            for name in ("retention_reclaimed_bytes_total", "retention_manifests_deleted_total",
+                         "retention_delete_failures_total"):
+                assert metric(text, name, registry="main", policy="orphans") == 0, name
+            assert metric(text, "retention_run_duration_seconds_count", policy="orphans") == 0
+            assert metric(text, "retention_config_reload_failures_total") == 0
+            assert "retention_last_success_timestamp_seconds{" not in text  # none yet
+
+            # A reload that adds a policy exports its counters at once too.
+            policies = tmp_path / "policies" / "p.yaml"
+            policies.write_text(POLICY + "---\n" + POLICY.replace("name: orphans",
+                                                                    "name: second"))
+
+            async def second_at_zero():
+                t = await scrape()
+                return t if metric(t, "retention_runs_total", policy="second",
+                                   outcome="failure") == 0 else None
+
+            text = await wait_for(second_at_zero)
+            assert metric(text, "retention_delete_failures_total", registry="main",
+                          policy="second") == 0
+            # A reload that removes a policy drops its series: no alert for a policy
+            # that no longer exists.
+            policies.write_text(POLICY.replace("name: orphans", "name: second"))
+
+            async def orphans_gone():
+                t = await scrape()
+                return t if 'policy="orphans"' not in t else None
+
+            text = await wait_for(orphans_gone)
+            assert metric(text, "retention_runs_total", policy="second", outcome="success") == 0
+        daemon.stopping.set()
+        return await task
+
+    assert asyncio.run(scenario()) == 0

@@ -47,3 +47,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "retention.hasAllowlist" -}}
 {{- if or .Values.allowlist.existingConfigMap .Values.allowlist.entries -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+Values that contradict each other fail the install with a message, instead of a daemon that
+silently ignores part of them or does not start.
+*/}}
+{{- define "retention.checkValues" -}}
+{{- if and (not .Values.config.existingConfigMap) (not .Values.registries) -}}
+{{- fail "registries: no registry is configured. Set at least one, e.g. --set registries.main.url=https://registry.example.com (see docs/operations.md), or give a complete retention.yaml with config.existingConfigMap" -}}
+{{- end -}}
+{{- if .Values.gitSync.enabled -}}
+{{- if or .Values.policies.files .Values.policies.existingConfigMap -}}
+{{- fail "policies: with gitSync.enabled the policies come from git only; remove policies.files and policies.existingConfigMap (they would be ignored)" -}}
+{{- end -}}
+{{- else if and (not .Values.policies.files) (not .Values.policies.existingConfigMap) -}}
+{{- fail "policies: no policy is configured. Set policies.files, policies.existingConfigMap or gitSync (see docs/operations.md)" -}}
+{{- end -}}
+{{- if and .Values.policies.files .Values.policies.existingConfigMap -}}
+{{- fail "policies: set policies.files or policies.existingConfigMap, not both (the ConfigMap would win and the files be ignored)" -}}
+{{- end -}}
+{{- if and .Values.allowlist.entries .Values.allowlist.existingConfigMap -}}
+{{- fail "allowlist: set allowlist.entries or allowlist.existingConfigMap, not both (the ConfigMap would win and the entries be ignored)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The daemon talks to registries only: no Kubernetes API token in the pod unless a feature
+that reads the cluster needs it.
+*/}}
+{{- define "retention.automountServiceAccountToken" -}}
+{{- /* Only the in-cluster in-use source reads the API: no token otherwise. */ -}}
+{{- if and .Values.inUse.enabled .Values.inUse.inCluster.enabled -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
