@@ -16,6 +16,7 @@ before children, so a child shared by two policies' indexes waits for both.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -215,8 +216,21 @@ class Executor:
 
     async def _delete(self, client: RegistryClient, a: Action,
                       confirmation: TagConfirmation, live: _Live, report: Report) -> None:
+        # The exact bytes first, for the journal (restore re-pushes them). Fetched before the
+        # gate, so reading them does not widen the gap between confirming tags and DELETE.
+        try:
+            fetched = await client.get_manifest(a.repository, a.digest)
+        except RegistryError as exc:
+            reason = f"could not read the manifest to journal it before deleting: {exc}"
+            report.errors.append(f"{a.registry}/{a.repository}: {reason}")
+            self._record(a, SKIPPED, reason, report)
+            return
+        if fetched is None:  # already gone: nothing to send, nothing freed by us
+            self._gone(a, live, report, existed=False, entry=None)
+            return
         retry = client.retry_policy
         attempt = 0
+        entry: int | None = None  # the journal row, once the DELETE is about to be sent
         while True:
             try:
                 verdict = await self._verdict(a, confirmation, live)
@@ -224,14 +238,28 @@ class Executor:
                 verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
                 report.errors.append(f"{a.registry}/{a.repository}: {verdict[1]}")
             if verdict is not None:
-                self._record(a, *verdict, report)
+                self._record(a, *verdict, report, entry=entry)
                 return
+            if entry is None:
+                # Committed before the DELETE leaves: after a crash the journal may list
+                # something still there ("deleting"), never miss something gone.
+                try:
+                    entry = self._state.journal_begin(
+                        at=self._clock(), registry=a.registry, repository=a.repository,
+                        digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
+                        media_type=fetched.media_type or a.media_type, body=fetched.body)
+                except sqlite3.Error as exc:
+                    reason = f"could not journal it before deleting (state database): {exc}"
+                    report.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
+                    report.errors.append(f"{a.registry}/{a.repository}: {reason}")
+                    log.error("deletion skipped", **_event(a), reason=reason)
+                    return
             try:
                 existed = await client.delete_manifest(a.repository, a.digest, retry=False)
             except (DeletionDisabledError, AuthenticationError) as exc:
                 # Every further delete on this registry would fail the same way: stop asking.
                 live.broken[a.registry] = str(exc)
-                self._record(a, FAILED, str(exc), report)
+                self._record(a, FAILED, str(exc), report, entry=entry)
                 return
             except RegistryError as exc:
                 attempt += 1
@@ -245,23 +273,31 @@ class Executor:
                              delay=round(delay, 3))
                     await self._sleep(delay)
                     continue
-                self._record(a, FAILED, str(exc), report)
+                self._record(a, FAILED, str(exc), report, entry=entry)
                 return
-            live.gone.add(outcome_key(a))
-            if existed:
-                live.deleted_now.append(a)
-            report.outcomes[outcome_key(a)] = Outcome(DELETED)
-            # Journaled at once; the bytes it freed are known only once the run knows all
-            # that went (the report and the metrics carry them).
-            self._state.record_deletion(at=self._clock(), registry=a.registry,
-                                        repository=a.repository, digest=a.digest, tags=a.tags,
-                                        bytes=0, policy=a.policy, reason=a.reason,
-                                        status=DELETED)
-            log.info("manifest deleted", **_event(a), reason=a.reason,
-                     cascade_of=a.cascade_of, already_gone=not existed, dry_run=False)
+            self._gone(a, live, report, existed=existed, entry=entry)
             return
 
-    def _record(self, a: Action, status: str, reason: str, report: Report) -> None:
+    def _gone(self, a: Action, live: _Live, report: Report, *, existed: bool,
+              entry: int | None) -> None:
+        live.gone.add(outcome_key(a))
+        if existed:
+            live.deleted_now.append(a)
+        report.outcomes[outcome_key(a)] = Outcome(DELETED)
+        # Journaled at once; the bytes it freed are known only once the run knows all
+        # that went (the report and the metrics carry them).
+        if entry is not None:
+            self._state.journal_end(entry, status=DELETED)
+        else:
+            self._state.record_deletion(at=self._clock(), registry=a.registry,
+                                        repository=a.repository, digest=a.digest, tags=a.tags,
+                                        bytes=0, policy=a.policy,
+                                        reason=f"{a.reason} (already gone)", status=DELETED)
+        log.info("manifest deleted", **_event(a), reason=a.reason,
+                 cascade_of=a.cascade_of, already_gone=not existed, dry_run=False)
+
+    def _record(self, a: Action, status: str, reason: str, report: Report, *,
+                entry: int | None = None) -> None:
         """An action not deleted: its outcome, the journal, the failure counter."""
         report.outcomes[outcome_key(a)] = Outcome(status, reason)
         if status == FAILED:
@@ -273,6 +309,9 @@ class Executor:
                         dry_run=False)
         else:
             log.warning("deletion skipped", **_event(a), reason=reason)
+        if entry is not None:  # journaled before a DELETE: its outcome closes that row
+            self._state.journal_end(entry, status=status, reason=reason)
+            return
         self._state.record_deletion(at=self._clock(), registry=a.registry,
                                     repository=a.repository, digest=a.digest, tags=a.tags,
                                     bytes=0, policy=a.policy, reason=reason, status=status)

@@ -31,7 +31,9 @@ REFERRER = "referrer"
 GRACE = "grace"
 CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
-PROTECTION_REASONS = (PINNED, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED, UNKNOWN_MEDIA_TYPE)
+RESTORED = "restored"
+PROTECTION_REASONS = (PINNED, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED, UNKNOWN_MEDIA_TYPE,
+                      RESTORED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,9 @@ class Options:
     untagged_grace: timedelta = timedelta(hours=24)
     max_deletions: int = 1000
     allowlist: Allowlist = field(default_factory=lambda: Allowlist.of(()))
+    # (registry, repository, digest) put back by `retention restore` and not yet shown in a
+    # plan: each is protected once, so it is never deleted again unannounced.
+    restored: frozenset[tuple[str, str, str]] = frozenset()
 
 
 def plan(
@@ -419,6 +424,11 @@ class _Deciding:
                     self.kept.append(self.decision(digest, policy, "keep", detail))
             elif (saved := self.protection(digest)) is not None:
                 self.protect(digest, *saved)
+            elif (self.registry, self.view.repo.name, digest) in self.options.restored:
+                self.protect(digest, RESTORED, (
+                    "put back by `retention restore`; protected in this one plan. It keeps "
+                    "its original time, so the next run deletes it again unless it is pinned "
+                    "(allowlist) or a keep rule matches it"))
             else:
                 self.doomed[digest] = None
                 self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted

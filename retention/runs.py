@@ -16,7 +16,7 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.metrics import Metrics
-from retention.planner import Plan, plan
+from retention.planner import RESTORED, Plan, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
@@ -111,13 +111,14 @@ def with_last_known(inventory: Inventory, state: State) -> Inventory:
 
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
-             *, now: datetime) -> Plan:
+             *, now: datetime, restored: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
     """One plan over every registry, each policy planned against its own registry."""
     by_registry: dict[str, list[Policy]] = {}
     for p in policies:
         if p.registry is not None:
             by_registry.setdefault(p.registry, []).append(p)
-    parts = [plan(inventories[name], chosen, now=now, options=setup.planner_options())
+    options = replace(setup.planner_options(), restored=restored)
+    parts = [plan(inventories[name], chosen, now=now, options=options)
              for name, chosen in sorted(by_registry.items()) if name in inventories]
     merged = sorted((pp for part in parts for pp in part.policies), key=lambda pp: pp.policy)
     return Plan(now=now, policies=tuple(merged))
@@ -160,10 +161,15 @@ async def run_pass(
     be scanned at all (unreachable, credentials refused)."""
     policies = list(policies)
     started = time.monotonic()
+    state.prune_journal(clock() - setup.config.journal_keep)
     async with open_clients(setup, registries_of(policies), metrics=metrics,
                             connections=connections) as clients:
         inventories = await collect(clients, state, now=clock)
-        the_plan = plan_all(setup, inventories, policies, now=clock())
+        the_plan = plan_all(setup, inventories, policies, now=clock(),
+                            restored=state.restored_marks())
+        # A restored manifest is protected in one plan; once shown, policies decide again.
+        state.clear_restored({(d.registry, d.repository, d.digest) for p in the_plan.policies
+                              for d in p.protected if d.reason == RESTORED})
         if metrics:
             metrics.record_plan(the_plan)
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,

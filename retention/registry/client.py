@@ -126,6 +126,7 @@ class RegistryClient:
         params: dict[str, Any] | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """``retry=False``: one attempt; a retryable answer is returned, a connection error
         raised, for a caller that must check something again before it tries again."""
@@ -140,7 +141,7 @@ class RegistryClient:
                 async with self._slots:
                     response = await self._http.request(
                         method, url, headers=request_headers, params=params,
-                        follow_redirects=follow_redirects)
+                        follow_redirects=follow_redirects, content=content)
                     await response.aread()
             except httpx.TransportError as exc:
                 self._record(method, "error", started)
@@ -400,6 +401,35 @@ class RegistryClient:
                 "on other registries grant the account delete rights",
                 registry=self.settings.name, status=response.status_code)
         raise self.failure(response, f"DELETE {path}")
+
+    async def put_manifest(self, repository: str, reference: str, body: bytes,
+                           media_type: str) -> str:
+        """Push ``body`` as the manifest ``reference`` (a digest or a tag), byte for byte.
+        Returns its digest, verified: the registry's Docker-Content-Digest must be the
+        sha256 of the bytes sent (a registry that rewrote them would hand back another
+        manifest than the one journaled)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self.request("PUT", path, scope=f"repository:{repository}:pull,push",
+                                      headers={"Content-Type": media_type}, content=body)
+        if response.status_code not in (200, 201):
+            raise self.failure(response, f"PUT {path}")
+        computed = "sha256:" + hashlib.sha256(body).hexdigest()
+        answered = response.headers.get("docker-content-digest") or computed
+        if answered != computed:
+            raise RegistryError(f"PUT {path}: the registry stored digest {answered}, but the "
+                                f"bytes sent hash to {computed}", registry=self.settings.name)
+        return computed
+
+    async def blob_exists(self, repository: str, digest: str) -> bool:
+        """HEAD the blob: False only on 404 (the garbage collector took it)."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        response = await self.request("HEAD", path, scope=_pull(repository),
+                                      follow_redirects=True)
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self.failure(response, f"HEAD {path}")
 
 
 def _path(url: str | httpx.URL) -> str:
