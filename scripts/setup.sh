@@ -21,6 +21,11 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   fi
 fi
 
+if ! command -v skopeo >/dev/null 2>&1; then
+  echo "setup: installing Debian's skopeo (the restore tests pull restored images with it)"
+  apt_install skopeo >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 "$PYTHON" - <<'PY' || { echo "setup: Python 3.11 or newer is required" >&2; exit 2; }
 import sys; sys.exit(sys.version_info < (3, 11))
