@@ -6,7 +6,9 @@ something back. So the executor keeps a live view of what is gone, and ``_verdic
 one place that decides whether a DELETE may be sent *now*: the registry still accepts
 deletes, the daemon is not stopping, every manifest of the repository that references the
 digest (an index listing it, its subject) is gone, and its tags, confirmed from the
-registry at most ``confirm_window`` before, are exactly those the plan saw.
+registry at most ``confirm_window`` before, are exactly those the plan saw. Before the gate
+the manifest's exact bytes are read; once it passes they are journaled (committed) and only
+then is the DELETE sent, so ``retention restore`` can put back anything that went.
 
 Dry-run and enforce take the same path and log the same events; dry-run returns just before
 the DELETE. All policies of a run are applied together, repository by repository, parents

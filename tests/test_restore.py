@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from retention.config import load_config
 from retention.restore import Item, decide, push_order, select
 from retention.state import JournalEntry, State
 from tests.acr_emulator import AcrEmulator
@@ -345,3 +346,15 @@ def test_journal_keep_prunes_old_bodies_and_old_databases_still_open(tmp_path):
     kept = state.deletions_to_restore(since=now - timedelta(days=365))
     assert [e.digest for e in kept] == ["sha256:" + "2" * 64]
     state.close()
+
+
+def test_journal_keep_is_a_duration(tmp_path):
+    (tmp_path / "p.yaml").write_text(PR)
+    config = tmp_path / "retention.yaml"
+    config.write_text("registries:\n  main: {url: 'https://r.example'}\npolicies: p.yaml\n"
+                      "journal_keep: a month\n")
+    code, _, err = cli("validate", "--config", str(config))
+    assert code == 2 and ":4:15:" in err and "invalid duration 'a month'" in err
+    config.write_text("registries:\n  main: {url: 'https://r.example'}\npolicies: p.yaml\n"
+                      "journal_keep: 7d\n")
+    assert load_config(config).journal_keep == timedelta(days=7)
