@@ -1,8 +1,8 @@
 """Counts the HTTP requests of `retention run` against a real registry (Debian's
 docker-registry) holding images, multi-arch indexes and signatures, through a counting
 proxy: a first run, a second one against the unchanged registry, and a third that deletes
-one orphan per repository (what confirming tags before each DELETE costs). Prints figures;
-it asserts nothing.
+one orphan per repository (what confirming tags and journaling each DELETE cost); then the
+journal's size per deleted manifest. Prints figures; it asserts nothing.
 
     .venv/bin/python bench/request_counts.py [--repositories N]
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import sqlite3
 import sys
 import tempfile
 from collections import Counter
@@ -38,6 +39,19 @@ def kind(method: str, path: str) -> str:
     if "/manifests/" in path:
         return f"{method} manifest by tag"
     return f"{method} {path}"
+
+
+def journal_size(path: Path) -> None:
+    """What the journal holds per deleted manifest: its body, and the row around it."""
+    with sqlite3.connect(path) as db:
+        n, body, row = db.execute(
+            "SELECT count(*), sum(length(b.body) + length(b.media_type)), sum(length(j.at) + "
+            "length(j.registry) + length(j.repository) + length(j.digest) + length(j.tags) + "
+            "length(j.policy) + length(j.reason) + length(j.status) + 16) FROM journal j "
+            "JOIN journal_bodies b ON b.journal_id = j.id").fetchone()
+    if n:
+        print(f"journal: {n} deleted manifests, {body / n:.0f} bytes of body and media type "
+              f"+ {row / n:.0f} bytes of row each (before SQLite's page overhead)")
 
 
 def main() -> None:
@@ -78,6 +92,7 @@ def main() -> None:
                 print(f"{label}: exit {code}, {total} requests")
                 for name, n in sorted(counts.items()):
                     print(f"  {name:28s} {n}")
+            journal_size(work / "state" / "retention.sqlite3")
             proxy.stop()
         finally:
             registry.stop()

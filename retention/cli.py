@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import TextIO
 
 from retention import __version__, logs
 from retention.allowlist import unknown_host_pins
+from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, inventory_from_json, inventory_to_json
 from retention.policy import Policy, load_policies
@@ -73,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("in-use", help="print the images the configured Kubernetes clusters "
                        "use, per cluster, namespace and workload")
     with_config(p)
+    p.add_argument("--output", choices=("table", "json"), default="table")
+
+    p = sub.add_parser("restore", help="put back manifests retention deleted, from the "
+                       "journal")
+    with_config(p)
+    p.add_argument("--since", metavar="DURATION",
+                   help="what was deleted this long ago or less (e.g. 2h)")
+    p.add_argument("--digest", action="append", metavar="D",
+                   help="this deleted digest, sha256:<hex> (repeatable)")
+    p.add_argument("--policy", action="append", metavar="NAME",
+                   help="only what this policy deleted (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be put back")
     p.add_argument("--output", choices=("table", "json"), default="table")
 
     p = sub.add_parser("serve", help="run the daemon")
@@ -134,7 +148,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     setup = load_setup(args.config)
     # `run` is an audit trail (one event per deletion and per protected match, as the daemon
     # logs them); `plan` and `inventory` print their answer and log only what went wrong.
-    _configure_logs(setup, err, level="info" if args.command in ("run", "serve") else "warning")
+    _configure_logs(setup, err, level="info" if args.command in ("run", "serve", "restore")
+                    else "warning")
     if args.command == "inventory":
         return _inventory(setup, args, out)
     if args.command == "in-use":
@@ -144,6 +159,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _plan(setup, args, out)
     if args.command == "run":
         return _run(setup, args, out)
+    if args.command == "restore":
+        return _restore(setup, args, out)
     if args.command == "serve":
         from retention.daemon import serve
 
@@ -232,6 +249,42 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     _print(to_json(result.plan, mode=mode, outcomes=outcomes) if args.output == "json" else
            to_table(result.plan, mode=mode, outcomes=outcomes), out)
     return FAILED if result.failed else OK
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+    from retention import restore
+
+    if args.since is None and not args.digest:
+        raise UsageError("restore needs --since DURATION, --digest D, or both")
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_duration(args.since)
+        except ValueError as exc:
+            raise UsageError(f"--since: {exc}") from None
+    bad = [d for d in args.digest or () if not _DIGEST.fullmatch(d)]
+    if bad:
+        raise UsageError(f"--digest takes a whole sha256:<64 hex> digest, not {bad[0]!r}")
+    state = State.open(setup.config.state_dir)
+    if state.path is None:
+        raise UsageError("restore reads the journal in state_dir: set state_dir in "
+                         f"{args.config} (or make it usable)")
+
+    async def go() -> restore.RestoreReport:
+        async with open_clients(setup, sorted(setup.config.registries)) as clients:
+            return await restore.restore(clients, state, since=since, digests=args.digest or (),
+                                         policies=args.policy or (), dry_run=args.dry_run)
+
+    try:
+        report = asyncio.run(go())
+    finally:
+        state.close()
+    _print(restore.to_json(report) if args.output == "json" else
+           restore.to_table(report, now=datetime.now(UTC)), out)
+    return FAILED if report.failed else OK
 
 
 def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool) -> RunResult:

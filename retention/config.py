@@ -74,6 +74,7 @@ class Config:
     mode: str = "dry-run"
     schedule: str = "0 3 * * *"
     untagged_grace: timedelta = timedelta(hours=24)
+    journal_keep: timedelta = timedelta(days=30)  # how long deleted manifests' bodies stay
     max_deletions: int = 1000
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
@@ -96,6 +97,7 @@ _TOP_KEYS = {
     "mode": False,
     "schedule": False,
     "untagged_grace": False,
+    "journal_keep": False,
     "max_deletions": False,
     "state_dir": False,
     "listen": False,
@@ -208,6 +210,13 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
                 kwargs["untagged_grace"] = parse_duration(text)
             except ValueError as exc:
                 reader.error(top["untagged_grace"], str(exc))
+    if "journal_keep" in top:
+        text = reader.string(top["journal_keep"], what="journal_keep")
+        if text is not None:
+            try:
+                kwargs["journal_keep"] = parse_duration(text)
+            except ValueError as exc:
+                reader.error(top["journal_keep"], str(exc))
     if "max_deletions" in top:
         value = reader.integer(top["max_deletions"], what="max_deletions")
         if value is not None:

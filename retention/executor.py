@@ -6,7 +6,9 @@ something back. So the executor keeps a live view of what is gone, and ``_verdic
 one place that decides whether a DELETE may be sent *now*: the registry still accepts
 deletes, the daemon is not stopping, every manifest of the repository that references the
 digest (an index listing it, its subject) is gone, and its tags, confirmed from the
-registry at most ``confirm_window`` before, are exactly those the plan saw.
+registry at most ``confirm_window`` before, are exactly those the plan saw. Before the gate
+the manifest's exact bytes are read; once it passes they are journaled (committed) and only
+then is the DELETE sent, so ``retention restore`` can put back anything that went.
 
 Dry-run and enforce take the same path and log the same events; dry-run returns just before
 the DELETE. All policies of a run are applied together, repository by repository, parents
@@ -16,6 +18,7 @@ before children, so a child shared by two policies' indexes waits for both.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -295,28 +298,55 @@ class Executor:
 
     async def _delete(self, client: RegistryClient, a: Action,
                       confirmation: TagConfirmation, live: _Live, report: Report) -> None:
+        # The exact bytes first, for the journal (restore re-pushes them). Fetched before the
+        # gate, so reading them does not widen the gap between confirming tags and DELETE.
+        try:
+            fetched = await client.get_manifest(a.repository, a.digest)
+        except RegistryError as exc:
+            reason = f"could not read the manifest to journal it before deleting: {exc}"
+            report.errors.append(RunError(a.registry, a.repository, reason))
+            self._record(a, live, SKIPPED, reason)
+            return
+        if fetched is None:  # already gone: nothing to send, nothing freed by us
+            self._gone(a, live, by_us=False, entry=None)
+            return
         retry = client.retry_policy
         attempt = 0
         maybe_applied = False  # a DELETE was sent and its answer lost
+        entry: int | None = None  # the journal row, once the DELETE is about to be sent
         while True:
             try:
                 if maybe_applied and await client.head_manifest(a.repository, a.digest) is None:
                     # Our DELETE went through; only its answer was lost.
-                    self._gone(a, live, by_us=True)
+                    self._gone(a, live, by_us=True, entry=entry)
                     return
                 verdict = await self._verdict(a, confirmation, live)
             except RegistryError as exc:
                 verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
                 report.errors.append(RunError(a.registry, a.repository, verdict[1]))
             if verdict is not None:
-                self._record(a, live, *verdict)
+                self._record(a, live, *verdict, entry=entry)
                 return
+            if entry is None:
+                # Committed before the DELETE leaves: after a crash the journal may list
+                # something still there ("deleting"), never miss something gone.
+                try:
+                    entry = self._state.journal_begin(
+                        at=self._clock(), registry=a.registry, repository=a.repository,
+                        digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
+                        media_type=fetched.media_type or a.media_type, body=fetched.body)
+                except sqlite3.Error as exc:
+                    reason = f"could not journal it before deleting (state database): {exc}"
+                    live.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
+                    report.errors.append(RunError(a.registry, a.repository, reason))
+                    log.error("deletion skipped", **_event(a), reason=reason)
+                    return
             try:
                 existed = await client.delete_manifest(a.repository, a.digest, retry=False)
             except (DeletionDisabledError, AuthenticationError) as exc:
                 # Every further delete on this registry would fail the same way: stop asking.
                 live.broken[a.registry] = str(exc)
-                self._record(a, live, FAILED, str(exc))
+                self._record(a, live, FAILED, str(exc), entry=entry)
                 return
             except RegistryError as exc:
                 attempt += 1
@@ -331,19 +361,23 @@ class Executor:
                              delay=round(delay, 3))
                     await self._sleep(delay)
                     continue
-                self._record(a, live, FAILED, str(exc))
+                self._record(a, live, FAILED, str(exc), entry=entry)
                 return
-            self._gone(a, live, by_us=existed or maybe_applied)
+            self._gone(a, live, by_us=existed or maybe_applied, entry=entry)
             return
 
-    def _gone(self, a: Action, live: _Live, *, by_us: bool) -> None:
+    def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None) -> None:
         """The manifest is gone: journal it, credit the bytes it freed, count it."""
         credits = live.went(a, by_us=by_us)
         freed = sum(size for owner, size in credits if owner is a)
-        self._state.record_deletion(at=self._clock(), registry=a.registry,
-                                    repository=a.repository, digest=a.digest, tags=a.tags,
-                                    bytes=freed, policy=a.policy, reason=a.reason,
-                                    status=DELETED)
+        if entry is not None:
+            self._state.journal_end(entry, status=DELETED, bytes=freed)
+        else:
+            self._state.record_deletion(at=self._clock(), registry=a.registry,
+                                        repository=a.repository, digest=a.digest, tags=a.tags,
+                                        bytes=freed, policy=a.policy,
+                                        reason=a.reason if by_us else f"{a.reason} (already gone)",
+                                        status=DELETED)
         if self._metrics:
             if by_us:
                 self._metrics.manifests_deleted.labels(a.registry, a.policy).inc()
@@ -352,7 +386,8 @@ class Executor:
         log.info("manifest deleted", **{**_event(a), "bytes": freed}, reason=a.reason,
                  cascade_of=a.cascade_of, already_gone=not by_us, dry_run=False)
 
-    def _record(self, a: Action, live: _Live, status: str, reason: str) -> None:
+    def _record(self, a: Action, live: _Live, status: str, reason: str, *,
+                entry: int | None = None) -> None:
         """An action not deleted: its outcome, the journal, the failure counter."""
         live.outcomes[outcome_key(a)] = Outcome(status, reason)
         if status == FAILED:
@@ -364,6 +399,9 @@ class Executor:
                         dry_run=False)
         else:
             log.warning("deletion skipped", **_event(a), reason=reason)
+        if entry is not None:  # journaled before a DELETE: its outcome closes that row
+            self._state.journal_end(entry, status=status, reason=reason)
+            return
         self._state.record_deletion(at=self._clock(), registry=a.registry,
                                     repository=a.repository, digest=a.digest, tags=a.tags,
                                     bytes=0, policy=a.policy, reason=reason, status=status)

@@ -32,8 +32,9 @@ REFERRER = "referrer"
 GRACE = "grace"
 CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
+RESTORED = "restored"
 PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
-                      UNKNOWN_MEDIA_TYPE)
+                      UNKNOWN_MEDIA_TYPE, RESTORED)
 
 # Where a manifest's time comes from (JSON `time_source`).
 PUSHED = "pushed"  # the registry's push time (ACR)
@@ -141,6 +142,9 @@ class Options:
     allowlist: Allowlist = field(default_factory=lambda: Allowlist.of(()))
     # (registry, repository) -> {digest: why}: what Kubernetes runs (retention.inuse).
     in_use: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    # (registry, repository, digest) put back by `retention restore` and not yet shown in a
+    # plan: each is protected once, so it is never deleted again unannounced.
+    restored: frozenset[tuple[str, str, str]] = frozenset()
 
 
 def plan(
@@ -486,6 +490,11 @@ class _Deciding:
                     self.kept.append(self.decision(digest, policy, "keep", detail))
             elif (saved := self.protection(digest)) is not None:
                 self.protect(digest, *saved)
+            elif (self.registry, self.view.repo.name, digest) in self.options.restored:
+                self.protect(digest, RESTORED, (
+                    "put back by `retention restore`; protected in this one plan. It keeps "
+                    "its original time, so the next run deletes it again unless it is pinned "
+                    "(allowlist) or a keep rule matches it"))
             else:
                 self.doomed[digest] = None
                 self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +43,18 @@ CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, registry TEXT NOT NULL,
     repository TEXT NOT NULL, digest TEXT NOT NULL, tags TEXT NOT NULL, bytes INTEGER NOT NULL,
     policy TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_by_digest ON journal (digest);
+CREATE INDEX IF NOT EXISTS journal_by_time ON journal (at);
+CREATE TABLE IF NOT EXISTS journal_bodies (
+    journal_id INTEGER PRIMARY KEY, media_type TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, journal_id INTEGER NOT NULL,
+    registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS restores_by_journal ON restores (journal_id);
+CREATE TABLE IF NOT EXISTS restored (
+    registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (registry, repository, digest));
 """
 
 
@@ -79,6 +91,39 @@ def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
         parsed=d["parsed"], config_read=d.get("config_read", True),
         annotated=_dt(d.get("annotated")), attestations=tuple(d.get("attestations", ())),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A journaled deletion with the deleted manifest's exact bytes: what restore puts back."""
+
+    id: int
+    at: datetime
+    registry: str
+    repository: str
+    digest: str
+    tags: tuple[str, ...]  # every tag it carried, referrer tags included
+    policy: str
+    status: str  # deleted, or deleting: the process died between journaling and the answer
+    media_type: str
+    body: bytes
+
+
+# Restore outcomes after which the manifest is back in the registry.
+RESTORED_STATUSES = ("restored", "tag-moved")
+# The latest deletion of each digest whose DELETE may have been sent ("deleting": the process
+# died before the registry's answer was recorded, so possibly deleted), with its body, not
+# restored since. Only placeholders are formatted into it: every value is a parameter.
+_TO_RESTORE = (
+    "SELECT j.id, j.at, j.registry, j.repository, j.digest, j.tags, j.policy, j.status,"
+    " b.media_type, b.body FROM journal j JOIN journal_bodies b ON b.journal_id = j.id"
+    " WHERE j.status IN ('deleting', 'deleted') AND ({where})"
+    " AND j.id = (SELECT max(k.id) FROM journal k JOIN journal_bodies c"
+    " ON c.journal_id = k.id WHERE k.registry = j.registry AND"
+    " k.repository = j.repository AND k.digest = j.digest"
+    " AND k.status IN ('deleting', 'deleted'))"
+    " AND NOT EXISTS (SELECT 1 FROM restores r WHERE r.journal_id = j.id AND"
+    " r.status IN ('restored', 'tag-moved'))")
 
 
 class State:
@@ -247,3 +292,146 @@ class State:
                                     "FROM in_use ORDER BY registry, repository, digest")
             return [Sighting(r, repo, d, by, datetime.fromisoformat(at))
                     for r, repo, d, by, at in rows.fetchall()]
+
+    # -- the journal's bodies, restores, and manifests restored ------------------------------
+    # (Tables added without a schema version bump: CREATE TABLE IF NOT EXISTS gives them to
+    # existing databases, whose journal rows simply have no body.)
+
+    def journal_begin(self, *, at: datetime, registry: str, repository: str, digest: str,
+                      tags: Iterable[str], policy: str, reason: str, media_type: str,
+                      body: bytes) -> int:
+        """Journal a DELETE about to be sent: the row (status ``deleting``) and the manifest's
+        exact bytes, in one transaction, committed before the DELETE leaves. Returns its id."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO journal (at, registry, repository, digest, tags, bytes, policy,"
+                    " reason, status) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 'deleting')",
+                    (_ts(at), registry, repository, digest, json.dumps(list(tags)), policy,
+                     reason))
+                entry = int(cursor.lastrowid or 0)
+                self._db.execute("INSERT INTO journal_bodies VALUES (?, ?, ?)",
+                                 (entry, media_type, body))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return entry
+
+    def journal_end(self, entry: int, *, status: str, reason: str | None = None,
+                    bytes: int = 0) -> None:
+        """The registry's answer to a journaled DELETE (deleted, failed or skipped), with
+        the bytes that deletion freed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT registry, repository, digest FROM journal "
+                                       "WHERE id=?", (entry,)).fetchone()
+                if reason is None:
+                    self._db.execute("UPDATE journal SET status=?, bytes=? WHERE id=?",
+                                     (status, bytes, entry))
+                else:
+                    self._db.execute("UPDATE journal SET status=?, reason=?, bytes=? WHERE id=?",
+                                     (status, reason, bytes, entry))
+                if status == "deleted" and row is not None:
+                    for table in ("manifests", "tags", "restored"):
+                        self._db.execute(f"DELETE FROM {table} WHERE registry=? AND "  # noqa: S608
+                                         "repository=? AND digest=?", row)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def prune_journal(self, before: datetime) -> int:
+        """Forget deletions (with their bodies) and restores older than ``before``
+        (journal_keep); returns how many deletions were forgotten."""
+        stamp = _ts(before)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM journal_bodies WHERE journal_id IN "
+                                 "(SELECT id FROM journal WHERE at < ?)", (stamp,))
+                pruned = self._db.execute("DELETE FROM journal WHERE at < ?", (stamp,)).rowcount
+                self._db.execute("DELETE FROM restores WHERE at < ?", (stamp,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return pruned
+
+    def deletions_to_restore(self, *, since: datetime | None = None,
+                             digests: Iterable[str] = (), policies: Iterable[str] = (),
+                             repositories: Iterable[tuple[str, str]] = ()
+                             ) -> list[JournalEntry]:
+        """The latest journaled deletion of each registry/repository/digest, with its body,
+        not restored since, that was deleted at or after ``since`` or is one of
+        ``digests`` (or, with ``repositories``, every such deletion in those
+        (registry, repository) pairs); only ``policies``' deletions when given."""
+        where, args = [], []
+        digests, policies, repositories = list(digests), list(policies), list(repositories)
+        if since is not None:
+            where.append("j.at >= ?")
+            args.append(_ts(since))
+        if digests:
+            where.append(f"j.digest IN ({', '.join('?' * len(digests))})")
+            args.extend(digests)
+        for registry, repository in repositories:
+            where.append("(j.registry = ? AND j.repository = ?)")
+            args.extend((registry, repository))
+        if not where:
+            return []
+        query = _TO_RESTORE.format(where=" OR ".join(where))
+        if policies:
+            query += f" AND j.policy IN ({', '.join('?' * len(policies))})"
+            args.extend(policies)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY j.id", args).fetchall()
+        return [JournalEntry(id=r[0], at=datetime.fromisoformat(r[1]), registry=r[2],
+                             repository=r[3], digest=r[4], tags=tuple(json.loads(r[5])),
+                             policy=r[6], status=r[7], media_type=r[8], body=bytes(r[9]))
+                for r in rows]
+
+    def restore_begin(self, entry: JournalEntry, *, at: datetime) -> int:
+        """Journal a restore about to push: status ``restoring`` until its outcome."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO restores (at, journal_id, registry, repository, digest, status,"
+                " detail) VALUES (?, ?, ?, ?, ?, 'restoring', '')",
+                (_ts(at), entry.id, entry.registry, entry.repository, entry.digest))
+        return int(cursor.lastrowid or 0)
+
+    def restore_end(self, restore: int, *, status: str, detail: str, at: datetime) -> None:
+        """A restore's outcome; a manifest back in the registry is marked ``restored`` so the
+        next plan protects it once, in the open, before any run deletes it again."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE restores SET status=?, detail=? WHERE id=?",
+                                 (status, detail, restore))
+                if status in RESTORED_STATUSES:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO restored SELECT registry, repository, digest, ?"
+                        " FROM restores WHERE id=?", (_ts(at), restore))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def restores(self) -> list[dict[str, object]]:
+        with self._lock:
+            cursor = self._db.execute("SELECT at, journal_id, registry, repository, digest, "
+                                      "status, detail FROM restores ORDER BY id")
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def restored_marks(self) -> frozenset[tuple[str, str, str]]:
+        """(registry, repository, digest) of manifests restored and not yet shown in a plan."""
+        with self._lock:
+            rows = self._db.execute("SELECT registry, repository, digest FROM restored")
+            return frozenset((r[0], r[1], r[2]) for r in rows.fetchall())
+
+    def clear_restored(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM restored WHERE registry=? AND repository=? AND "
+                                 "digest=?", list(keys))

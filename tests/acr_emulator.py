@@ -92,6 +92,7 @@ class AcrEmulator:
     refresh_lifetime: int = 3 * 3600
     repos: dict[str, dict[str, Entry]] = field(default_factory=dict)
     tags: dict[str, dict[str, TagEntry]] = field(default_factory=dict)
+    blobs: dict[str, set[str]] = field(default_factory=dict)  # repo -> blob digests it holds
     entra_tokens: set[str] = field(default_factory=set)
     refresh_tokens: dict[str, float] = field(default_factory=dict)
     access_tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
@@ -111,6 +112,9 @@ class AcrEmulator:
         body = json.dumps(doc, indent=1).encode()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         with self.lock:
+            self.blobs.setdefault(repo, set()).update(
+                d["digest"] for d in [doc.get("config") or {}, *doc.get("layers", [])]
+                if "digest" in d)
             self.repos.setdefault(repo, {})[digest] = Entry(
                 body, media_type, created or datetime.now(UTC))
             for tag in tags:
@@ -198,6 +202,7 @@ class AcrEmulator:
             def handle_any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                self._body = raw
                 parts = urlsplit(self.path)
                 path, query = parts.path, parse_qs(parts.query)
                 with emulator.lock:
@@ -229,7 +234,7 @@ class AcrEmulator:
                                        {"WWW-Authenticate": challenge})
                 return self._route(path, query)
 
-            do_GET = do_HEAD = do_POST = do_DELETE = handle_any
+            do_GET = do_HEAD = do_POST = do_DELETE = do_PUT = handle_any
 
             # auth -----------------------------------------------------------------------
 
@@ -250,7 +255,7 @@ class AcrEmulator:
                     return f"repository:{m.group(1)}:pull"
                 m = re.fullmatch(r"/v2/(.+)/(manifests|referrers|blobs)/[^/]+", path)
                 if m:
-                    action = "delete" if self.command == "DELETE" else "pull"
+                    action = {"DELETE": "delete", "PUT": "pull,push"}.get(self.command, "pull")
                     return f"repository:{m.group(1)}:{action}"
                 return None
 
@@ -374,10 +379,39 @@ class AcrEmulator:
                     return self._send(200, json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
                                                        "manifests": refs}).encode(),
                                       ctype=OCI_INDEX)
+                m = re.fullmatch(r"/v2/(.+)/blobs/(sha256:[0-9a-f]{64})", path)
+                if m and self.command == "HEAD":
+                    held = m.group(2) in em.blobs.get(m.group(1), set())
+                    return self._send(200 if held else 404, ctype="application/octet-stream")
                 m = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", path)
+                if m and self.command == "PUT":
+                    return self._put_manifest(*m.groups(), self._body)
                 if m:
                     return self._manifest(*m.groups())
                 return self._error(404, "NOT_FOUND", "no such route")
+
+            def _put_manifest(self, repo: str, reference: str, body: bytes) -> None:
+                """A push through the OCI API: the blobs (or child manifests) it references
+                must be in the repository, as on ACR."""
+                em = emulator
+                digest = "sha256:" + hashlib.sha256(body).hexdigest()
+                doc = json.loads(body)
+                with em.lock:
+                    needed = [d["digest"] for d in [doc.get("config") or {},
+                                                    *doc.get("layers", [])] if "digest" in d]
+                    if any(b not in em.blobs.get(repo, set()) for b in needed):
+                        return self._error(400, "MANIFEST_BLOB_UNKNOWN", "blob unknown")
+                    if any(c["digest"] not in em.repos.get(repo, {})
+                           for c in doc.get("manifests", [])):
+                        return self._error(400, "MANIFEST_UNKNOWN", "child manifest unknown")
+                    if reference.startswith("sha256:") and reference != digest:
+                        return self._error(400, "DIGEST_INVALID", "digest mismatch")
+                    media_type = self.headers.get("Content-Type", OCI_MANIFEST)
+                    old = em.repos.setdefault(repo, {}).get(digest)
+                    em.repos[repo][digest] = old or Entry(body, media_type, datetime.now(UTC))
+                    if not reference.startswith("sha256:"):
+                        em.tags.setdefault(repo, {})[reference] = TagEntry(digest)
+                self._send(201, headers={"Docker-Content-Digest": digest})
 
             def _attributes(self, repo: str, digest: str) -> dict:
                 e = emulator.repos[repo][digest]

@@ -143,6 +143,7 @@ class RegistryClient:
         params: dict[str, Any] | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """A registry request with the authorization ``scope`` needs (answering a 401 once).
 
@@ -153,7 +154,7 @@ class RegistryClient:
         while True:
             response = await self.send(
                 method, url, headers={**(headers or {}), **self._auth.headers(scope)},
-                params=params, follow_redirects=follow_redirects, retry=retry)
+                params=params, follow_redirects=follow_redirects, retry=retry, content=content)
             if response.status_code == 401:
                 if auth_retried:
                     if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
@@ -176,6 +177,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
         data: dict[str, str] | None = None,
+        content: bytes | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
     ) -> httpx.Response:
@@ -194,7 +196,7 @@ class RegistryClient:
                 async with self._slots:
                     response = await self._http.request(
                         method, url, headers=headers, params=params, data=data,
-                        follow_redirects=follow_redirects)
+                        follow_redirects=follow_redirects, content=content)
                     await response.aread()
             except httpx.TransportError as exc:
                 self._record(method, "error", started)
@@ -495,6 +497,35 @@ class RegistryClient:
                 "on other registries grant the account delete rights",
                 registry=self.settings.name, status=response.status_code)
         raise self.failure(response, f"DELETE {path}")
+
+    async def put_manifest(self, repository: str, reference: str, body: bytes,
+                           media_type: str) -> str:
+        """Push ``body`` as the manifest ``reference`` (a digest or a tag), byte for byte.
+        Returns its digest, verified: the registry's Docker-Content-Digest must be the
+        sha256 of the bytes sent (a registry that rewrote them would hand back another
+        manifest than the one journaled)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self.request("PUT", path, scope=f"repository:{repository}:pull,push",
+                                      headers={"Content-Type": media_type}, content=body)
+        if response.status_code not in (200, 201):
+            raise self.failure(response, f"PUT {path}")
+        computed = "sha256:" + hashlib.sha256(body).hexdigest()
+        answered = response.headers.get("docker-content-digest") or computed
+        if answered != computed:
+            raise RegistryError(f"PUT {path}: the registry stored digest {answered}, but the "
+                                f"bytes sent hash to {computed}", registry=self.settings.name)
+        return computed
+
+    async def blob_exists(self, repository: str, digest: str) -> bool:
+        """HEAD the blob: False only on 404 (the garbage collector took it)."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        response = await self.request("HEAD", path, scope=_pull(repository),
+                                      follow_redirects=True)
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self.failure(response, f"HEAD {path}")
 
     def _locked(self, response: httpx.Response) -> bool:
         """A refusal about this manifest, not about deletion on the whole registry.
