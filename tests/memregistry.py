@@ -212,14 +212,23 @@ class MemRegistry:
     def gc(self, present: Collection[Key] | None = None) -> int:
         """Bytes distribution's garbage collector frees when ``present`` (default: what is
         there now) are the manifests left: every stored blob that none of them references."""
-        present = self.present() if present is None else present
+        marked = self.marked(self.present() if present is None else present)
+        return sum(len(data) for digest, data in self.blobs.items() if digest not in marked)
+
+    def marked(self, present: Collection[Key]) -> set[str]:
+        """The blobs the garbage collector's mark phase keeps when ``present`` are left."""
         marked: set[str] = set()
         for key in present:
-            m = self.history[key]
-            marked.add(key[1])
-            marked.update(m.blobs)
-            marked.update(m.children)  # distribution marks an index's children
-        return sum(len(data) for digest, data in self.blobs.items() if digest not in marked)
+            marked |= self.own_blobs(key)
+            marked.update(self.history[key].children)  # distribution marks an index's children
+        return marked
+
+    def own_blobs(self, key: Key) -> set[str]:
+        """A manifest's body, config and layers (not the children an index lists)."""
+        return {key[1], *self.history[key].blobs}
+
+    def size(self, blob: str) -> int:
+        return len(self.blobs[blob])
 
     # -- the run ---------------------------------------------------------------------------
 

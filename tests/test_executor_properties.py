@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -52,15 +52,18 @@ PROPERTY = settings(max_examples=int(os.environ.get("RETENTION_PROPERTY_EXAMPLES
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 REPOS = ("app", "ci/api", "ci/web")
-TAGS = ("latest", "v1.0", "release-1", "pr-1", "pr-2", "pr-3", "sha-a", "sha-b")
+TAGS = ("latest", "v1.0", "release-1", "pr-1", "pr-2", "pr-3", "pr-4", "sha-a", "sha-b", "sha-c")
+# The tags a manifest gets, by family: mostly what delete rules match, sometimes mixed with
+# what keep rules name, sometimes none (a child, or an orphan once its tag moved on).
+PROFILES = (("pr-",), ("pr-",), ("pr-", "sha-"), ("sha-",), ("latest",), ("v",),
+            ("release-",), ("pr-", "latest"), ())
 LAYER_SIZES = (3000, 500, 7000, 200, 10000, 50)  # a pool shared by images and repositories
-AGES = (None, "1970", 0, 2, 10, 40, 400)  # days before NOW; None: no `created`
+AGES = (None, "1970", 0, 2, 10, 40, 40, 400, 400)  # days before NOW; None: no `created`
 KEEPS = ({"tags": ["latest"]}, {"tags": ["v*"]}, {"tags": ["release-*"], "newest": 1},
          {"newest": 2}, {"younger_than": "7d"})
 DELETES = ({"tags": ["pr-*"]}, {"tags": ["pr-*", "sha-*"]}, {"tags": ["*"]},
            {"untagged": True})
 OLDER_THAN = (None, "0s", "1d", "30d")
-INCLUDES = (("**",), ("ci/**",), ("app",), ("app", "ci/web"))
 REGISTRY = "main"
 _REFERRER_TAG = re.compile(r"sha256-([0-9a-f]{64})(\..+)?")
 
@@ -168,11 +171,13 @@ def scenarios(draw) -> Scenario:
                 referrers.append(Referrer(f"s{n}", repo, subject, kind))
     tags = []
     for repo in repos:
-        pool = _keys_in(images, indexes, repo)
-        for tag in TAGS if pool else ():
-            owner = draw(st.one_of(st.none(), st.sampled_from(pool)))
-            if owner is not None:
-                tags.append((repo, tag, owner))
+        free = list(TAGS)
+        for key in _keys_in(images, indexes, repo):
+            for family in draw(st.sampled_from(PROFILES)):
+                tag = next((t for t in free if t.startswith(family)), None)
+                if tag is not None:
+                    free.remove(tag)
+                    tags.append((repo, tag, key))
     # Whatever no listing reaches when the run starts was tagged in an earlier scan (a
     # manifest retention never saw cannot be known, on distribution: see the module's end).
     earlier = [(repo, f"was-{key}", key)
@@ -185,15 +190,22 @@ def scenarios(draw) -> Scenario:
                                   unique_by=json.dumps)):
             older = draw(st.sampled_from(OLDER_THAN))
             delete.append({**rule, "older_than": older} if older else rule)
-        policies.append(PolicySpec(
-            f"p{n + 1}", draw(st.sampled_from(INCLUDES)),
-            ("ci/api",) if draw(st.integers(0, 5)) == 0 else (),
-            tuple(keep), tuple(delete),
-            draw(st.integers(0, 3)) if draw(st.integers(0, 3)) == 0 else None))
-    faults = draw(st.lists(st.builds(Fault, at=st.integers(0, 6),
-                                     kind=st.sampled_from(FAULT_KINDS),
-                                     pick=st.integers(0, 50)),
-                           max_size=3, unique_by=lambda f: f.at))
+        # Every policy applies to some repository: overlaps are the interesting part.
+        includes = [("**",), *((r,) for r in repos), *([("ci/**",)] if "app" not in repos
+                                                      else [("app", "ci/web")])]
+        include = draw(st.sampled_from(includes))
+        exclude = ("ci/api",) if include in (("**",), ("ci/**",)) and len(repos) > 1 and \
+            draw(st.integers(0, 5)) == 0 else ()
+        policies.append(PolicySpec(f"p{n + 1}", include, exclude, tuple(keep), tuple(delete)))
+    if len(policies) > 1 and draw(st.integers(0, 2)) == 0:  # one of them with a small limit
+        n = draw(st.integers(0, len(policies) - 1))
+        policies[n] = replace(policies[n], max_deletions=draw(st.integers(0, 2)))
+    faults = []
+    if draw(st.integers(0, 4)) > 0:
+        faults = draw(st.lists(st.builds(Fault, at=st.integers(0, 2),
+                                         kind=st.sampled_from(FAULT_KINDS),
+                                         pick=st.integers(0, 50)),
+                               min_size=1, max_size=3, unique_by=lambda f: f.at))
     return Scenario(tuple(images), tuple(indexes), tuple(referrers), tuple(tags),
                     tuple(earlier), tuple(policies), tuple(faults))
 
@@ -391,18 +403,18 @@ def check_invariants(ran: Ran) -> None:
             if spec.applies_to(repo) and any(fnmatchcase(tag, pat) for pat in patterns):
                 assert (repo, digest) not in deleted, f"{repo}:{tag} kept by {spec.name}"
 
-    # (4) Reclaimed bytes are what the garbage collector frees because of retention: the
-    # blobs of the manifests it deleted that nothing left references. An out-of-band
-    # deletion it found (404) counts as gone; one it never saw cannot be known, so the
-    # manifest counts as still there.
+    # (4) Reclaimed bytes: the blobs (body, config, layers) of the manifests the run deleted
+    # that the garbage collector then frees, i.e. that nothing left marks. A manifest someone
+    # else deleted that the run found gone (404) is gone; one it never saw cannot be known,
+    # so it counts as still there. Without out-of-band deletions that is exactly what the
+    # garbage collector frees.
     reclaimed = to_json(plan, mode="enforce", outcomes=report.outcomes)["summary"][
         "reclaimed_bytes"]
-    seen_gone = set(reg.not_found)
-    expected = reg.gc(ran.initial - deleted.keys() - seen_gone) - \
-        reg.gc(ran.initial - seen_gone)
-    assert reclaimed == expected, f"reclaimed_bytes {reclaimed}, the GC frees {expected}"
+    left = reg.marked(ran.initial - deleted.keys() - set(reg.not_found))
+    expected = sum(reg.size(b) for b in set().union(*map(reg.own_blobs, deleted)) - left)
+    assert reclaimed == expected, f"reclaimed_bytes {reclaimed}, expected {expected}"
     if not reg.out_of_band:
-        assert reclaimed == reg.gc()
+        assert reclaimed == reg.gc(), f"reclaimed_bytes {reclaimed}, the GC frees {reg.gc()}"
 
     # (6) After a stop nothing more is sent; an action left unattempted (its parents all
     # deleted by the run, its tags as planned, no DELETE ever sent) happens only when the
@@ -433,6 +445,8 @@ def describe(ran: Ran) -> None:
         event(f"fault fired: {kind}")
     if not ran.reg.fired:
         event("no fault fired")
+    if ran.reg.not_found:
+        event("a deletion found its manifest gone (404)")
     if any(p.aborted for p in ran.plan.policies):
         event("a policy aborted by max_deletions")
     if any(o.status == "skipped" for o in ran.report.outcomes.values()):
