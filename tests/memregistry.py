@@ -67,7 +67,8 @@ class Stored:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """What happens on the ``at``-th DELETE request (counted from 0) the registry receives.
+    """What happens on the ``at``-th DELETE request (counted from 0, modulo the number of
+    deletions planned) the registry receives.
 
     ``pick`` chooses, deterministically, the manifest (and the tag) a retag or an
     out-of-band deletion acts on, among those the plan deletes later when there are any.
@@ -235,8 +236,10 @@ class MemRegistry:
     def arm(self, *, faults: Iterable[Fault], planned: Iterable[Key],
             stop: asyncio.Event | None) -> None:
         """Faults to inject from now on; ``planned`` in the order the plan lists them."""
-        self.faults = {f.at: f for f in faults}
         self.planned = list(planned)
+        self.faults = {}
+        for f in faults:  # so that most faults fire, whatever the size of the plan
+            self.faults.setdefault(f.at % max(1, len(self.planned)), f)
         self.stop = stop
 
     def _remove(self, repo: str, digest: str) -> frozenset[str]:
