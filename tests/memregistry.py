@@ -77,6 +77,10 @@ class Fault:
     at: int
     kind: str  # one of FAULT_KINDS
     pick: int = 0
+    # For examples written by hand: fire on the DELETE of this digest instead (``at`` is
+    # then ignored), and act on that manifest (a retag, an out-of-band deletion).
+    on: str | None = None
+    target: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +113,7 @@ class MemRegistry:
         self.delete_requests: list[Key] = []  # every DELETE the client sent, in order
         self.deletes_after_stop: list[str] = []
         self.faults: dict[int, Fault] = {}
+        self.faults_on: dict[str, Fault] = {}
         self.stop: asyncio.Event | None = None
         self.planned: list[Key] = []  # what the plan deletes, for faults to aim at
         self.history: dict[Key, Stored] = {}  # every manifest pushed, deleted or not
@@ -238,8 +243,12 @@ class MemRegistry:
         """Faults to inject from now on; ``planned`` in the order the plan lists them."""
         self.planned = list(planned)
         self.faults = {}
+        self.faults_on = {}
         for f in faults:  # so that most faults fire, whatever the size of the plan
-            self.faults.setdefault(f.at % max(1, len(self.planned)), f)
+            if f.on is not None:
+                self.faults_on.setdefault(f.on, f)
+            else:
+                self.faults.setdefault(f.at % max(1, len(self.planned)), f)
         self.stop = stop
 
     def _remove(self, repo: str, digest: str) -> frozenset[str]:
@@ -248,12 +257,15 @@ class MemRegistry:
         removed = frozenset(t for t, d in r.tags.items() if d == digest)
         for t in removed:
             del r.tags[t]
-            self.fault_tags.pop((repo, t), None)
         return removed
 
-    def _aim(self, pick: int, exclude: Key, *, repo: str | None) -> Key | None:
+    def _aim(self, fault: Fault, exclude: Key, *, repo: str | None) -> Key | None:
         """A manifest for a fault to act on: one the plan deletes later when there is one
         (that is where a fault hurts), else any other."""
+        if fault.target is not None:
+            return next((k for k in sorted(self.present()) if k[1] == fault.target
+                         and (repo is None or k[0] == repo)), None)
+        pick = fault.pick
         requested = {(d.repository, d.digest) for d in self.deleted} | set(self.not_found)
         present = self.present()
 
@@ -276,15 +288,16 @@ class MemRegistry:
             self._stopped = True
             return None
         if fault.kind == OUT_OF_BAND:
-            target = self._aim(fault.pick, (repo, digest), repo=None)
+            target = self._aim(fault, (repo, digest), repo=None)
             if target is not None:
-                self._remove(*target)
+                for tag in self._remove(*target):  # not the run's doing
+                    self.fault_tags.pop((target[0], tag), None)
                 self.out_of_band.append(target)
             return None
         # RETAG: a rollback points a tag at a manifest the run is about to delete: a tag
         # taken from another manifest (never the one being deleted: that race is the one
         # the confirmation window bounds) or a new one.
-        target = self._aim(fault.pick, (repo, digest), repo=repo)
+        target = self._aim(fault, (repo, digest), repo=repo)
         if target is not None:
             r = self._repo(repo)
             movable = sorted(t for t, d in r.tags.items()
@@ -355,7 +368,7 @@ class MemRegistry:
         self.delete_requests.append((repo, ref))
         at = self._delete_count
         self._delete_count += 1
-        fault = self.faults.get(at)
+        fault = self.faults_on.pop(ref, None) or self.faults.get(at)
         if fault is not None:
             answer = self._fire(fault, repo, ref)
             if answer is not None:

@@ -299,6 +299,9 @@ class Ran:
 
 def run_scenario(s: Scenario) -> Ran:
     reg, pushed = build(s)
+    digest_of = {key: p.digest for (_, key), p in pushed.items()}
+    faults = [replace(f, on=f.on and digest_of[f.on], target=f.target and digest_of[f.target])
+              for f in s.faults]
     with tempfile.TemporaryDirectory() as tmp:
         setup = load_setup(write_config(Path(tmp), s.policies))
     state = State.memory()
@@ -320,7 +323,7 @@ def run_scenario(s: Scenario) -> Ran:
             inventories = await collect(clients, state, now=lambda: NOW)
             plan = plan_all(setup, inventories, setup.policies, now=NOW)
             initial, initial_tags = reg.present(), reg.all_tags()
-            reg.arm(faults=s.faults, stop=stop,
+            reg.arm(faults=faults, stop=stop,
                     planned=[(a.repository, a.digest) for p in plan.policies
                              if not p.aborted for a in p.actions])
             # The smallest confirmation window: a tag moved by a fault before the DELETE of
@@ -461,22 +464,24 @@ def describe(ran: Ran) -> None:
 
 # -- regressions from issue 10 ------------------------------------------------------------
 
-# Two indexes (pr-1, pr-2) share a child; the first DELETE (one of the indexes) fails.
+# Two indexes (pr-1, pr-2) share a child; the DELETE of the second index (x0: the order is
+# by digest) fails after the first went.
 SHARED_CHILD_PARENT_FAILS = Scenario(
     images=(Image("i0", "app", (0,)), Image("i1", "app", (1, 2)), Image("i2", "app", (2,))),
     indexes=(Index("x0", "app", ("i0", "i1")), Index("x1", "app", ("i1", "i2"))),
     tags=(("app", "pr-1", "x0"), ("app", "pr-2", "x1"), ("app", "latest", "i2")),
     policies=(PolicySpec("p1", delete=({"tags": ["pr-*"]},)),),
-    faults=(Fault(0, FAIL),),
+    faults=(Fault(0, FAIL, on="x0"),),
 )
 # The same, but while the first index is deleted a rollback tags the second.
 SHARED_CHILD_PARENT_RETAGGED = Scenario(
     images=SHARED_CHILD_PARENT_FAILS.images, indexes=SHARED_CHILD_PARENT_FAILS.indexes,
     tags=SHARED_CHILD_PARENT_FAILS.tags, policies=SHARED_CHILD_PARENT_FAILS.policies,
-    faults=(Fault(0, RETAG),),
+    faults=(Fault(0, RETAG, on="x1", target="x0"),),
 )
-# Two policies; p1 (pr-*) is aborted by max_deletions, p2 (sha-*) deletes an index that
-# shares a child with p1's index: the child stays with p1's index.
+# Two policies over the same indexes; p1 (pr-*) is aborted by max_deletions, p2 (pr-* and
+# sha-*) deletes the index only it matches, which shares a child with p1's index: the child
+# stays with p1's index, and so do p1's index's signature and p1's image.
 ONE_POLICY_ABORTED = Scenario(
     images=(Image("i0", "app", (0,)), Image("i1", "app", (1,)), Image("i2", "app", (3,)),
             Image("i3", "app", (4,))),
@@ -484,7 +489,7 @@ ONE_POLICY_ABORTED = Scenario(
     referrers=(Referrer("s0", "app", "x0", "cosign"),),
     tags=(("app", "pr-1", "x0"), ("app", "pr-2", "i3"), ("app", "sha-a", "x1")),
     policies=(PolicySpec("p1", delete=({"tags": ["pr-*"]},), max_deletions=1),
-              PolicySpec("p2", delete=({"tags": ["sha-*"]},))),
+              PolicySpec("p2", delete=({"tags": ["pr-*", "sha-*"]},))),
 )
 # A shared layer in two repositories; an out-of-band deletion and a stop mid-run.
 OUT_OF_BAND_THEN_STOP = Scenario(
