@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from retention.executor import Executor, Report
 from retention.planner import Plan
 from retention.registry.client import RetryPolicy
-from retention.report import DELETED, to_json
+from retention.report import DELETED, FAILED, to_json
 from retention.runs import Connections, RunResult, collect, open_clients, plan_all, registries_of
 from retention.setup import load_setup
 from retention.state import State
@@ -379,6 +379,14 @@ def check_invariants(ran: Ran) -> None:
         a = running[key]
         assert d.tags <= set(a.tags), f"{key} deleted with tags {d.tags}, plan: {a.tags}"
         assert report.outcomes[(REGISTRY, *key)].status == DELETED
+    requested = set(reg.delete_requests)
+    for key in running:  # the report says what the registry saw
+        outcome = report.outcomes.get((REGISTRY, *key))
+        assert outcome is not None, f"{key}: planned, no outcome reported"
+        if outcome.status == DELETED:
+            assert key in deleted or key in reg.not_found, f"{key} reported deleted"
+        elif outcome.status == FAILED:
+            assert key in requested, f"{key} reported failed, no DELETE was sent"
     tags_now = reg.all_tags()
     for (repo, tag), digest in reg.fault_tags.items():
         assert tags_now.get((repo, tag)) == digest, f"moved tag {repo}:{tag} was removed"
@@ -418,12 +426,16 @@ def check_invariants(ran: Ran) -> None:
     assert reclaimed == expected, f"reclaimed_bytes {reclaimed}, expected {expected}"
     if not reg.out_of_band:
         assert reclaimed == reg.gc(), f"reclaimed_bytes {reclaimed}, the GC frees {reg.gc()}"
+    elif reclaimed != reg.gc() - reg.gc(ran.initial - set(reg.out_of_band)):
+        # What the GC frees because of this run also counts blobs of manifests someone else
+        # deleted that a deleted index still listed as children; SPEC credits a blob to the
+        # manifest it belongs to only (see the report of issue 10).
+        event("reclaimed_bytes differs from what the GC frees because of the run")
 
     # (6) After a stop nothing more is sent; an action left unattempted (its parents all
     # deleted by the run, its tags as planned, no DELETE ever sent) happens only when the
     # run was stopped, and then its policy's run is not a success.
     assert not reg.deletes_after_stop, reg.deletes_after_stop
-    requested = set(reg.delete_requests)
     for p in plan.policies:
         if p.aborted:
             continue
