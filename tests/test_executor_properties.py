@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -294,7 +294,6 @@ class Ran:
     initial: set[Key]  # manifests when the run (its scan) started
     initial_tags: dict[tuple[str, str], str]
     stopped: bool
-    delete_requests: list[Key] = field(default_factory=list)
 
 
 def run_scenario(s: Scenario) -> Ran:
