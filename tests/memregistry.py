@@ -105,9 +105,12 @@ class MemRegistry:
         self.repos: dict[str, _Repo] = {}
         # What happened during a run, for the assertions.
         self.deleted: list[Deletion] = []  # 202 answers to the client's DELETEs
-        self.not_found: list[Key] = []  # 404 answers to the client's DELETEs
+        # 404 answers to the client's DELETEs, and to its reads by digest of a manifest
+        # someone else deleted (retention reads each body, for its journal, before deleting)
+        self.not_found: list[Key] = []
         self.out_of_band: list[Key] = []  # deleted by a fault, not by the client
         self.fault_tags: dict[tuple[str, str], str] = {}  # tags moved by faults -> digest
+        self.retagged: list[Key] = []  # every manifest a fault moved a tag onto
         self.fired: list[Fault] = []
         self.unexpected: list[str] = []  # requests retention has no business sending
         self.delete_requests: list[Key] = []  # every DELETE the client sent, in order
@@ -306,6 +309,7 @@ class MemRegistry:
             tag = choices[(fault.pick // 7) % len(choices)]
             r.tags[tag] = target[1]
             self.fault_tags[(repo, tag)] = target[1]
+            self.retagged.append(target)
         return None
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -336,7 +340,10 @@ class MemRegistry:
                                            "Content-Type": "application/octet-stream"})
         if kind == "manifests" and ref is not None:
             if method in ("GET", "HEAD"):
-                return self._get_manifest(repo, ref, head=method == "HEAD")
+                answer = self._get_manifest(repo, ref, head=method == "HEAD")
+                if answer.status_code == 404 and (name, ref) in self.out_of_band:
+                    self.not_found.append((name, ref))
+                return answer
             if method == "DELETE":
                 return await self._delete(name, ref)
         self._unexpected(request, known=True)

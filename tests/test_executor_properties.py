@@ -388,6 +388,8 @@ def check_invariants(ran: Ran) -> None:
             assert key in requested, f"{key} reported failed, no DELETE was sent"
     tags_now = reg.all_tags()
     for (repo, tag), digest in reg.fault_tags.items():
+        if tag in getattr(running.get((repo, digest)), "tags", ()):
+            continue  # moved away and back again: where the plan saw it, deleted with it
         assert tags_now.get((repo, tag)) == digest, f"moved tag {repo}:{tag} was removed"
 
     # (1) No surviving index lacks a child that retention deleted.
@@ -439,6 +441,10 @@ def check_invariants(ran: Ran) -> None:
                 continue
             if reg.tags_of(*key) != set(a.tags) or parents_of(ran, key) - deleted.keys():
                 continue  # skipped for a reason of its own
+            reason = report.outcomes[(REGISTRY, *key)].reason or ""
+            if reason.startswith("changed") and (a.repository, a.digest) in {
+                    (r, d) for (r, _), d in reg.fault_tags.items()} | set(reg.retagged):
+                continue  # a tag was on it when it was confirmed, and moved on again
             assert ran.stopped, f"{key} was neither deleted nor skipped for a reason"
             assert ran.result.policy_outcome(p.policy) != "success", \
                 f"{p.policy} reported success with {key} not attempted after a stop"
