@@ -133,10 +133,19 @@ def _tag(tag: str) -> str:
     return f"{tag[:19]}…{tag[71:]}" if tag.startswith("sha256-") and len(tag) >= 71 else tag
 
 
-def _tags(tags: tuple[str, ...]) -> str:
+def tags_text(tags: tuple[str, ...]) -> str:
     shown = ",".join(_tag(t) for t in tags[:3]) + (f",+{len(tags) - 3}" if len(tags) > 3
                                                     else "")
     return shown or "<none>"
+
+
+def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows under a header, each column as wide as its widest cell (the last one free)."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+            for r in (header, *rows)]
 
 
 def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
@@ -148,11 +157,11 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
         for a in p.actions:
             status, reason, freed = _status(p, a, outcomes)
             decision = "delete" if status == PLANNED else status
-            rows.append((p.policy, a.repository, _short(a.digest), _tags(a.tags),
+            rows.append((p.policy, a.repository, _short(a.digest), tags_text(a.tags),
                          human_age(a.time, plan.now), human_bytes(freed), decision, reason))
         for d in (*p.protected, *p.kept):
             decision = "keep" if d.reason == "keep" else f"protect:{d.reason}"
-            rows.append((p.policy, d.repository, _short(d.digest), _tags(d.tags),
+            rows.append((p.policy, d.repository, _short(d.digest), tags_text(d.tags),
                          human_age(d.time, plan.now), "-", decision,
                          f"{d.detail} ({d.matched} matched)"))
         for e in p.errors:
@@ -164,14 +173,7 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
         if p.aborted:
             line += f"\n  ABORTED: {p.aborted}"
         totals.append(line)
-    out = [f"mode: {mode}"]
-    if rows:
-        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-        for r in (header, *rows):
-            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
-                       + r[-1])
-    else:
-        out.append("nothing matched a delete rule")
+    out = [f"mode: {mode}", *(columns(header, rows) or ["nothing matched a delete rule"])]
     out.append("")
     out.extend(totals or ["no policies"])
     out.append(f"total: {len(plan.actions)} to delete, "

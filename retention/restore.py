@@ -27,7 +27,7 @@ from retention.errors import RegistryError
 from retention.inventory import referrer_tag_subject
 from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
-from retention.report import human_age
+from retention.report import columns, human_age, tags_text
 from retention.state import JournalEntry, State
 
 log = structlog.get_logger("retention.restore")
@@ -407,18 +407,11 @@ def to_table(report: RestoreReport, *, now: datetime) -> str:
     rows = []
     for r in report.results:
         e = r.entry
-        tags = ",".join(e.tags[:3]) + (f",+{len(e.tags) - 3}" if len(e.tags) > 3 else "")
         rows.append((e.registry, e.repository, _short(e.digest).split(":", 1)[1],
-                     tags or "<none>", e.policy, f"{human_age(e.at, now)} ago", r.status,
+                     tags_text(e.tags), e.policy, f"{human_age(e.at, now)} ago", r.status,
                      r.detail))
-    out = [f"mode: {'dry-run' if report.dry_run else 'restore'}"]
-    if rows:
-        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-        for r in (header, *rows):
-            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
-                       + r[-1])
-    else:
-        out.append("nothing in the journal matches: nothing to restore")
+    out = [f"mode: {'dry-run' if report.dry_run else 'restore'}",
+           *(columns(header, rows) or ["nothing in the journal matches: nothing to restore"])]
     s = summary(report)
     out.append("")
     out.append(f"total: {s['selected']} selected, {s['restored']} restored, "
