@@ -44,6 +44,7 @@ log = structlog.get_logger("retention.executor")
 CONFIRM_WINDOW = 5.0  # seconds
 
 SHUTTING_DOWN = "shutting down: not started"
+GONE = "gone"  # journal status: deleted by someone else first; not retention's to restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,9 @@ class Executor:
     async def _verdict(self, a: Action, confirmation: TagConfirmation,
                        live: _Live) -> tuple[str, str] | None:
         """Why ``a`` must not be sent now, as (status, reason); None: send it."""
+        if self._state.unusable is not None:
+            return SKIPPED, (f"{self._state.unusable}: nothing could be journaled for "
+                             "restore, so nothing is deleted; fix state_dir")
         if a.registry in live.broken:
             return FAILED, live.broken[a.registry]
         if self._stop.is_set():
@@ -315,11 +319,18 @@ class Executor:
         maybe_applied = False  # a DELETE was sent and its answer lost
         entry: int | None = None  # the journal row, once the DELETE is about to be sent
         while True:
-            try:
-                if maybe_applied and await client.head_manifest(a.repository, a.digest) is None:
-                    # Our DELETE went through; only its answer was lost.
+            if maybe_applied:
+                # A DELETE was sent and its answer lost: find out before sending anything.
+                try:
+                    still_there = await client.head_manifest(a.repository, a.digest)
+                except RegistryError as exc:
+                    self._unsure(a, live, report, f"its DELETE may have gone through (the "
+                                 f"answer was lost) and checking failed: {exc}")
+                    return
+                if still_there is None:
                     self._gone(a, live, by_us=True, entry=entry)
                     return
+            try:
                 verdict = await self._verdict(a, confirmation, live)
             except RegistryError as exc:
                 verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
@@ -350,17 +361,27 @@ class Executor:
                 return
             except RegistryError as exc:
                 attempt += 1
+                # A connection error or a 5xx may come after the registry deleted it.
+                maybe_applied = maybe_applied or exc.status is None or exc.status >= 500
                 if (exc.status is None or exc.status in RETRYABLE) and \
                         attempt < retry.attempts:
                     # Wait, then go through the gate again: the wait may outlast the
                     # confirmation of its tags, or the run may be stopping.
-                    maybe_applied = maybe_applied or exc.status != 429
                     delay = min(exc.retry_after or retry.backoff(attempt - 1),
                                 retry.max_retry_after)
                     log.info("deletion retried", **_event(a), reason=str(exc),
                              delay=round(delay, 3))
                     await self._sleep(delay)
                     continue
+                if maybe_applied:
+                    try:
+                        if await client.head_manifest(a.repository, a.digest) is None:
+                            self._gone(a, live, by_us=True, entry=entry)
+                            return
+                    except RegistryError as check:
+                        self._unsure(a, live, report, f"{exc}; it may have been deleted "
+                                     f"all the same, and checking failed: {check}")
+                        return
                 self._record(a, live, FAILED, str(exc), entry=entry)
                 return
             self._gone(a, live, by_us=existed or maybe_applied, entry=entry)
@@ -370,7 +391,11 @@ class Executor:
         """The manifest is gone: journal it, credit the bytes it freed, count it."""
         credits = live.went(a, by_us=by_us)
         freed = sum(size for owner, size in credits if owner is a)
-        if entry is not None:
+        if entry is not None and not by_us:
+            # Someone else deleted it between our read and our DELETE: not ours to restore.
+            self._state.journal_end(entry, status=GONE, reason="already gone: deleted by "
+                                    "someone else before retention's DELETE")
+        elif entry is not None:
             self._state.journal_end(entry, status=DELETED, bytes=freed)
         else:
             self._state.record_deletion(at=self._clock(), registry=a.registry,
@@ -385,6 +410,12 @@ class Executor:
                 self._metrics.reclaimed_bytes.labels(owner.registry, owner.policy).inc(size)
         log.info("manifest deleted", **{**_event(a), "bytes": freed}, reason=a.reason,
                  cascade_of=a.cascade_of, already_gone=not by_us, dry_run=False)
+
+    def _unsure(self, a: Action, live: _Live, report: Report, reason: str) -> None:
+        """Whether its DELETE went through is not known: failed, and its journal row stays
+        `deleting`, so that `retention restore` can still put it back if it is gone."""
+        report.errors.append(RunError(a.registry, a.repository, reason))
+        self._record(a, live, FAILED, reason)
 
     def _record(self, a: Action, live: _Live, status: str, reason: str, *,
                 entry: int | None = None) -> None:

@@ -9,7 +9,7 @@ manifest) protects its index, an index its children, anything its referrers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -93,11 +93,16 @@ def uses_of(cluster: str, kind: str, obj: object) -> list[Use]:
 
 
 def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Hosts, *,
-            now: datetime) -> list[Sighting]:
+            now: datetime,
+            last_tags: Callable[[str, str], Mapping[str, str]] = lambda _r, _n: {}
+            ) -> list[Sighting]:
     """The digests the uses name, per registry and repository. A tag resolves to the digest
-    it points to in this run's inventory; a tag the inventory does not hold names nothing
-    there (it cannot be deleted as that tag either). References to hosts no registry has are
-    not ours to protect."""
+    it points to in this run's inventory; where this run did not read the repository (its
+    registry is not scanned by the policies running now, or it could not be read), to the
+    digest the last complete read saw (``last_tags``, from the state), so that the sighting
+    is remembered for keep_for all the same. A tag neither holds names nothing there (it
+    cannot be deleted as that tag either). References to hosts no registry has are not
+    ours to protect."""
     tag_maps: dict[tuple[str, str], dict[str, str]] = {}
     found: dict[tuple[str, str, str], str] = {}
     for use in uses:
@@ -109,15 +114,14 @@ def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Ho
             continue
         digest = ref.digest
         if digest is None:
-            inventory = inventories.get(registry)
-            if inventory is None:
-                continue
             key = (registry, ref.repository)
             if key not in tag_maps:
-                tag_maps[key] = _tags_of(inventory, ref.repository)
-            digest = tag_maps[key].get(ref.tag or "latest")
-            if digest is None:
-                continue
+                inventory = inventories.get(registry)
+                read = _tags_of(inventory, ref.repository) if inventory is not None else None
+                tag_maps[key] = dict(last_tags(registry, ref.repository)) if read is None \
+                    else read
+            # Not resolvable now (never read): remembered by tag, resolved when it can be.
+            digest = tag_maps[key].get(ref.tag or "latest") or TAG_PREFIX + (ref.tag or "latest")
         where = (registry, ref.repository, digest)
         # One workload names the digest in explanations: the first in a stable order.
         if where not in found or use.workload < found[where]:
@@ -125,11 +129,35 @@ def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Ho
     return [Sighting(r, repo, d, by, now) for (r, repo, d), by in sorted(found.items())]
 
 
-def _tags_of(inventory: Inventory, repository: str) -> dict[str, str]:
+TAG_PREFIX = "tag:"  # a sighting by a tag no read had resolved yet
+
+
+def resolve_remembered(sightings: Iterable[Sighting], inventories: Mapping[str, Inventory],
+                       last_tags: Callable[[str, str], Mapping[str, str]]) -> list[Sighting]:
+    """Sightings remembered by tag, resolved to what the tag points to now: the workload
+    that used it may be gone, but within keep_for its image stays."""
+    out = []
+    for s in sightings:
+        if s.digest.startswith(TAG_PREFIX):
+            inventory = inventories.get(s.registry)
+            read = _tags_of(inventory, s.repository) if inventory is not None else None
+            tags = read if read is not None else last_tags(s.registry, s.repository)
+            digest = tags.get(s.digest[len(TAG_PREFIX):])
+            if digest is None:
+                continue
+            s = Sighting(s.registry, s.repository, digest, s.used_by, s.last_seen)
+        out.append(s)
+    return out
+
+
+def _tags_of(inventory: Inventory, repository: str) -> dict[str, str] | None:
+    """tag -> digest in this run's read of the repository; None when it was not read
+    completely (an error) or is not in the inventory."""
     for repo in inventory.repositories:
         if repo.name == repository:
-            return {t: m.digest for m in repo.manifests for t in m.tags}
-    return {}
+            return None if repo.error is not None else \
+                {t: m.digest for m in repo.manifests for t in m.tags}
+    return None
 
 
 def protections(sightings: Iterable[Sighting], inventories: Mapping[str, Inventory], *,

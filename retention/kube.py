@@ -24,7 +24,14 @@ import structlog
 
 from retention.config import ClusterSettings, Config
 from retention.errors import RetentionError
-from retention.inuse import KINDS, Sighting, Use, protections, resolve, uses_of
+from retention.inuse import (
+    KINDS,
+    Use,
+    protections,
+    resolve,
+    resolve_remembered,
+    uses_of,
+)
 from retention.inventory import Inventory
 from retention.references import parse_reference
 
@@ -186,11 +193,13 @@ async def in_use_pass(config: Config, inventories: Mapping[str, Inventory], stat
             if metrics is not None:
                 metrics.in_use_read_failures.labels(reading.cluster).inc()
             continue
-        sightings = resolve(reading.uses, inventories, hosts, now=now)
+        sightings = resolve(reading.uses, inventories, hosts, now=now,
+                            last_tags=state.last_tags)
         state.record_in_use(sightings)
         if metrics is not None:
             metrics.in_use_digests.labels(reading.cluster).set(len(sightings))
-    remembered: list[Sighting] = state.in_use_since(now - settings.keep_for)
+    remembered = resolve_remembered(state.in_use_since(now - settings.keep_for), inventories,
+                                    state.last_tags)
     return InUse(protections(remembered, inventories, now=now, keep_for=settings.keep_for),
                  tuple(failures))
 

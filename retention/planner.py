@@ -276,14 +276,6 @@ class _RepoView:
 
     def _own_time(self, m: Manifest, now: datetime, path: frozenset[str]) -> ManifestTime:
         """SPEC "Time of a manifest", first usable source wins."""
-        indexes = self.attested.get(m.digest)
-        if indexes:
-            # An attestation goes and stays with its index: it is exactly as old. With
-            # several indexes, the newest decides; one unknown makes it unknown.
-            times = [self._time_of(i, now, path) for i in indexes]
-            if any(t.at is None for t in times):
-                return UNKNOWN
-            return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
         if (pushed := _plausible(m.pushed, now)) is not None:
             return ManifestTime(pushed, PUSHED)
         platform = [c for c in m.children if c not in m.attestations]
@@ -297,6 +289,15 @@ class _RepoView:
             return ManifestTime(created, CREATED)
         if (annotated := _plausible(m.annotated, now)) is not None:
             return ManifestTime(annotated, ANNOTATION)
+        indexes = self.attested.get(m.digest)
+        if indexes:
+            # An attestation (no time of its own) goes and stays with its index: it is as
+            # old. With several indexes, the newest decides; one unknown makes it unknown. A
+            # manifest with a time of its own keeps it, whatever an index says of it.
+            times = [self._time_of(i, now, path) for i in indexes]
+            if any(t.at is None for t in times):
+                return UNKNOWN
+            return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
         # No usable time of its own (none, reproducible 1970/1980, or in the future): when
         # retention first saw it, which is never before its real push, so an age is never
         # overstated. First seen in this very run: unknown.

@@ -319,10 +319,24 @@ class Restorer:
                 continue
             there.add(key)
             pushed.add(key)
+        # An index whose push failed leaves the children pushed for it as orphans: they are
+        # there, but not restored (no tags, no `restored` mark), and the restore fails.
+        parents_of: dict[Key, list[Key]] = {}
+        for k, item in items.items():
+            for child in item.children:
+                parents_of.setdefault((k[0], k[1], child), []).append(k)
         for key in order:
             if key in results:
                 continue
             entry = items[key].entry
+            failed = [p for p in parents_of.get(key, ())
+                      if results.get(p) is not None and results[p].status == FAILED
+                      and not items[key].named]
+            if key in pushed and failed:
+                self._end(journaled[key], results, Result(entry, FAILED, (
+                    f"pushed, but its index {_short(failed[0][2])} could not be put back: "
+                    "it is an orphan again, and its tags were not restored")))
+                continue
             try:
                 back, moved = await self._put_tags(items[key])
             except RegistryError as exc:

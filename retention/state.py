@@ -133,6 +133,9 @@ class State:
         self._db = connection
         self._lock = threading.Lock()
         self.path = path  # None: in memory, nothing survives the process
+        # Why the configured database could not be used (then this one is in memory): with
+        # no durable journal, nothing could be restored, so nothing is deleted.
+        self.unusable: str | None = None
 
     @classmethod
     def open(cls, state_dir: Path | None) -> State:
@@ -158,9 +161,12 @@ class State:
             db.execute("SELECT count(*) FROM facts").fetchone()
         except (OSError, sqlite3.Error) as exc:
             log.error("state unusable, running without it", path=str(path), error=str(exc),
-                      consequence="untagged manifests are all within their grace period and "
-                                  "orphans found before are forgotten: this run deletes less")
-            return cls.memory()
+                      consequence="nothing is deleted: deletions could not be journaled "
+                                  "(for restore), orphans found before are forgotten and "
+                                  "in-use history is lost")
+            state = cls.memory()
+            state.unusable = f"the state database {path} is unusable ({exc})"
+            return state
         return cls(db, path=path)
 
     @classmethod
@@ -186,6 +192,14 @@ class State:
                              (facts.digest, _facts_to_json(facts)))
 
     # -- what was seen ----------------------------------------------------------------------
+
+    def last_tags(self, registry: str, repository: str) -> dict[str, str]:
+        """tag -> digest as the last complete read of the repository saw them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT tag, digest FROM tags WHERE registry=? AND repository=?",
+                (registry, repository)).fetchall()
+        return dict(rows)
 
     def known_digests(self, registry: str, repository: str) -> list[str]:
         with self._lock:

@@ -83,7 +83,9 @@ def test_resolve_tags_digests_aliases_and_docker_hub():
     assert {(s.registry, s.repository, s.digest, s.used_by) for s in got} == {
         ("main", "ci/web", dg("idx"), "prod/ns/pod/a"),
         ("main", "ci/web", dg("c1"), "prod/ns/pod/a"),
-        ("hub", "library/nginx", dg("nginx-1"), "prod/ns/deployment/b")}
+        ("hub", "library/nginx", dg("nginx-1"), "prod/ns/deployment/b"),
+        # a tag no read has resolved: remembered by name, resolved when it can be
+        ("main", "ci/web", "tag:missing", "prod/ns/pod/c")}
 
 
 def test_protections_widen_and_expire():

@@ -48,6 +48,9 @@ LOCKED_CODES = frozenset({"REGISTRY_DISALLOWED_OPERATION", "DISALLOWED_OPERATION
 # distribution answers 400 PAGINATION_NUMBER_INVALID above 1000; some registries allow less.
 PAGE_SIZES = (1000, 100, None)
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# The error codes with which a registry says a repository does not exist (OCI distribution
+# spec; ACR answers the same on its own API).
+MISSING_CODES = frozenset({"NAME_UNKNOWN"})
 # A listing longer than this is taken for an endless one (a registry bug, or a Link chain
 # that never ends): 10,000 pages of 1,000 tags is ten million, far beyond any repository.
 MAX_PAGES = 10_000
@@ -292,7 +295,13 @@ class RegistryClient:
                 continue
             read.add(str(response.request.url))
             if response.status_code == 404 and missing_ok and page == 1:
-                return
+                if _error_code(response) in MISSING_CODES:
+                    return
+                # A 404 that is not the registry saying "no such repository" (a proxy, a
+                # load balancer): nothing is known, and "no tags" would make every manifest
+                # there look like an orphan.
+                raise self.failure(response, f"GET {path}: a 404 that is not the registry's "
+                                   "own answer (no NAME_UNKNOWN error)")
             if response.status_code != 200:
                 raise self.failure(response, f"GET {path}" if page == 1 else
                                    f"GET {path} (page {page}: the listing is incomplete)")
