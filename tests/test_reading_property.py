@@ -83,7 +83,7 @@ class StubRegistry:
         if path.startswith("/v2/app/blobs/"):
             data = self.blobs.get(path.rsplit("/", 1)[1])
             return httpx.Response(200, content=data) if data else httpx.Response(404)
-        return httpx.Response(404, json={"errors": [{"code": "NOT_FOUND"}]})
+        return httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN"}]})
 
     def _tags(self, request: httpx.Request) -> httpx.Response:
         query = parse_qs(urlsplit(str(request.url)).query)
