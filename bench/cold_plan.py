@@ -250,7 +250,7 @@ def main() -> None:
                 config = work / f"retention-{rnd}.yaml"
                 config.write_text(f"registries:\n  main: {{url: '{registry.url}', "
                                   f"concurrency: {CONCURRENCY}}}\npolicies: p.yaml\n"
-                                  f"state_dir: {state}\n")
+                                  f"state_dir: {state}\nmax_deletions: 1000000\n")
                 for label in ("cold", "warm"):
                     before = registry.counts()
                     wall, rss, code = plan(config)
