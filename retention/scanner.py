@@ -26,7 +26,7 @@ from retention.inventory import (
     split_tags,
 )
 from retention.registry.acr import AcrApi
-from retention.registry.client import RegistryClient
+from retention.registry.client import FetchedManifest, RegistryClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
@@ -91,10 +91,13 @@ class Scanner:
     ):
         """``known_digests(repo)`` yields digests seen there before (from the state), so
         manifests that lost their last tag are still found on registries that cannot list
-        untagged manifests. When each was first seen untagged is the state's to fill in."""
+        untagged manifests. When each was first seen untagged is the state's to fill in.
+        It also tells which repositories are new: those are read with one GET per tag.
+        Without it, any repository may be in ``cache``, so each tag gets a HEAD first."""
         self._client = client
         self._cache = cache or MemoryCache()
         self._known = known_digests or (lambda _repo: ())
+        self._remembers = known_digests is not None
         self._clock = clock
         self._options = options or ScanOptions()
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
@@ -145,11 +148,23 @@ class Scanner:
             return await self._scan_acr_repository(self._acr, name)
         client = self._client
         tags = await client.tags(name)
-        heads = await asyncio.gather(*(client.head_manifest(name, t) for t in tags))
+        # Bodies read by tag, by digest, until their facts are made (then dropped).
+        bodies: dict[str, FetchedManifest] = {}
         tags_of: dict[str, list[str]] = {}
-        for tag, head in zip(tags, heads, strict=True):
-            if head is not None:  # None: the tag vanished between listing and reading
-                tags_of.setdefault(head.digest, []).append(tag)
+        if not self._remembers or self._known(name):
+            # Seen before: most tags still point where they did, at digests whose facts
+            # are cached, so a HEAD per tag is all it takes (and a GET only for what is new).
+            heads = await asyncio.gather(*(client.head_manifest(name, t) for t in tags))
+            digests = [h.digest if h is not None else None for h in heads]
+        else:
+            # Never seen: every manifest has to be read anyway. One GET per tag brings the
+            # body and its digest in one answer, instead of a HEAD and then a GET.
+            fetched = await asyncio.gather(*(client.get_manifest(name, t) for t in tags))
+            digests = [f.digest if f is not None else None for f in fetched]
+            bodies = {f.digest: f for f in fetched if f is not None}
+        for tag, digest in zip(tags, digests, strict=True):
+            if digest is not None:  # None: the tag vanished between listing and reading
+                tags_of.setdefault(digest, []).append(tag)
 
         facts: dict[str, ManifestFacts] = {}
         gone: set[str] = set()
@@ -158,7 +173,8 @@ class Scanner:
         # A referrer tag names its subject: that finds an image whose own tag moved on
         # while its signature stayed (it is an orphan now, and so is the signature).
         subjects = {referrer_tag_subject(t) for ts in tags_of.values() for t in ts}
-        await self._resolve(name, set(tags_of) | (subjects - {None}), facts, gone, confirmed)
+        await self._resolve(name, set(tags_of) | (subjects - {None}), facts, gone, confirmed,
+                            bodies=bodies)
         # Digests seen here before and reachable no more may be orphans now: a HEAD by
         # digest tells whether each still exists, without fetching it again.
         earlier = sorted(set(self._known(name)) - facts.keys() - gone)
@@ -206,17 +222,21 @@ class Scanner:
         return Repository(name=name, manifests=tuple(manifests))
 
     async def _resolve(self, name: str, pending: set[str], facts: dict[str, ManifestFacts],
-                       gone: set[str], confirmed: set[str], *, referrers: bool = True) -> None:
+                       gone: set[str], confirmed: set[str], *, referrers: bool = True,
+                       bodies: dict[str, FetchedManifest] | None = None) -> None:
         """Facts for ``pending`` and for everything they lead to: children and referrers.
 
         ``confirmed``: digests the registry served in this scan. Any other digest reached
         here (a child or subject named by cached facts, a referrer tag's subject) is used
-        only once the registry confirms it still has it.
+        only once the registry confirms it still has it. ``bodies``: manifests already read
+        (by tag), taken from it as they are used.
         """
+        bodies = {} if bodies is None else bodies
         pending = pending - facts.keys() - gone
         while pending:
             batch = sorted(pending)
-            results = await asyncio.gather(*(self._facts(name, d, confirmed) for d in batch))
+            results = await asyncio.gather(*(self._facts(name, d, confirmed, bodies.pop(d, None))
+                                             for d in batch))
             pending = set()
             for digest, fact in zip(batch, results, strict=True):
                 if fact is None:
@@ -232,8 +252,8 @@ class Scanner:
                 pending.update(digests or ())
             pending -= facts.keys() | gone
 
-    async def _facts(self, repository: str, digest: str,
-                     confirmed: set[str]) -> ManifestFacts | None:
+    async def _facts(self, repository: str, digest: str, confirmed: set[str],
+                     fetched: FetchedManifest | None = None) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)
         if cached is not None and (cached.config_read or self._acr is not None):
             # Facts are immutable, existence is not: someone may have deleted the digest
@@ -243,7 +263,8 @@ class Scanner:
                     await self._client.head_manifest(repository, digest) is not None:
                 return cached
             return None
-        fetched = await self._client.get_manifest(repository, digest)
+        if fetched is None:
+            fetched = await self._client.get_manifest(repository, digest)
         if fetched is None:
             return None
         size = len(fetched.body)

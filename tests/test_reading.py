@@ -430,19 +430,55 @@ def test_schema1_manifest_is_unknown_media_type_and_the_rest_is_planned(tmp_path
         reg.stop()
 
 
+def _resign(method, path, status, headers, body):
+    return status, headers, body + b" "
+
+
 def test_digest_mismatch_of_other_media_types_still_fails_the_repository(
         tmp_path, registry, pusher: Pusher, proxy):
-    img = pusher.image("app", "pr-1", created=OLD)
-
-    def resign(method, path, status, headers, body):
-        return status, headers, body + b" "
-
+    pusher.image("app", "pr-0", created=OLD)
+    config = write_config(tmp_path, proxy.url, policy='name: p\nrepositories: '
+                          '{include: ["**"]}\ndelete: [{tags: ["pr-1"]}]\n')
+    assert cli("run", "--config", str(config), "--output", "json")[0] == 0
+    # A repository seen before reads a new tag by HEAD, then its body by digest.
+    img = pusher.image("app", "pr-1", created=OLD, layers=(b"new",))
     proxy.inject(Fault("GET", rf"/v2/app/manifests/{img.digest}", "rewrite", times=100,
-                       rewrite=resign))
+                       rewrite=_resign))
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 1 and doc["actions"] == []
+    assert "not the digest asked for" in doc["errors"][0]["message"]
+
+
+def test_body_read_by_tag_must_match_the_registrys_digest(
+        tmp_path, registry, pusher: Pusher, proxy):
+    """A new repository is read with one GET per tag: the body must hash to the
+    Docker-Content-Digest of that answer, or it would be cached as that digest's facts."""
+    pusher.image("app", "pr-1", created=OLD)
+    proxy.inject(Fault("GET", r"/v2/app/manifests/pr-1$", "rewrite", times=100,
+                       rewrite=_resign))
     code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url)),
                        "--output", "json")
     assert code == 1 and doc["actions"] == []
-    assert "not the digest asked for" in doc["errors"][0]["message"]
+    assert "but the registry names it" in doc["errors"][0]["message"]
+    assert proxy.count("GET", r"/manifests/sha256:") == 0  # nothing read by digest
+
+
+def test_a_new_repository_is_read_with_one_get_per_tag_and_a_known_one_with_heads(
+        tmp_path, registry, pusher: Pusher, proxy):
+    for i in range(3):
+        pusher.image("app", f"pr-{i}", created=OLD, layers=(f"l{i}".encode(),))
+    config = write_config(tmp_path, proxy.url, policy='name: p\nrepositories: '
+                          '{include: ["**"]}\ndelete: [{tags: ["none-*"]}]\n')
+    assert cli("plan", "--config", str(config), "--output", "json")[0] == 0
+    assert proxy.count("HEAD", r"/manifests/") == 0
+    assert proxy.count("GET", r"/manifests/pr-\d$") == 3
+    assert proxy.count("GET", r"/manifests/sha256:") == 0
+    assert proxy.count("GET", r"/blobs/") == 3
+    before = len(proxy.requests)
+    assert cli("plan", "--config", str(config), "--output", "json")[0] == 0
+    later = proxy.requests[before:]
+    assert sorted(m for m, p in later if "/manifests/" in p) == ["HEAD"] * 3
+    assert not [p for _, p in later if "/blobs/" in p]
 
 
 # -- 7. cached facts are used only for digests the registry still serves ------------------

@@ -119,7 +119,12 @@ class RegistryClient:
             verify=verify,
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": f"retention/{__version__}"},
-            limits=httpx.Limits(max_connections=settings.concurrency * 2),
+            # Every request holds one of `concurrency` slots while it is sent and its body
+            # read, so that many connections serve them all. More (it was 2x) only costs:
+            # httpcore scans every pooled connection (has_expired: a poll() on each socket)
+            # before each request.
+            limits=httpx.Limits(max_connections=settings.concurrency,
+                                max_keepalive_connections=settings.concurrency),
         )
         self._auth = Authenticator(settings, self._http, entra=entra, send=self.send)
         self._referrers_api: bool | None = None  # None: not known yet
@@ -383,7 +388,10 @@ class RegistryClient:
         return ManifestHead(digest, media_type, size)
 
     async def get_manifest(self, repository: str, reference: str) -> FetchedManifest | None:
-        """The manifest body; verified against the digest when fetched by digest."""
+        """The manifest body, verified: against the digest when fetched by digest; against
+        the registry's Docker-Content-Digest when fetched by tag (a cold scan reads each tag
+        once, body and digest in one answer). Schema 1 is the exception, its bytes never
+        hash to its digest: it is returned under the registry's digest, never parsed."""
         path = f"/v2/{repository}/manifests/{reference}"
         response = await self.request("GET", path, scope=_pull(repository),
                                       headers={"Accept": ACCEPT})
@@ -403,7 +411,18 @@ class RegistryClient:
             raise RegistryError(f"GET {path}: the body's sha256 is {computed}, not the digest "
                                 "asked for; refusing to trust this registry's answer",
                                 registry=self.settings.name)
-        return FetchedManifest(reference if ":" in reference else computed, media_type, body)
+        if ":" in reference:
+            return FetchedManifest(reference, media_type, body)
+        # By tag: the digest the registry names must be that of the bytes it sent, or the
+        # body would be cached (forever) as the facts of another digest.
+        answered = response.headers.get("docker-content-digest")
+        if answered and answered != computed:
+            if media_type in SCHEMA1:
+                return FetchedManifest(answered, media_type, body)
+            raise RegistryError(f"GET {path}: the body's sha256 is {computed}, but the "
+                                f"registry names it {answered}; refusing to trust this "
+                                "registry's answer", registry=self.settings.name)
+        return FetchedManifest(computed, media_type, body)
 
     async def get_blob(self, repository: str, digest: str, *,
                        max_bytes: int = MAX_CONFIG_BYTES) -> bytes | None:

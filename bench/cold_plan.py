@@ -1,0 +1,268 @@
+"""How fast a cold and a warm `retention plan` read a registry, against what the registry
+itself can answer.
+
+Starts its own Debian docker-registry (CNCF distribution 2.8, with its Prometheus metrics on a
+debug port), seeds N repositories x T tags (one single-platform image per tag, a shared base
+layer mounted into every repository, a config of its own per image), then, side by side:
+
+1. the limit: `wrk` at concurrency 8 cycling through the minimal request set of a cold plan
+   (catalog pages, one tags/list per repository, one manifest GET per tag, one config GET
+   per image); the limit is that set's size divided by the throughput wrk measured;
+2. `retention plan` cold (empty state) and warm (state kept), each a fresh process: wall
+   time, peak RSS, and the requests the registry itself counted (by method and handler).
+
+Prints figures and ratios; it asserts nothing.
+
+    .venv/bin/python bench/cold_plan.py [--repositories 200] [--tags 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from retention.registry.mediatypes import ACCEPT  # noqa: E402
+from tests.servers import free_port, registry_binary  # noqa: E402
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONCURRENCY = 8
+
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("COLD_PLAN_PATHS")) do paths[#paths + 1] = line end
+local counter = 0
+function setup(thread)
+  thread:set("offset", counter * math.floor(#paths / 2))
+  counter = counter + 1
+end
+local i = 0
+function request()
+  i = i + 1
+  local path = paths[((i + offset) % #paths) + 1]
+  return wrk.format("GET", path, {["Accept"] = os.getenv("COLD_PLAN_ACCEPT")})
+end
+"""
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class BenchRegistry:
+    """docker-registry with its request counters exported (http.debug.prometheus)."""
+
+    def __init__(self, workdir: Path):
+        port, debug = free_port(), free_port()
+        config = {
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(workdir / "data")},
+                        "delete": {"enabled": True},
+                        "maintenance": {"uploadpurging": {"enabled": False}}},
+            "http": {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex,
+                     "debug": {"addr": f"127.0.0.1:{debug}",
+                               "prometheus": {"enabled": True, "path": "/metrics"}}},
+        }
+        (workdir / "config.yml").write_text(json.dumps(config))
+        self.url = f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{debug}/metrics"
+        self._log = (workdir / "registry.log").open("w")
+        self.process = subprocess.Popen([registry_binary(), "serve",
+                                         str(workdir / "config.yml")],
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/v2/", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("docker-registry did not start")
+
+    def counts(self) -> Counter[str]:
+        """Requests the registry served so far, by 'METHOD handler'."""
+        text = httpx.get(self.metrics_url, timeout=10).text
+        counts: Counter[str] = Counter()
+        for m in re.finditer(r'^registry_http_requests_total\{([^}]*)\} (\S+)$', text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            counts[f"{labels.get('method', '?')} {labels.get('handler', '?')}"] += \
+                int(float(m.group(2)))
+        return counts
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return f"{location}{'&' if '?' in location else '?'}digest={digest}"
+
+
+def seed(url: str, repositories: int, tags: int) -> list[tuple[str, str, str]]:
+    """Push the images; return (repository, tag, config digest) for each."""
+    names = [f"team/app-{r:04d}" for r in range(repositories)]
+    layer = b"shared base layer " * 4096
+    layer_digest = sha(layer)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post(f"/v2/{names[0]}/blobs/uploads/")
+        r.raise_for_status()
+        r = c.put(_with_digest(r.headers["location"], layer_digest), content=layer)
+        r.raise_for_status()
+
+    def one(name: str) -> list[tuple[str, str, str]]:
+        out = []
+        with httpx.Client(base_url=url, timeout=60) as c:
+            if name != names[0]:  # a mount: the layer is stored once, as in real registries
+                r = c.post(f"/v2/{name}/blobs/uploads/",
+                           params={"mount": layer_digest, "from": names[0]})
+                if r.status_code != 201:
+                    raise RuntimeError(f"mount failed for {name}: {r.status_code}")
+            for t in range(tags):
+                config = json.dumps({
+                    "architecture": "amd64", "os": "linux",
+                    "created": f"2025-{1 + t % 12:02d}-{1 + t % 28:02d}T00:00:00Z",
+                    "config": {"Labels": {"build": f"{name}-{t}"}},
+                    "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
+                r = c.post(f"/v2/{name}/blobs/uploads/")
+                r.raise_for_status()
+                r = c.put(_with_digest(r.headers["location"], sha(config)), content=config)
+                r.raise_for_status()
+                manifest = json.dumps({
+                    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": sha(config),
+                               "size": len(config)},
+                    "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest,
+                                "size": len(layer)}]}, indent=1).encode()
+                tag = f"pr-{t}" if t % 2 else f"sha-{t:04x}"
+                r = c.put(f"/v2/{name}/manifests/{tag}", content=manifest,
+                          headers={"Content-Type": OCI_MANIFEST})
+                if r.status_code != 201:
+                    raise RuntimeError(f"push failed for {name}: {r.status_code}")
+                out.append((name, tag, sha(config)))
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        return [x for part in pool.map(one, names) for x in part]
+
+
+def request_set(url: str, images: list[tuple[str, str, str]]) -> list[str]:
+    """The minimal request set of a cold plan, as paths, in the order a plan needs them."""
+    paths: list[str] = []
+    with httpx.Client(base_url=url, timeout=60) as c:
+        page: str | None = "/v2/_catalog?n=1000"
+        while page:  # the catalog's real pages, as its Link headers give them
+            paths.append(page)
+            link = c.get(page).headers.get("link")
+            page = re.match(r"<([^>]*)>", link).group(1) if link else None
+    repos = sorted({name for name, _, _ in images})
+    paths += [f"/v2/{name}/tags/list?n=1000" for name in repos]
+    paths += [f"/v2/{name}/manifests/{tag}" for name, tag, _ in images]
+    paths += [f"/v2/{name}/blobs/{config}" for name, _, config in images]
+    return paths
+
+
+def limit(url: str, paths: list[str], workdir: Path, seconds: int) -> tuple[float, float]:
+    """(seconds the registry needs to answer ``paths`` at concurrency 8, requests/s)."""
+    (workdir / "paths.txt").write_text("\n".join(paths) + "\n")
+    (workdir / "cycle.lua").write_text(WRK_SCRIPT)
+    env = {**os.environ, "COLD_PLAN_PATHS": str(workdir / "paths.txt"),
+           "COLD_PLAN_ACCEPT": ACCEPT}
+    out = subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", f"-d{seconds}s", "-s",
+                          str(workdir / "cycle.lua"), url], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None or "Non-2xx" in out:
+        raise RuntimeError(f"wrk: unexpected output\n{out}")
+    rps = float(m.group(1))
+    return len(paths) / rps, rps
+
+
+def plan(config: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one `retention plan` process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", "from retention.cli import run; run()",
+                             "plan", "--config", str(config), "--output", "json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
+    return Counter({k: after[k] - before[k] for k in after if after[k] - before[k] > 0})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repositories", type=int, default=200)
+    parser.add_argument("--tags", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="limit/cold/warm measured "
+                        "this many times (the machine is shared: expect noise)")
+    parser.add_argument("--wrk-seconds", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "registry").mkdir()
+        registry = BenchRegistry(work / "registry")
+        try:
+            started = time.monotonic()
+            images = seed(registry.url, args.repositories, args.tags)
+            print(f"seeded {args.repositories} repositories x {args.tags} tags "
+                  f"({len(images):,} images) in {time.monotonic() - started:.1f} s")
+            paths = request_set(registry.url, images)
+            (work / "p.yaml").write_text(
+                'name: ci\nrepositories: {include: ["**"]}\nkeep: [{newest: 10}]\n'
+                'delete: [{tags: ["pr-*", "sha-*"], older_than: 14d}]\n')
+            for rnd in range(1, args.rounds + 1):
+                seconds, rps = limit(registry.url, paths, work, args.wrk_seconds)
+                print(f"\nround {rnd}\n  limit (wrk -c{CONCURRENCY}, {len(paths):,} requests "
+                      f"at {rps:,.0f}/s): {seconds:.2f} s")
+                state = work / f"state-{rnd}"
+                config = work / f"retention-{rnd}.yaml"
+                config.write_text(f"registries:\n  main: {{url: '{registry.url}', "
+                                  f"concurrency: {CONCURRENCY}}}\npolicies: p.yaml\n"
+                                  f"state_dir: {state}\nmax_deletions: 1000000\n")
+                for label in ("cold", "warm"):
+                    before = registry.counts()
+                    wall, rss, code = plan(config)
+                    counts = delta(registry.counts(), before)
+                    total = sum(counts.values())
+                    detail = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+                    print(f"  {label}: {wall:.2f} s = {wall / seconds:.2f}x the limit, "
+                          f"{total:,} requests ({total / len(paths):.2f}x the set), "
+                          f"peak RSS {rss:.0f} MiB, exit {code}\n    {detail}")
+        finally:
+            registry.stop()
+
+
+if __name__ == "__main__":
+    main()
