@@ -52,14 +52,18 @@ def test_facts_round_trip(tmp_path: Path):
     assert State.open(tmp_path).get_facts("sha256:a") == facts
 
 
-def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
-                                                             pusher: Pusher):
-    first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z", layers=(b"1",))
-    (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["**"]}\n'
+def _orphan_after_second_run(tmp_path: Path, registry, pusher: Pusher, repo: str, *,
+                             corrupt: bool) -> tuple[dict, str]:
+    """Pushes repo:latest, runs once (the state remembers latest -> first), re-pushes
+    latest (first becomes an orphan distribution cannot list), optionally corrupts the
+    database, runs again. ``untagged_grace: 0s``: only the state decides the orphan's fate."""
+    first = pusher.image(repo, "latest", created="2024-01-01T00:00:00Z", layers=(repo.encode(),))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "p.yaml").write_text(f'name: p\nrepositories: {{include: ["{repo}"]}}\n'
                                      'delete: [{untagged: true}]\n')
     config = tmp_path / "retention.yaml"
     config.write_text(f"registries:\n  main: {{url: '{registry.url}'}}\npolicies: p.yaml\n"
-                      "state_dir: state\nmode: enforce\nuntagged_grace: 1h\n")
+                      "state_dir: state\nmode: enforce\nuntagged_grace: 0s\n")
 
     def run() -> dict:
         out, err = io.StringIO(), io.StringIO()
@@ -67,17 +71,32 @@ def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, reg
                     stderr=err) == 0, err.getvalue()
         return json.loads(out.getvalue()) | {"stderr": err.getvalue()}
 
-    run()  # remembers app:latest -> first
-    pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"2",))
-    db = tmp_path / "state" / "retention.sqlite3"
-    for suffix in ("-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    db.write_bytes(b"this is not a database" * 100)
-    doc = run()
+    assert run()["actions"] == []  # remembers latest -> first
+    pusher.image(repo, "latest", created="2024-02-01T00:00:00Z", layers=(b"2" + repo.encode(),))
+    if corrupt:
+        db = tmp_path / "state" / "retention.sqlite3"
+        for suffix in ("-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        db.write_bytes(b"this is not a database" * 100)
+    return run(), first.digest
+
+
+def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
+                                                             pusher: Pusher):
+    healthy, healthy_orphan = _orphan_after_second_run(tmp_path / "healthy", registry, pusher,
+                                                       "healthy", corrupt=False)
+    # With its state, the run finds the orphan by its remembered digest and deletes it ...
+    assert [a["digest"] for a in healthy["actions"]] == [healthy_orphan]
+    assert healthy["actions"][0]["status"] == "deleted"
+    assert not pusher.exists("healthy", healthy_orphan)
+    assert "state unusable" not in healthy["stderr"]
+
+    doc, orphan = _orphan_after_second_run(tmp_path / "corrupt", registry, pusher, "app",
+                                           corrupt=True)
     assert "state unusable, running without it" in doc["stderr"]
-    # Without the state, the orphan is unknown: nothing is deleted.
+    # ... without it, the same orphan is unknown: nothing is deleted.
     assert doc["actions"] == []
-    assert pusher.exists("app", first.digest)
+    assert pusher.exists("app", orphan)
 
 
 def test_state_dir_that_is_a_file(tmp_path: Path):
