@@ -403,7 +403,11 @@ def test_deletions_are_counted_even_if_the_run_is_cancelled(tmp_path, registry, 
     async def go():
         task = asyncio.create_task(run_pass(setup, setup.policies, dry_run=False,
                                             state=State.memory(), metrics=metrics))
-        await asyncio.sleep(2.5)
+        # Cancel while the late DELETE is held by the proxy (the early one is done).
+        deadline = asyncio.get_running_loop().time() + 20
+        while proxy.count("DELETE", late.digest) == 0:
+            assert asyncio.get_running_loop().time() < deadline, "the late DELETE never came"
+            await asyncio.sleep(0.05)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
