@@ -115,3 +115,57 @@ def test_journal_records_deletions(tmp_path: Path):
     (entry,) = state.journal()
     assert entry["digest"] == "sha256:a" and json.loads(entry["tags"]) == ["pr-1"]
     assert state.known_digests("main", "app") == []  # deleted: no longer expected
+
+
+def test_schema_version_mismatch_falls_back_to_memory(tmp_path: Path, capsys):
+    import sqlite3
+
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1, tags=("v1",))), T0)
+    state.close()
+    db = sqlite3.connect(tmp_path / "retention.sqlite3")
+    db.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    reopened = State.open(tmp_path)
+    assert reopened.path is None  # a newer (or older) layout is not guessed at
+    assert reopened.known_digests("main", "app") == []
+    logged = capsys.readouterr()
+    assert "schema version 999" in logged.out + logged.err
+
+
+def _fail_inserts(state: State, table: str, when: str) -> None:
+    """A real SQLite failure in the middle of a transaction (as a full disk would give)."""
+    state._db.execute(f"CREATE TEMP TRIGGER fail BEFORE INSERT ON {table} WHEN {when} "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+
+
+def test_observe_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    two = Inventory("main", "h", (Repository("a", (Manifest("sha256:a", "x", 1, tags=("v1",)),)),
+                                  Repository("b", (Manifest("sha256:b", "x", 1),))), T0)
+    _fail_inserts(state, "manifests", "NEW.repository = 'b'")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.observe(two, T0)
+    # Repository a's rows were rolled back with b's: no half-observed scan.
+    assert state.known_digests("main", "a") == []
+    state._db.execute("DROP TRIGGER fail")
+    state.observe(two, T0)  # and the connection is usable again (no transaction left open)
+    assert state.known_digests("main", "a") == ["sha256:a"]
+
+
+def test_journal_begin_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    _fail_inserts(state, "journal_bodies", "1")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.journal_begin(at=T0, registry="main", repository="app", digest="sha256:a",
+                            tags=["pr-1"], policy="p", reason="r", media_type="x", body=b"{}")
+    assert state.journal() == []  # no row without the body it promises
