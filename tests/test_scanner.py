@@ -9,7 +9,7 @@ from retention.config import RegistrySettings
 from retention.registry.client import RegistryClient
 from retention.scanner import MemoryCache, Scanner
 from tests.pusher import Pusher
-from tests.servers import start_registry
+from tests.servers import Fault, start_registry
 
 
 def scan(url: str, **kwargs):
@@ -171,3 +171,32 @@ def test_referrers_api_where_the_registry_has_it():
         assert acr.count("GET", rf"/v2/app/referrers/{image}", status=200) == 1
     finally:
         acr.stop()
+
+
+def test_manifest_disappearing_mid_scan_is_left_out(registry, pusher: Pusher, proxy):
+    stays = pusher.image("app", "v1", created="2024-01-01T00:00:00Z", layers=(b"stays",))
+    goes = pusher.image("app", "v2", created="2024-01-01T00:00:00Z", layers=(b"goes",))
+    # Listed and HEADed, then deleted by someone else before its body is read.
+    proxy.inject(Fault("GET", rf"/v2/app/manifests/{goes.digest}", "status", status=404,
+                       times=10))
+    inv = scan(proxy.url)
+    (repo,) = inv.repositories
+    assert repo.error is None
+    assert {m.digest for m in repo.manifests} == {stays.digest}
+
+
+def test_access_denied_on_one_repository_fails_only_that_one(registry, pusher: Pusher, proxy):
+    import pytest
+
+    from retention.errors import AuthenticationError
+
+    pusher.image("open", "v1", created="2024-01-01T00:00:00Z")
+    pusher.image("closed", "v1", created="2024-01-01T00:00:00Z", layers=(b"closed",))
+    proxy.inject(Fault("GET", r"/v2/closed/tags/list", "status", status=403, times=10))
+    repos = {r.name: r for r in scan(proxy.url).repositories}
+    assert repos["open"].error is None and len(repos["open"].manifests) == 1
+    assert repos["closed"].error and repos["closed"].manifests == ()
+    # Every repository refused: the credentials are wrong, the scan as a whole fails.
+    proxy.inject(Fault("GET", r"/v2/open/tags/list", "status", status=403, times=10))
+    with pytest.raises(AuthenticationError):
+        scan(proxy.url)
