@@ -514,3 +514,18 @@ def on_request_after_scan(proxy: FaultProxy, action: Callable[[], None]) -> None
         return original(m, path)
 
     proxy._take_fault = hooked
+
+
+def test_no_delete_without_its_journal_entry(tmp_path, registry, pusher):
+    img = pusher.image("app", "pr-1", created=OLD, layers=(b"unjournaled",))
+    setup = load_setup(write_config(tmp_path, registry.url, policy=PR))
+    state = State.memory()
+    # A real SQLite failure (as a full disk gives) while journaling the body.
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON journal_bodies "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    result = asyncio.run(run_pass(setup, setup.policies, dry_run=False, state=state,
+                                  metrics=Metrics(CollectorRegistry())))
+    (outcome,) = result.report.outcomes.values()
+    assert outcome.status == "skipped" and "could not journal it" in outcome.reason
+    assert result.failed and "disk full" in str(result.report.errors[0])
+    assert pusher.exists("app", img.digest)
