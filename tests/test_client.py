@@ -300,6 +300,10 @@ def test_head_without_digest_reads_the_body(registry, pusher: Pusher, proxy):
     # ...and a manifest gone between that HEAD and the GET is gone, not an error.
     proxy.inject(Fault("GET", r"/manifests/v1", "status", status=404, times=10))
     assert call(settings(proxy.url), lambda c: c.head_manifest("app", "v1")) is None
+    proxy.faults.clear()
+    proxy.inject(Fault("HEAD", r"/manifests/v1", "status", status=500, times=10))
+    with pytest.raises(RegistryError):
+        call(settings(proxy.url), lambda c: c.head_manifest("app", "v1"), retry=FAST)
 
 
 def test_blob_whose_body_does_not_match_its_digest_is_an_error(registry, pusher: Pusher,
@@ -312,8 +316,9 @@ def test_blob_whose_body_does_not_match_its_digest_is_an_error(registry, pusher:
     # Too large to be a config: not read (None), whatever it is.
     assert call(settings(registry.url), lambda c: c.get_blob("app", digest, max_bytes=4)) \
         is None
-    proxy.inject(Fault("GET", rf"/blobs/{digest}", "status", status=403, times=10))
-    with pytest.raises(RegistryError):
+    proxy.faults.clear()
+    proxy.inject(Fault("GET", rf"/blobs/{digest}", "status", status=500, times=10))
+    with pytest.raises(RegistryError, match="500"):
         call(settings(proxy.url), lambda c: c.get_blob("app", digest), retry=FAST)
 
 

@@ -117,8 +117,10 @@ def test_journal_records_deletions(tmp_path: Path):
     assert state.known_digests("main", "app") == []  # deleted: no longer expected
 
 
-def test_schema_version_mismatch_falls_back_to_memory(tmp_path: Path, capsys):
+def test_schema_version_mismatch_falls_back_to_memory(tmp_path: Path):
     import sqlite3
+
+    import structlog
 
     state = State.open(tmp_path)
     state.observe(inventory(Manifest("sha256:a", "x", 1, tags=("v1",))), T0)
@@ -127,11 +129,12 @@ def test_schema_version_mismatch_falls_back_to_memory(tmp_path: Path, capsys):
     db.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
     db.commit()
     db.close()
-    reopened = State.open(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        reopened = State.open(tmp_path)
     assert reopened.path is None  # a newer (or older) layout is not guessed at
     assert reopened.known_digests("main", "app") == []
-    logged = capsys.readouterr()
-    assert "schema version 999" in logged.out + logged.err
+    (event,) = [e for e in logs if e["event"] == "state unusable, running without it"]
+    assert "schema version 999" in event["error"]
 
 
 def _fail_inserts(state: State, table: str, when: str) -> None:
@@ -169,3 +172,28 @@ def test_journal_begin_is_all_or_nothing(tmp_path: Path):
         state.journal_begin(at=T0, registry="main", repository="app", digest="sha256:a",
                             tags=["pr-1"], policy="p", reason="r", media_type="x", body=b"{}")
     assert state.journal() == []  # no row without the body it promises
+
+
+def test_journal_end_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1, tags=("pr-1",))), T0)
+    entry = state.journal_begin(at=T0, registry="main", repository="app", digest="sha256:a",
+                                tags=["pr-1"], policy="p", reason="r", media_type="x",
+                                body=b"{}")
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE DELETE ON manifests "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.journal_end(entry, status="deleted", bytes=10)
+    # Not "deleted" in the journal while the manifest's rows say it is still there.
+    assert [r["status"] for r in state.journal()] == ["deleting"]
+    assert state.known_digests("main", "app") == ["sha256:a"]
+    state._db.execute("DROP TRIGGER fail")
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE DELETE ON journal "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.prune_journal(T0 + timedelta(days=1))
+    assert len(state.journal()) == 1  # its body was not pruned without it
