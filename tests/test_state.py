@@ -197,3 +197,37 @@ def test_journal_end_is_all_or_nothing(tmp_path: Path):
     with pytest.raises(sqlite3.DatabaseError, match="disk full"):
         state.prune_journal(T0 + timedelta(days=1))
     assert len(state.journal()) == 1  # its body was not pruned without it
+
+
+def _journaled(state: State, digest: str, *, repository: str, policy: str) -> None:
+    entry = state.journal_begin(at=T0, registry="main", repository=repository, digest=digest,
+                                tags=["pr-1"], policy=policy, reason="r", media_type="x",
+                                body=b"{}")
+    state.journal_end(entry, status="deleted", bytes=1)
+
+
+def test_restore_selection_by_repository_and_policy_and_a_failed_restore(tmp_path: Path):
+    state = State.open(tmp_path)
+    _journaled(state, "sha256:a", repository="app", policy="p")
+    _journaled(state, "sha256:b", repository="app", policy="q")
+    _journaled(state, "sha256:c", repository="web", policy="p")
+    assert state.deletions_to_restore() == []  # nothing asked for: nothing selected
+    chosen = state.deletions_to_restore(repositories=[("main", "app")], policies=["p"])
+    assert [e.digest for e in chosen] == ["sha256:a"]
+    # A restore that failed leaves no `restored` mark: the next plan does not protect it.
+    restore = state.restore_begin(chosen[0], at=T0)
+    state.restore_end(restore, status="failed", detail="blobs gone", at=T0)
+    assert state.restored_marks() == frozenset()
+    assert [e.digest for e in state.deletions_to_restore(digests=["sha256:a"])] == ["sha256:a"]
+
+
+def test_facts_cached_before_attestations_are_read_again(tmp_path: Path):
+    state = State.open(tmp_path)
+    index = ManifestFacts("sha256:i", "application/vnd.oci.image.index.v1+json", 1,
+                          children=("sha256:c",))
+    state.put_facts(index)
+    assert state.get_facts("sha256:i") is not None
+    old = json.loads(state._db.execute("SELECT data FROM facts").fetchone()[0])
+    del old["attestations"]  # the layout of an older version
+    state._db.execute("UPDATE facts SET data=?", (json.dumps(old),))
+    assert state.get_facts("sha256:i") is None  # fetched again, not trusted undated
