@@ -246,7 +246,8 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     result = _pass(setup, policies, dry_run=dry_run)
     mode = "dry-run" if dry_run else "enforce"
     outcomes = result.report.outcomes
-    _print(to_json(result.plan, mode=mode, outcomes=outcomes) if args.output == "json" else
+    _print(to_json(result.plan, mode=mode, outcomes=outcomes,
+                   run_errors=result.report.errors) if args.output == "json" else
            to_table(result.plan, mode=mode, outcomes=outcomes), out)
     return FAILED if result.failed else OK
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retention.planner import FIRST_SEEN, Action, Decision, ManifestTime, Plan, PolicyPlan
+
+if TYPE_CHECKING:  # the executor imports this module
+    from retention.executor import RunError
 
 PLANNED, DELETED, FAILED, SKIPPED = "planned", "deleted", "failed", "skipped"
 
@@ -54,8 +57,8 @@ def _source(time: ManifestTime | None) -> str | None:
     return time.source if time is not None else None
 
 
-def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
-            ) -> dict[str, Any]:
+def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None,
+            run_errors: Iterable[RunError] = ()) -> dict[str, Any]:
     actions, protected, kept, errors, aborted = [], [], [], [], []
     counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
     reclaimed = 0
@@ -77,6 +80,10 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
         kept.extend(_decision_json(d) for d in p.kept)
         errors.extend({"policy": e.policy, "registry": e.registry, "repository": e.repository,
                        "message": e.message} for e in p.errors)
+    # What failed while applying the plan (e.g. deleting an emptied repository): the exit
+    # code is 1 for it, so the document says why.
+    errors.extend({"policy": None, "registry": e.registry, "repository": e.repository,
+                   "message": e.message} for e in run_errors)
     return {
         "mode": mode,
         "actions": actions,

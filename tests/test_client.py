@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -274,3 +277,109 @@ def test_link_header_to_another_host_is_refused():
     s = settings("https://registry.test", user=USER, password=PASSWORD)
     with pytest.raises(RegistryError, match="points away from the registry"):
         call(s, lambda c: c.catalog(), transport=httpx.MockTransport(handler))
+
+
+# -- odd answers: each one either read correctly or refused, never guessed ------------------
+
+
+def _rewrite(status: int | None = None, headers: dict | None = None, drop=(),
+             body: bytes | None = None):
+    def rewrite(method, path, s, h, b):
+        h = {k: v for k, v in h.items() if k.lower() not in drop}
+        return (status or s), {**h, **(headers or {})}, (b if body is None else body)
+    return rewrite
+
+
+def test_head_without_digest_reads_the_body(registry, pusher: Pusher, proxy):
+    img = pusher.image("app", "v1")
+    proxy.inject(Fault("HEAD", r"/manifests/v1", "rewrite", times=10,
+                       rewrite=_rewrite(drop=("docker-content-digest",))))
+    head = call(settings(proxy.url), lambda c: c.head_manifest("app", "v1"))
+    assert head is not None and head.digest == img.digest
+    assert proxy.count("GET", r"/manifests/v1") == 1  # the body, hashed here
+    # ...and a manifest gone between that HEAD and the GET is gone, not an error.
+    proxy.inject(Fault("GET", r"/manifests/v1", "status", status=404, times=10))
+    assert call(settings(proxy.url), lambda c: c.head_manifest("app", "v1")) is None
+    proxy.faults.clear()
+    proxy.inject(Fault("HEAD", r"/manifests/v1", "status", status=500, times=10))
+    with pytest.raises(RegistryError):
+        call(settings(proxy.url), lambda c: c.head_manifest("app", "v1"), retry=FAST)
+
+
+def test_blob_whose_body_does_not_match_its_digest_is_an_error(registry, pusher: Pusher,
+                                                                 proxy):
+    digest, _ = pusher.blob("app", b'{"config": 1}')
+    proxy.inject(Fault("GET", rf"/blobs/{digest}", "rewrite", times=10,
+                       rewrite=_rewrite(body=b'{"config": 2}')))
+    with pytest.raises(RegistryError, match="does not match its digest"):
+        call(settings(proxy.url), lambda c: c.get_blob("app", digest), retry=FAST)
+    # Too large to be a config: not read (None), whatever it is.
+    assert call(settings(registry.url), lambda c: c.get_blob("app", digest, max_bytes=4)) \
+        is None
+    proxy.faults.clear()
+    proxy.inject(Fault("GET", rf"/blobs/{digest}", "status", status=500, times=10))
+    with pytest.raises(RegistryError, match="500"):
+        call(settings(proxy.url), lambda c: c.get_blob("app", digest), retry=FAST)
+
+
+def test_retry_after_as_an_http_date(registry, pusher: Pusher, proxy):
+    from email.utils import format_datetime
+
+    pusher.image("app", "v1")
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=1), usegmt=True)
+    proxy.inject(Fault("GET", r"/tags/list", "status", status=503, times=1,
+                       headers={"Retry-After": soon}))
+    proxy.inject(Fault("GET", r"/tags/list", "status", status=503, times=1,
+                       headers={"Retry-After": "not a date"}))
+    started = time.monotonic()
+    assert call(settings(proxy.url), lambda c: c.tags("app"),
+                retry=RetryPolicy(attempts=4, base=0.01, cap=0.05)) == ["v1"]
+    assert 0.0 <= time.monotonic() - started < 5  # waited for the date, not for ever
+    assert proxy.count("GET", r"/tags/list") == 3
+
+
+def _referrers_api(pages: dict[str, tuple[list[str], str | None]]):
+    """distribution 2.8 has no referrers API: answer it as a registry with one would, one
+    page per request, with a Link to the next."""
+    def rewrite(method, path, status, headers, body):
+        page = "2" if "page=2" in path else "1"
+        digests, link = pages[page]
+        doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+               "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                              "digest": d, "size": 1} for d in digests]}
+        out = {"Content-Type": "application/vnd.oci.image.index.v1+json"}
+        if link:
+            out["Link"] = f'<{link}>; rel="next"'
+        return 200, out, json.dumps(doc).encode()
+    return rewrite
+
+
+def test_referrers_api_pages_and_errors(registry, pusher: Pusher, proxy):
+    img = pusher.image("app", "v1")
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    proxy.inject(Fault("GET", r"/referrers/", "rewrite", times=2, rewrite=_referrers_api({
+        "1": ([a], f"/v2/app/referrers/{img.digest}?page=2"), "2": ([b], None)})))
+    assert call(settings(proxy.url), lambda c: c.referrers("app", img.digest)) == [a, b]
+
+    proxy.inject(Fault("GET", r"/referrers/", "rewrite", times=1, rewrite=_rewrite(
+        status=200, headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+        body=b"[1, 2]")))
+    with pytest.raises(RegistryError, match="not an OCI index"):
+        call(settings(proxy.url), lambda c: c.referrers("app", img.digest))
+
+    proxy.inject(Fault("GET", r"/referrers/", "status", status=500, times=10))
+    with pytest.raises(RegistryError):
+        call(settings(proxy.url), lambda c: c.referrers("app", img.digest), retry=FAST)
+
+
+def test_ping_refused_is_an_error(registry, proxy):
+    proxy.inject(Fault("GET", r"^/v2/$", "status", status=500, times=10))
+    with pytest.raises(RegistryError):
+        call(settings(proxy.url), lambda c: c.ping(), retry=FAST)
+
+
+def test_null_tags_list_is_empty(registry, pusher: Pusher, proxy):
+    pusher.image("app", "v1")
+    proxy.inject(Fault("GET", r"/tags/list", "rewrite", times=1,
+                       rewrite=_rewrite(body=b'{"name": "app", "tags": null}')))
+    assert call(settings(proxy.url), lambda c: c.tags("app")) == []

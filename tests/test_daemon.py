@@ -216,6 +216,49 @@ def test_stop_lets_the_run_in_flight_finish(tmp_path: Path, registry, pusher: Pu
     assert runs_by_outcome(daemon) == {"success": 1.0}  # finished, not cancelled
 
 
+def test_stop_mid_run_finishes_the_delete_in_flight_and_starts_no_other(
+        tmp_path: Path, registry, pusher: Pusher, proxy):
+    import threading
+
+    from tests.servers import Fault
+
+    images = [pusher.image("app", f"pr-{i}", created="2024-01-01T00:00:00Z",
+                           layers=(f"layer {i}".encode(),)) for i in range(4)]
+    in_flight, release = threading.Event(), threading.Event()
+
+    def hold(method: str, path: str) -> None:
+        in_flight.set()  # the first DELETE has reached the registry's door
+        release.wait(20)
+
+    proxy.inject(Fault("DELETE", r"/v2/app/manifests/", "hook", hook=hold))
+    config = write_config(tmp_path, proxy.url, extra="listen: 127.0.0.1:0")
+
+    async def scenario():
+        daemon = Daemon(config, options=every_second(ping_interval=60))
+        task = asyncio.create_task(daemon.run())
+
+        async def deleting():
+            return in_flight.is_set()
+
+        async def told_to_stop():
+            return daemon.stop_deleting.is_set()
+
+        await wait_for(deleting)
+        daemon.stopping.set()  # what SIGTERM does, while one DELETE is in flight
+        await wait_for(told_to_stop)
+        release.set()
+        assert await task == 0
+        return daemon
+
+    daemon = asyncio.run(scenario())
+    assert proxy.count("DELETE", r"/v2/app/manifests/") == 1
+    gone = [i for i in images if not pusher.exists("app", i.digest)]
+    assert len(gone) == 1  # the DELETE in flight finished; no other was started
+    deleted = daemon.metrics.manifests_deleted.labels(registry="main", policy="orphans")
+    assert deleted._value.get() == 1
+    assert runs_by_outcome(daemon) == {"failure": 1.0}  # the rest was not attempted
+
+
 def test_runs_of_one_policy_never_overlap(tmp_path: Path, registry, pusher: Pusher, proxy):
     # Every run takes ~2.5 s; the trigger fires every second.
     config = slow_registry(tmp_path, pusher, proxy, seconds=2.5, times=100)

@@ -403,7 +403,11 @@ def test_deletions_are_counted_even_if_the_run_is_cancelled(tmp_path, registry, 
     async def go():
         task = asyncio.create_task(run_pass(setup, setup.policies, dry_run=False,
                                             state=State.memory(), metrics=metrics))
-        await asyncio.sleep(2.5)
+        # Cancel while the late DELETE is held by the proxy (the early one is done).
+        deadline = asyncio.get_running_loop().time() + 20
+        while proxy.count("DELETE", late.digest) == 0:
+            assert asyncio.get_running_loop().time() < deadline, "the late DELETE never came"
+            await asyncio.sleep(0.05)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -432,3 +436,96 @@ delete: [{tags: ["pr-*"]}]
     said = {name_of(a.digest) for a in b.actions} | {name_of(d.digest) for d in
                                                       (*b.protected, *b.kept)}
     assert said == {"x", "y"}, (said, b)
+
+
+# -- the re-read before a DELETE: tags that vanish, newcomers that cannot be read ----------
+
+
+def test_tag_vanishing_during_the_reread_is_not_a_change_of_others(tmp_path, registry,
+                                                                    pusher, proxy):
+    doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"doomed",))
+    other = pusher.image("app", "v1", created=OLD, layers=(b"other",))
+    # The scan reads v1; by the re-read it is gone (deleted between listing and HEAD).
+    proxy.inject(Fault("HEAD", r"/v2/app/manifests/v1$", "status", status=404, skip=1,
+                       times=100))
+    code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR)),
+                       "--output", "json")
+    assert code == 0, doc
+    assert deleted_digests(doc) == {doomed.digest}
+    assert pusher.exists("app", other.digest)
+
+
+def test_newcomer_gone_before_it_is_read_is_only_known_by_its_tags(tmp_path, registry,
+                                                                    pusher, proxy):
+    doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"doomed",))
+    newcomer: list[Pushed] = []
+
+    def push_and_hide() -> None:
+        newcomer.append(pusher.image("app", "v2", created=OLD, layers=(b"new",)))
+        # Deleted again before retention reads it: a 404 on its GET.
+        proxy.inject(Fault("GET", rf"/v2/app/manifests/{newcomer[0].digest}", "status",
+                           status=404, times=100))
+
+    on_request_after_scan(proxy, push_and_hide)
+    code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR)),
+                       "--output", "json")
+    # Its tag v2 names no subject and nothing else links it to pr-1: pr-1 goes.
+    assert code == 0, doc
+    assert deleted_digests(doc) == {doomed.digest}
+    assert newcomer and pusher.exists("app", newcomer[0].digest)
+
+
+def test_unparseable_newcomer_keeps_everything_it_might_reference(tmp_path):
+    from tests.servers import start_registry
+    from tests.test_reading import _skopeo_schema1
+
+    reg = start_registry(tmp_path / "registry", schema1=True)
+    proxy = FaultProxy(reg.url)
+    proxy.url = proxy.start()
+    try:
+        pusher = Pusher(reg.url)
+        doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"doomed",))
+        on_request_after_scan(proxy, lambda: _skopeo_schema1(tmp_path, reg.host, "app",
+                                                             "legacy"))
+        code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url,
+                                                                policy=PR)),
+                           "--output", "json")
+        assert code == 0, doc
+        (action,) = doc["actions"]
+        assert action["status"] == "skipped" and "changed" in action["reason"], action
+        assert pusher.exists("app", doomed.digest)
+        pusher.close()
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+def on_request_after_scan(proxy: FaultProxy, action: Callable[[], None]) -> None:
+    """Run ``action`` as the executor re-reads the repository's tags (the second
+    tags/list): something pushed after the plan, before the DELETE."""
+    original = proxy._take_fault
+    seen = {"n": 0}
+
+    def hooked(m: str, path: str):
+        if m == "GET" and "/tags/list" in path:
+            seen["n"] += 1
+            if seen["n"] == 2:
+                action()
+        return original(m, path)
+
+    proxy._take_fault = hooked
+
+
+def test_no_delete_without_its_journal_entry(tmp_path, registry, pusher):
+    img = pusher.image("app", "pr-1", created=OLD, layers=(b"unjournaled",))
+    setup = load_setup(write_config(tmp_path, registry.url, policy=PR))
+    state = State.memory()
+    # A real SQLite failure (as a full disk gives) while journaling the body.
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON journal_bodies "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    result = asyncio.run(run_pass(setup, setup.policies, dry_run=False, state=state,
+                                  metrics=Metrics(CollectorRegistry())))
+    (outcome,) = result.report.outcomes.values()
+    assert outcome.status == "skipped" and "could not journal it" in outcome.reason
+    assert result.failed and "disk full" in str(result.report.errors[0])
+    assert pusher.exists("app", img.digest)

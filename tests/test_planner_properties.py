@@ -9,11 +9,11 @@ import os
 import random
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 
 from retention.allowlist import Allowlist, Pin
-from retention.inventory import Inventory, Manifest, Repository
+from retention.inventory import Blob, Inventory, Manifest, Repository
 from retention.patterns import compile_pattern
 from retention.planner import Options, plan
 from retention.policy import policies_from_text
@@ -43,39 +43,51 @@ def _seen(days) -> datetime | None:
     return None if days is None else NOW - timedelta(days=days)
 
 
+# A pool of layers shared by every manifest of both repositories: deleting one image frees
+# only the layers no surviving manifest (in any repository) still references.
+LAYERS = [(dg(f"layer-{i}"), 1000 * (i + 1)) for i in range(8)]
+
+
 @st.composite
 def repositories(draw, name: str) -> Repository:
-    n = draw(st.integers(1, 10))
+    n = draw(st.integers(2, 10))
     names = [f"{name}-m{i}" for i in range(n)]
-    owners = {t: draw(st.sampled_from([None, *range(n)])) for t in TAGS}
+    # Most tags land on some manifest, several per manifest now and then.
+    owners = {t: draw(st.sampled_from([None, *range(n), *range(n)])) for t in TAGS}
     manifests = []
     for i, mname in enumerate(names):
         tags = tuple(sorted(t for t, o in owners.items() if o == i))
         is_index = i > 0 and draw(st.booleans())
         children = tuple(dg(names[j]) for j in
-                         draw(st.sets(st.integers(0, i - 1), max_size=3))) if is_index else ()
+                         draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=3))
+                         ) if is_index else ()
+        if is_index and draw(st.integers(0, 3)) == 0:
+            children += (dg(f"{mname}-missing-child"),)  # listed, never pushed (or gone)
         subject = None
-        if draw(st.integers(0, 4)) == 0:
+        if draw(st.integers(0, 3)) == 0:
             subject = dg(draw(st.sampled_from([*names, "missing"])))
             if subject == dg(mname):
                 subject = None
         when = draw(st.sampled_from(TIMES))
         created = _time(draw, when)
-        untagged = draw(st.sampled_from([None, 0, 0.5, 2, 30]))
+        untagged = draw(st.sampled_from([None, 0, 0.5, 2, 30, 30, 30]))
         seen = draw(st.sampled_from(SEEN))
         attestations: tuple[str, ...] = ()
         if is_index and draw(st.booleans()):
             # A BuildKit attestation: untagged, undated, referenced by this index only.
             att = Manifest(digest=dg(f"{mname}-att"), media_type=OCI, size=10,
+                           blobs=(Blob(*LAYERS[draw(st.integers(0, 7))]),),
                            first_seen=_seen(draw(st.sampled_from(SEEN))),
                            untagged_since=NOW - timedelta(days=30))
             manifests.append(att)
             attestations = (att.digest,)
+        layers = () if is_index else tuple(
+            Blob(*LAYERS[j]) for j in draw(st.sets(st.integers(0, 7), min_size=1, max_size=3)))
         manifests.append(Manifest(
             digest=dg(mname), media_type=OCI,
-            size=100, tags=tags, created=None if is_index else created,
-            blobs=(), children=children + attestations, subject=subject,
-            locked=draw(st.integers(0, 9)) == 0, parsed=draw(st.integers(0, 14)) != 0,
+            size=100 + i, tags=tags, created=None if is_index else created,
+            blobs=layers, children=children + attestations, subject=subject,
+            locked=draw(st.integers(0, 19)) == 0, parsed=draw(st.integers(0, 19)) != 0,
             untagged_since=None if untagged is None else NOW - timedelta(days=untagged),
             attestations=attestations, first_seen=_seen(seen),
             annotated=_time(draw, draw(st.sampled_from(TIMES))) if draw(st.booleans())
@@ -84,12 +96,13 @@ def repositories(draw, name: str) -> Repository:
     return Repository(name, tuple(manifests))
 
 
+INCLUDES = [["**"], ["ci/**"], ["ci/a"], ["ci/b"]]
+
+
 @st.composite
-def scenarios(draw):
-    repos = (draw(repositories("ci/a")), draw(repositories("ci/b")))
-    inventory = Inventory("main", "reg.test", repos, NOW)
+def policy_specs(draw, name: str) -> dict:
     keep_lines, delete_lines = [], []
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2]))):
         rule = {}
         if draw(st.booleans()):
             rule["tags"] = draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=2))
@@ -104,11 +117,56 @@ def scenarios(draw):
         if draw(st.booleans()):
             rule["older_than"] = draw(st.sampled_from(DURATIONS))
         delete_lines.append(rule)
-    text = json.dumps({"name": "p", "repositories": {"include": ["**"]},
-                       "keep": keep_lines, "delete": delete_lines})
+    if draw(st.integers(0, 3)) != 0:  # a broad rule, so that most examples delete something
+        delete_lines.append(draw(st.sampled_from([{"tags": ["*"]}, {"untagged": True},
+                                                  {"tags": ["*"], "older_than": "7d"}])))
+    return {"name": name, "repositories": {"include": draw(st.sampled_from(INCLUDES))},
+            "keep": keep_lines, "delete": delete_lines}
+
+
+@st.composite
+def scenarios(draw):
+    """(inventory, policy text, policies as dicts, allowlist): one to three policies,
+    overlapping or not, over two repositories that share layers."""
+    repos = (draw(repositories("ci/a")), draw(repositories("ci/b")))
+    inventory = Inventory("main", "reg.test", repos, NOW)
+    specs = [draw(policy_specs(f"p{i}")) for i in range(draw(st.sampled_from([1, 1, 2, 3])))]
+    text = "\n---\n".join(json.dumps(spec) for spec in specs)
     all_digests = sorted(m.digest for r in repos for m in r.manifests)
-    pins = draw(st.sets(st.sampled_from(all_digests), max_size=3))
-    return inventory, text, keep_lines, delete_lines, Allowlist.of(Pin(d) for d in pins)
+    pins = draw(st.sets(st.sampled_from(all_digests), max_size=2))
+    return inventory, text, specs, Allowlist.of(Pin(d) for d in pins)
+
+
+def covering(specs: list[dict], repository: str) -> list[dict]:
+    """The policies whose include patterns select ``repository``."""
+    return [s for s in specs
+            if matches_any(s["repositories"]["include"], repository)]
+
+
+def describe(inventory: Inventory, specs: list[dict], p) -> None:
+    """What this example exercises (pytest --hypothesis-show-statistics shows the shares)."""
+    event("policies: " + str(len(specs)))
+    event("deletions: " + ("none" if not p.actions else "some"))
+    # Steer the search towards plans that delete much and cascade.
+    target(float(len(p.actions)), label="deletions")
+    target(float(sum(a.cascade_of is not None for a in p.actions)), label="cascades")
+    if any(a.cascade_of is not None for a in p.actions):
+        event("a cascade")
+    gone = {(a.repository, a.digest) for a in p.actions}
+    counts: dict[str, int] = {}
+    for r in inventory.repositories:
+        for m in r.manifests:
+            for b in m.blobs:
+                counts[b.digest] = counts.get(b.digest, 0) + 1
+    shared_kept = any(counts[b.digest] > 1 and (r.name, m.digest) in gone
+                      for r in inventory.repositories for m in r.manifests for b in m.blobs
+                      if any(b in o.blobs and (rr.name, o.digest) not in gone
+                             for rr in inventory.repositories for o in rr.manifests))
+    if shared_kept:
+        event("a deleted manifest shares a layer with a survivor")
+    if any(c not in {x.digest for x in r.manifests}
+           for r in inventory.repositories for m in r.manifests for c in m.children):
+        event("an index with a missing child")
 
 
 def run(inventory, text, allowlist):
@@ -204,13 +262,15 @@ def pinned_closure(repo: Repository, allowlist: Allowlist) -> set[str]:
 @PROPERTY
 @given(scenarios())
 def test_nothing_protected_is_ever_deleted(scenario):
-    inventory, text, keep_lines, _delete_lines, allowlist = scenario
+    inventory, text, specs, allowlist = scenario
     p = run(inventory, text, allowlist)
+    describe(inventory, specs, p)
     deleted = {(a.repository, a.digest) for a in p.actions}
     for repo in inventory.repositories:
         gone = {d for r, d in deleted if r == repo.name}
         pinned = pinned_closure(repo, allowlist)
-        kept = ref_kept(repo, keep_lines)
+        # Policies are settled together: what any policy keeps survives for all of them.
+        kept = set().union(*(ref_kept(repo, s["keep"]) for s in covering(specs, repo.name)))
         by = {m.digest: m for m in repo.manifests}
         for digest in gone:
             m = by[digest]
@@ -234,9 +294,10 @@ def test_nothing_protected_is_ever_deleted(scenario):
 @PROPERTY
 @given(scenarios())
 def test_tag_outside_every_delete_pattern_is_never_deleted(scenario):
-    inventory, text, _keep, delete_lines, allowlist = scenario
-    patterns = [p for rule in delete_lines for p in rule.get("tags", [])]
+    inventory, text, specs, allowlist = scenario
+    patterns = [p for s in specs for rule in s["delete"] for p in rule.get("tags", [])]
     p = run(inventory, text, allowlist)
+    describe(inventory, specs, p)
     by = {(r.name, m.digest): m for r in inventory.repositories for m in r.manifests}
     for a in p.actions:
         for tag in by[(a.repository, a.digest)].tags:
@@ -246,21 +307,23 @@ def test_tag_outside_every_delete_pattern_is_never_deleted(scenario):
 @PROPERTY
 @given(scenarios())
 def test_unknown_time_never_leads_to_deletion_by_age(scenario):
-    inventory, text, _keep, delete_lines, allowlist = scenario
+    inventory, text, specs, allowlist = scenario
     p = run(inventory, text, allowlist)
+    describe(inventory, specs, p)
     repos = {r.name: r for r in inventory.repositories}
+    delete_lines = {s["name"]: s["delete"] for s in specs}
     for a in p.actions:
         if a.cascade_of is not None:
             continue
         number = int(a.reason.split()[2].rstrip(":"))
-        if "older_than" in delete_lines[number - 1]:
+        if "older_than" in delete_lines[a.policy][number - 1]:
             assert ref_time(repos[a.repository], a.digest) is not None
 
 
 @PROPERTY
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_plan_does_not_depend_on_listing_order(scenario, rnd: random.Random):
-    inventory, text, _keep, _delete, allowlist = scenario
+    inventory, text, _specs, allowlist = scenario
     shuffled_repos = []
     for repo in inventory.repositories:
         manifests = list(repo.manifests)
@@ -273,18 +336,41 @@ def test_plan_does_not_depend_on_listing_order(scenario, rnd: random.Random):
     assert a == b
 
 
+def gc_frees(inventory: Inventory, gone: set[tuple[str, str]]) -> int:
+    """A garbage collector's mark and sweep, written independently of the planner: mark
+    every blob (manifest body, config, layers) that a surviving manifest anywhere in the
+    registry references, then sum the sizes of the unmarked blobs the deleted ones held."""
+    marked: set[str] = set()
+    for repo in inventory.repositories:
+        for m in repo.manifests:
+            if (repo.name, m.digest) not in gone:
+                marked |= {m.digest, *(b.digest for b in m.blobs)}
+    swept: dict[str, int] = {}
+    for repo in inventory.repositories:
+        for m in repo.manifests:
+            if (repo.name, m.digest) in gone:
+                swept[m.digest] = m.size
+                swept.update((b.digest, b.size) for b in m.blobs)
+    return sum(size for digest, size in swept.items() if digest not in marked)
+
+
 @PROPERTY
 @given(scenarios())
-def test_cascades_follow_their_cause_and_bytes_add_up(scenario):
-    inventory, text, _keep, _delete, allowlist = scenario
+def test_cascades_follow_their_cause_and_bytes_are_what_a_gc_frees(scenario):
+    inventory, text, specs, allowlist = scenario
     p = run(inventory, text, allowlist)
+    describe(inventory, specs, p)
     seen: set[tuple[str, str]] = set()
     for a in p.actions:
         if a.cascade_of is not None:
             assert (a.repository, a.cascade_of) in seen, "cascade before its cause"
         seen.add((a.repository, a.digest))
     assert len(seen) == len(p.actions), "a manifest deleted twice"
-    assert sum(a.bytes for a in p.actions) == p.reclaimable_bytes
+    assert p.reclaimable_bytes == gc_frees(inventory, seen)
+    by = {(r.name, m.digest): m for r in inventory.repositories for m in r.manifests}
+    for a in p.actions:  # an action is credited only with blobs it references itself
+        m = by[(a.repository, a.digest)]
+        assert 0 <= a.bytes <= m.size + sum(b.size for b in m.blobs)
 
 
 def acr_shaped(inventory: Inventory) -> Inventory:
@@ -311,7 +397,7 @@ def acr_shaped(inventory: Inventory) -> Inventory:
 @given(scenarios())
 def test_acr_shaped_inventory_plans_the_same(scenario):
     """The planner's scenario space, run on ACR-shaped inventories: same decisions."""
-    inventory, text, _keep, _delete, allowlist = scenario
+    inventory, text, _specs, allowlist = scenario
     oci = to_json(run(inventory, text, allowlist), mode="dry-run")
     acr = to_json(run(acr_shaped(inventory), text, allowlist), mode="dry-run")
     for doc in (oci, acr):  # the same times, from another source

@@ -9,6 +9,7 @@ from retention.config import RegistrySettings
 from retention.registry.client import RegistryClient
 from retention.scanner import MemoryCache, Scanner
 from tests.pusher import Pusher
+from tests.servers import Fault, start_registry
 
 
 def scan(url: str, **kwargs):
@@ -72,18 +73,32 @@ def test_cosign_and_oci_referrers(registry, pusher: Pusher):
     assert fallback.children == (sbom.digest,)
 
 
-def test_schema1_and_garbage_marked_unparsed(registry, pusher: Pusher):
-    # distribution 2.8 refuses schema-1 pushes, so an OCI manifest with an unknown
-    # mediaType stands in for "a manifest the client cannot parse".
-    good = pusher.image("odd", "ok", created="2024-01-01T00:00:00Z")
-    cfg = pusher.blob("odd", b'{"x": 1}')
-    weird = pusher.manifest("odd", "weird", {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.example.config", "digest": cfg[0],
-                   "size": cfg[1]}, "layers": [], "unexpected": True,
-    }, "application/vnd.oci.image.manifest.v1+json")
-    inv = scan(registry.url)
+def test_schema1_and_garbage_marked_unparsed(tmp_path):
+    # A registry that accepts schema 1 (distribution 2.8 refuses its push unless told to),
+    # skopeo writing a real signed schema-1 manifest: the parser rejects it, and the
+    # scanner's unparsed path (the only source of `unknown-media-type`) must mark it so.
+    from tests.test_reading import _skopeo_schema1
+
+    reg = start_registry(tmp_path / "registry", schema1=True)
+    try:
+        _skopeo_schema1(tmp_path, reg.host, "odd", "legacy")
+        odd = Pusher(reg.url)
+        good = odd.image("odd", "ok", created="2024-01-01T00:00:00Z")
+        cfg = odd.blob("odd", b'{"x": 1}')
+        weird = odd.manifest("odd", "weird", {
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.example.config", "digest": cfg[0],
+                       "size": cfg[1]}, "layers": [], "unexpected": True,
+        }, "application/vnd.oci.image.manifest.v1+json")
+        odd.close()
+        inv = scan(reg.url)
+    finally:
+        reg.stop()
     ms = {m.digest: m for m in inv.repositories[0].manifests}
+    (legacy,) = [m for m in ms.values() if m.tags == ("legacy",)]
+    assert not legacy.parsed
+    assert legacy.media_type.startswith("application/vnd.docker.distribution.manifest.v1")
+    assert legacy.blobs == () and legacy.children == ()  # nothing guessed from it
     assert ms[good.digest].parsed
     assert ms[weird.digest].parsed  # unknown fields are fine; the shape is an image
     assert ms[weird.digest].artifact_type == "application/vnd.example.config"
@@ -156,3 +171,32 @@ def test_referrers_api_where_the_registry_has_it():
         assert acr.count("GET", rf"/v2/app/referrers/{image}", status=200) == 1
     finally:
         acr.stop()
+
+
+def test_manifest_disappearing_mid_scan_is_left_out(registry, pusher: Pusher, proxy):
+    stays = pusher.image("app", "v1", created="2024-01-01T00:00:00Z", layers=(b"stays",))
+    goes = pusher.image("app", "v2", created="2024-01-01T00:00:00Z", layers=(b"goes",))
+    # Listed and HEADed, then deleted by someone else before its body is read.
+    proxy.inject(Fault("GET", rf"/v2/app/manifests/{goes.digest}", "status", status=404,
+                       times=10))
+    inv = scan(proxy.url)
+    (repo,) = inv.repositories
+    assert repo.error is None
+    assert {m.digest for m in repo.manifests} == {stays.digest}
+
+
+def test_access_denied_on_one_repository_fails_only_that_one(registry, pusher: Pusher, proxy):
+    import pytest
+
+    from retention.errors import AuthenticationError
+
+    pusher.image("open", "v1", created="2024-01-01T00:00:00Z")
+    pusher.image("closed", "v1", created="2024-01-01T00:00:00Z", layers=(b"closed",))
+    proxy.inject(Fault("GET", r"/v2/closed/tags/list", "status", status=403, times=10))
+    repos = {r.name: r for r in scan(proxy.url).repositories}
+    assert repos["open"].error is None and len(repos["open"].manifests) == 1
+    assert repos["closed"].error and repos["closed"].manifests == ()
+    # Every repository refused: the credentials are wrong, the scan as a whole fails.
+    proxy.inject(Fault("GET", r"/v2/open/tags/list", "status", status=403, times=10))
+    with pytest.raises(AuthenticationError):
+        scan(proxy.url)

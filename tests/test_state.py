@@ -52,14 +52,18 @@ def test_facts_round_trip(tmp_path: Path):
     assert State.open(tmp_path).get_facts("sha256:a") == facts
 
 
-def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
-                                                             pusher: Pusher):
-    first = pusher.image("app", "latest", created="2024-01-01T00:00:00Z", layers=(b"1",))
-    (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["**"]}\n'
+def _orphan_after_second_run(tmp_path: Path, registry, pusher: Pusher, repo: str, *,
+                             corrupt: bool) -> tuple[dict, str]:
+    """Pushes repo:latest, runs once (the state remembers latest -> first), re-pushes
+    latest (first becomes an orphan distribution cannot list), optionally corrupts the
+    database, runs again. ``untagged_grace: 0s``: only the state decides the orphan's fate."""
+    first = pusher.image(repo, "latest", created="2024-01-01T00:00:00Z", layers=(repo.encode(),))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "p.yaml").write_text(f'name: p\nrepositories: {{include: ["{repo}"]}}\n'
                                      'delete: [{untagged: true}]\n')
     config = tmp_path / "retention.yaml"
     config.write_text(f"registries:\n  main: {{url: '{registry.url}'}}\npolicies: p.yaml\n"
-                      "state_dir: state\nmode: enforce\nuntagged_grace: 1h\n")
+                      "state_dir: state\nmode: enforce\nuntagged_grace: 0s\n")
 
     def run() -> dict:
         out, err = io.StringIO(), io.StringIO()
@@ -67,17 +71,32 @@ def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, reg
                     stderr=err) == 0, err.getvalue()
         return json.loads(out.getvalue()) | {"stderr": err.getvalue()}
 
-    run()  # remembers app:latest -> first
-    pusher.image("app", "latest", created="2024-02-01T00:00:00Z", layers=(b"2",))
-    db = tmp_path / "state" / "retention.sqlite3"
-    for suffix in ("-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    db.write_bytes(b"this is not a database" * 100)
-    doc = run()
+    assert run()["actions"] == []  # remembers latest -> first
+    pusher.image(repo, "latest", created="2024-02-01T00:00:00Z", layers=(b"2" + repo.encode(),))
+    if corrupt:
+        db = tmp_path / "state" / "retention.sqlite3"
+        for suffix in ("-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        db.write_bytes(b"this is not a database" * 100)
+    return run(), first.digest
+
+
+def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
+                                                             pusher: Pusher):
+    healthy, healthy_orphan = _orphan_after_second_run(tmp_path / "healthy", registry, pusher,
+                                                       "healthy", corrupt=False)
+    # With its state, the run finds the orphan by its remembered digest and deletes it ...
+    assert [a["digest"] for a in healthy["actions"]] == [healthy_orphan]
+    assert healthy["actions"][0]["status"] == "deleted"
+    assert not pusher.exists("healthy", healthy_orphan)
+    assert "state unusable" not in healthy["stderr"]
+
+    doc, orphan = _orphan_after_second_run(tmp_path / "corrupt", registry, pusher, "app",
+                                           corrupt=True)
     assert "state unusable, running without it" in doc["stderr"]
-    # Without the state, the orphan is unknown: nothing is deleted.
+    # ... without it, the same orphan is unknown: nothing is deleted.
     assert doc["actions"] == []
-    assert pusher.exists("app", first.digest)
+    assert pusher.exists("app", orphan)
 
 
 def test_state_dir_that_is_a_file(tmp_path: Path):
@@ -96,3 +115,119 @@ def test_journal_records_deletions(tmp_path: Path):
     (entry,) = state.journal()
     assert entry["digest"] == "sha256:a" and json.loads(entry["tags"]) == ["pr-1"]
     assert state.known_digests("main", "app") == []  # deleted: no longer expected
+
+
+def test_schema_version_mismatch_falls_back_to_memory(tmp_path: Path):
+    import sqlite3
+
+    import structlog
+
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1, tags=("v1",))), T0)
+    state.close()
+    db = sqlite3.connect(tmp_path / "retention.sqlite3")
+    db.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with structlog.testing.capture_logs() as logs:
+        reopened = State.open(tmp_path)
+    assert reopened.path is None  # a newer (or older) layout is not guessed at
+    assert reopened.known_digests("main", "app") == []
+    (event,) = [e for e in logs if e["event"] == "state unusable, running without it"]
+    assert "schema version 999" in event["error"]
+
+
+def _fail_inserts(state: State, table: str, when: str) -> None:
+    """A real SQLite failure in the middle of a transaction (as a full disk would give)."""
+    state._db.execute(f"CREATE TEMP TRIGGER fail BEFORE INSERT ON {table} WHEN {when} "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+
+
+def test_observe_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    two = Inventory("main", "h", (Repository("a", (Manifest("sha256:a", "x", 1, tags=("v1",)),)),
+                                  Repository("b", (Manifest("sha256:b", "x", 1),))), T0)
+    _fail_inserts(state, "manifests", "NEW.repository = 'b'")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.observe(two, T0)
+    # Repository a's rows were rolled back with b's: no half-observed scan.
+    assert state.known_digests("main", "a") == []
+    state._db.execute("DROP TRIGGER fail")
+    state.observe(two, T0)  # and the connection is usable again (no transaction left open)
+    assert state.known_digests("main", "a") == ["sha256:a"]
+
+
+def test_journal_begin_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    _fail_inserts(state, "journal_bodies", "1")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.journal_begin(at=T0, registry="main", repository="app", digest="sha256:a",
+                            tags=["pr-1"], policy="p", reason="r", media_type="x", body=b"{}")
+    assert state.journal() == []  # no row without the body it promises
+
+
+def test_journal_end_is_all_or_nothing(tmp_path: Path):
+    import sqlite3
+
+    import pytest
+
+    state = State.open(tmp_path)
+    state.observe(inventory(Manifest("sha256:a", "x", 1, tags=("pr-1",))), T0)
+    entry = state.journal_begin(at=T0, registry="main", repository="app", digest="sha256:a",
+                                tags=["pr-1"], policy="p", reason="r", media_type="x",
+                                body=b"{}")
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE DELETE ON manifests "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.journal_end(entry, status="deleted", bytes=10)
+    # Not "deleted" in the journal while the manifest's rows say it is still there.
+    assert [r["status"] for r in state.journal()] == ["deleting"]
+    assert state.known_digests("main", "app") == ["sha256:a"]
+    state._db.execute("DROP TRIGGER fail")
+    state._db.execute("CREATE TEMP TRIGGER fail BEFORE DELETE ON journal "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        state.prune_journal(T0 + timedelta(days=1))
+    assert len(state.journal()) == 1  # its body was not pruned without it
+
+
+def _journaled(state: State, digest: str, *, repository: str, policy: str) -> None:
+    entry = state.journal_begin(at=T0, registry="main", repository=repository, digest=digest,
+                                tags=["pr-1"], policy=policy, reason="r", media_type="x",
+                                body=b"{}")
+    state.journal_end(entry, status="deleted", bytes=1)
+
+
+def test_restore_selection_by_repository_and_policy_and_a_failed_restore(tmp_path: Path):
+    state = State.open(tmp_path)
+    _journaled(state, "sha256:a", repository="app", policy="p")
+    _journaled(state, "sha256:b", repository="app", policy="q")
+    _journaled(state, "sha256:c", repository="web", policy="p")
+    assert state.deletions_to_restore() == []  # nothing asked for: nothing selected
+    chosen = state.deletions_to_restore(repositories=[("main", "app")], policies=["p"])
+    assert [e.digest for e in chosen] == ["sha256:a"]
+    # A restore that failed leaves no `restored` mark: the next plan does not protect it.
+    restore = state.restore_begin(chosen[0], at=T0)
+    state.restore_end(restore, status="failed", detail="blobs gone", at=T0)
+    assert state.restored_marks() == frozenset()
+    assert [e.digest for e in state.deletions_to_restore(digests=["sha256:a"])] == ["sha256:a"]
+
+
+def test_facts_cached_before_attestations_are_read_again(tmp_path: Path):
+    state = State.open(tmp_path)
+    index = ManifestFacts("sha256:i", "application/vnd.oci.image.index.v1+json", 1,
+                          children=("sha256:c",))
+    state.put_facts(index)
+    assert state.get_facts("sha256:i") is not None
+    old = json.loads(state._db.execute("SELECT data FROM facts").fetchone()[0])
+    del old["attestations"]  # the layout of an older version
+    state._db.execute("UPDATE facts SET data=?", (json.dumps(old),))
+    assert state.get_facts("sha256:i") is None  # fetched again, not trusted undated
