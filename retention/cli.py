@@ -248,7 +248,8 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     outcomes = result.report.outcomes
     _print(to_json(result.plan, mode=mode, outcomes=outcomes,
                    run_errors=result.report.errors) if args.output == "json" else
-           to_table(result.plan, mode=mode, outcomes=outcomes), out)
+           to_table(result.plan, mode=mode, outcomes=outcomes,
+                    run_errors=result.report.errors), out)
     return FAILED if result.failed else OK
 
 

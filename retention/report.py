@@ -155,8 +155,8 @@ def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
             for r in (header, *rows)]
 
 
-def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None
-             ) -> str:
+def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None,
+             run_errors: Iterable[RunError] = ()) -> str:
     header = ("POLICY", "REPOSITORY", "DIGEST", "TAGS", "AGE", "SIZE", "DECISION", "REASON")
     rows: list[tuple[str, ...]] = []
     totals: list[str] = []
@@ -185,4 +185,5 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
     out.extend(totals or ["no policies"])
     out.append(f"total: {len(plan.actions)} to delete, "
                f"{human_bytes(plan.reclaimable_bytes)} reclaimable")
+    out.extend(f"error: {e}" for e in run_errors)  # what went wrong applying the plan
     return "\n".join(out) + "\n"
