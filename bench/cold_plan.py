@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from retention.registry.mediatypes import ACCEPT  # noqa: E402
-from tests.servers import free_port, registry_binary  # noqa: E402
+from tests.servers import free_port, start_registry  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -71,33 +70,10 @@ class BenchRegistry:
     """docker-registry with its request counters exported (http.debug.prometheus)."""
 
     def __init__(self, workdir: Path):
-        port, debug = free_port(), free_port()
-        config = {
-            "version": 0.1,
-            "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(workdir / "data")},
-                        "delete": {"enabled": True},
-                        "maintenance": {"uploadpurging": {"enabled": False}}},
-            "http": {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex,
-                     "debug": {"addr": f"127.0.0.1:{debug}",
-                               "prometheus": {"enabled": True, "path": "/metrics"}}},
-        }
-        (workdir / "config.yml").write_text(json.dumps(config))
-        self.url = f"http://127.0.0.1:{port}"
+        debug = free_port()
+        self._registry = start_registry(workdir, metrics_port=debug)
+        self.url = self._registry.url
         self.metrics_url = f"http://127.0.0.1:{debug}/metrics"
-        self._log = (workdir / "registry.log").open("w")
-        self.process = subprocess.Popen([registry_binary(), "serve",
-                                         str(workdir / "config.yml")],
-                                        stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/v2/", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("docker-registry did not start")
 
     def counts(self) -> Counter[str]:
         """Requests the registry served so far, by 'METHOD handler'."""
@@ -110,13 +86,7 @@ class BenchRegistry:
         return counts
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+        self._registry.stop()
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -203,20 +203,12 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
             kwargs["mode"] = mode
     if "schedule" in top and (cron := check_cron(reader, top["schedule"], what="schedule")):
         kwargs["schedule"] = cron
-    if "untagged_grace" in top:
-        text = reader.string(top["untagged_grace"], what="untagged_grace")
-        if text is not None:
+    for key in ("untagged_grace", "journal_keep"):
+        if key in top and (text := reader.string(top[key], what=key)) is not None:
             try:
-                kwargs["untagged_grace"] = parse_duration(text)
+                kwargs[key] = parse_duration(text)
             except ValueError as exc:
-                reader.error(top["untagged_grace"], str(exc))
-    if "journal_keep" in top:
-        text = reader.string(top["journal_keep"], what="journal_keep")
-        if text is not None:
-            try:
-                kwargs["journal_keep"] = parse_duration(text)
-            except ValueError as exc:
-                reader.error(top["journal_keep"], str(exc))
+                reader.error(top[key], str(exc))
     if "max_deletions" in top:
         value = reader.integer(top["max_deletions"], what="max_deletions")
         if value is not None:

@@ -103,7 +103,7 @@ def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Ho
     is remembered for keep_for all the same. A tag neither holds names nothing there (it
     cannot be deleted as that tag either). References to hosts no registry has are not
     ours to protect."""
-    tag_maps: dict[tuple[str, str], dict[str, str]] = {}
+    tag_maps: dict[tuple[str, str], Mapping[str, str]] = {}
     found: dict[tuple[str, str, str], str] = {}
     for use in uses:
         ref = parse_reference(use.image)
@@ -116,10 +116,7 @@ def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Ho
         if digest is None:
             key = (registry, ref.repository)
             if key not in tag_maps:
-                inventory = inventories.get(registry)
-                read = _tags_of(inventory, ref.repository) if inventory is not None else None
-                tag_maps[key] = dict(last_tags(registry, ref.repository)) if read is None \
-                    else read
+                tag_maps[key] = _tag_map(inventories, last_tags, registry, ref.repository)
             # Not resolvable now (never read): remembered by tag, resolved when it can be.
             digest = tag_maps[key].get(ref.tag or "latest") or TAG_PREFIX + (ref.tag or "latest")
         where = (registry, ref.repository, digest)
@@ -139,15 +136,22 @@ def resolve_remembered(sightings: Iterable[Sighting], inventories: Mapping[str, 
     out = []
     for s in sightings:
         if s.digest.startswith(TAG_PREFIX):
-            inventory = inventories.get(s.registry)
-            read = _tags_of(inventory, s.repository) if inventory is not None else None
-            tags = read if read is not None else last_tags(s.registry, s.repository)
+            tags = _tag_map(inventories, last_tags, s.registry, s.repository)
             digest = tags.get(s.digest[len(TAG_PREFIX):])
             if digest is None:
                 continue
             s = Sighting(s.registry, s.repository, digest, s.used_by, s.last_seen)
         out.append(s)
     return out
+
+
+def _tag_map(inventories: Mapping[str, Inventory],
+             last_tags: Callable[[str, str], Mapping[str, str]], registry: str,
+             repository: str) -> Mapping[str, str]:
+    """tag -> digest: this run's read of the repository, else the last complete one."""
+    inventory = inventories.get(registry)
+    read = _tags_of(inventory, repository) if inventory is not None else None
+    return read if read is not None else last_tags(registry, repository)
 
 
 def _tags_of(inventory: Inventory, repository: str) -> dict[str, str] | None:

@@ -81,9 +81,11 @@ class Registry:
 
 
 def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True,
-                   tls: tuple[Path, Path] | None = None, schema1: bool = False) -> Registry:
+                   tls: tuple[Path, Path] | None = None, schema1: bool = False,
+                   metrics_port: int | None = None) -> Registry:
     """``tls`` is (certificate, key): the registry then serves HTTPS. ``schema1``: accept
-    Docker schema-1 manifests (distribution 2.8 refuses their push unless told to)."""
+    Docker schema-1 manifests (distribution 2.8 refuses their push unless told to).
+    ``metrics_port``: export the registry's own request counters (Prometheus) there."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     root = workdir / "data"
@@ -103,6 +105,9 @@ def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = Tr
         config["compatibility"] = {"schema1": {"enabled": True}}
     if tls:
         config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+    if metrics_port is not None:
+        config["http"]["debug"] = {"addr": f"127.0.0.1:{metrics_port}",
+                                   "prometheus": {"enabled": True, "path": "/metrics"}}
     config_path = workdir / "config.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log_path = workdir / "registry.log"

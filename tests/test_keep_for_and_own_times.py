@@ -59,63 +59,59 @@ def _reading(*images):
                                         for i, image in enumerate(images)))]
 
 
+V_OLDER_THAN_30D = """
+name: p
+repositories: {include: ["**"]}
+delete:
+  - tags: ["v*"]
+    older_than: 30d
+"""
+
+
+def _deleted_on_day_1(tmp_path, monkeypatch, *, day_0: tuple[list, dict],
+                      day_1: tuple[list, dict]) -> set[str]:
+    """Read the cluster on day 0 and day 1 (each: its readings, the inventories the run
+    read), then plan registry main's `v*` images on day 1 with what was in use."""
+    config = _config(tmp_path)
+    state = State.memory()
+    readings = iter([day_0[0], day_1[0]])
+
+    async def fake_read(clusters, *, timeout):
+        return next(readings)
+
+    monkeypatch.setattr(kube, "read_clusters", fake_read)
+    asyncio.run(in_use_pass(config, day_0[1], state, now=NOW - timedelta(days=1)))
+    got = asyncio.run(in_use_pass(config, day_1[1], state, now=NOW))
+    web = day_1[1]["main"]
+    return deleted(plan(web, policy(V_OLDER_THAN_30D), now=NOW,
+                        options=Options(in_use=got.protected)))
+
+
+WEB = inv(man("v1-image", "v1", days=40), man("v2-image", "v2", days=2))
+
+
 def test_tag_reference_seen_while_its_registry_was_not_scanned_is_remembered(
         tmp_path, monkeypatch):
     """SPEC: "A digest stays protected for keep_for after the last run that saw it in use".
     Day 0: a run of a policy of registry `other` (own schedule, or `run --policy`) reads the
-    cluster; deployment d0 runs registry.test:5000/ci/web:v1. run_pass scans only the
-    registries of the policies it runs, so resolve() cannot turn the tag into a digest and
-    nothing is recorded (inuse.resolve: `inventory is None: continue`). Day 1: d0 was rolled
-    back/removed; the run of `main` no longer sees it, keep_for (30d) has not passed, yet
-    the digest is not protected and is deleted."""
-    config = _config(tmp_path)
-    state = State.memory()
-    uses = iter([_reading("registry.test:5000/ci/web:v1", "other.test/x:1"),
-                 _reading("other.test/x:1")])
-
-    async def fake_read(clusters, *, timeout):
-        return next(uses)
-
-    monkeypatch.setattr(kube, "read_clusters", fake_read)
-    web = inv(man("v1-image", "v1", days=40), man("v2-image", "v2", days=2))
+    cluster; deployment d0 runs registry.test:5000/ci/web:v1, a registry that run did not
+    read. Day 1: d0 is gone; the run of `main` must still keep its image (keep_for 30d)."""
     other = replace(inv(man("x1", "1"), repo="x"), registry="other", host="other.test")
-    # Day 0: only `other` is scanned (its policy runs).
-    asyncio.run(in_use_pass(config, {"other": other}, state, now=NOW - timedelta(days=1)))
-    # Day 1: `main` runs; d0 is gone from the cluster.
-    got = asyncio.run(in_use_pass(config, {"main": web}, state, now=NOW))
-    p = plan(web, policy("""
-name: p
-repositories: {include: ["**"]}
-delete:
-  - tags: ["v*"]
-    older_than: 30d
-"""), now=NOW, options=Options(in_use=got.protected))
-    assert "v1-image" not in deleted(p), "in use a day ago, keep_for 30d: must stay"
+    gone = _deleted_on_day_1(
+        tmp_path, monkeypatch,
+        day_0=(_reading("registry.test:5000/ci/web:v1", "other.test/x:1"), {"other": other}),
+        day_1=(_reading("other.test/x:1"), {"main": WEB}))
+    assert "v1-image" not in gone, "in use a day ago, keep_for 30d: must stay"
 
 
 def test_tag_reference_seen_while_its_repository_was_unreadable_is_remembered(
         tmp_path, monkeypatch):
-    """Same gap inside one registry: on day 0 ci/web answered with an error (a transient
-    500), so the tag map is empty and the sighting of ci/web:v1 is dropped; on day 1 the
-    workload is gone and the image is deleted although keep_for has not passed."""
-    config = _config(tmp_path)
-    state = State.memory()
-    uses = iter([_reading("registry.test:5000/ci/web:v1", "registry.test:5000/ci/api:1"),
-                 _reading("registry.test:5000/ci/api:1")])
-
-    async def fake_read(clusters, *, timeout):
-        return next(uses)
-
-    monkeypatch.setattr(kube, "read_clusters", fake_read)
-    web = inv(man("v1-image", "v1", days=40), man("v2-image", "v2", days=2))
+    """Same inside one registry: on day 0 ci/web answered with an error (a transient 500)
+    while ci/web:v1 ran; on day 1 the workload is gone and keep_for has not passed."""
     broken = inv(repo="ci/web", error="500 Internal Server Error")
-    asyncio.run(in_use_pass(config, {"main": broken}, state, now=NOW - timedelta(days=1)))
-    got = asyncio.run(in_use_pass(config, {"main": web}, state, now=NOW))
-    p = plan(web, policy("""
-name: p
-repositories: {include: ["**"]}
-delete:
-  - tags: ["v*"]
-    older_than: 30d
-"""), now=NOW, options=Options(in_use=got.protected))
-    assert "v1-image" not in deleted(p), "in use a day ago, keep_for 30d: must stay"
+    gone = _deleted_on_day_1(
+        tmp_path, monkeypatch,
+        day_0=(_reading("registry.test:5000/ci/web:v1", "registry.test:5000/ci/api:1"),
+               {"main": broken}),
+        day_1=(_reading("registry.test:5000/ci/api:1"), {"main": WEB}))
+    assert "v1-image" not in gone, "in use a day ago, keep_for 30d: must stay"
