@@ -26,6 +26,7 @@ from retention.config import ClusterSettings, Config
 from retention.errors import RetentionError
 from retention.inuse import (
     KINDS,
+    TAG_PREFIX,
     Use,
     protections,
     resolve,
@@ -197,7 +198,9 @@ async def in_use_pass(config: Config, inventories: Mapping[str, Inventory], stat
                             last_tags=state.last_tags)
         state.record_in_use(sightings)
         if metrics is not None:
-            metrics.in_use_digests.labels(reading.cluster).set(len(sightings))
+            # Digests only: a tag no read has resolved yet is remembered, not counted.
+            metrics.in_use_digests.labels(reading.cluster).set(
+                sum(1 for s in sightings if not s.digest.startswith(TAG_PREFIX)))
     remembered = resolve_remembered(state.in_use_since(now - settings.keep_for), inventories,
                                     state.last_tags)
     return InUse(protections(remembered, inventories, now=now, keep_for=settings.keep_for),
