@@ -13,7 +13,7 @@ layer mounted into every repository, a config of its own per image), then, side 
 
 Prints figures and ratios; it asserts nothing.
 
-    .venv/bin/python bench/cold_plan.py [--repositories 200] [--tags 20] [--rounds 2]
+    .venv/bin/python bench/cold_plan.py [--repositories 200] [--tags 20] [--rounds 2] [--peer]
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ class BenchRegistry:
             counts[f"{labels.get('method', '?')} {labels.get('handler', '?')}"] += \
                 int(float(m.group(2)))
         return counts
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the registry process has used so far."""
+        fields = Path(f"/proc/{self._registry.process.pid}/stat").read_text() \
+            .rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self._registry.stop()
@@ -172,8 +178,31 @@ def limit(url: str, paths: list[str], workdir: Path, seconds: int) -> tuple[floa
     return len(paths) / rps, rps
 
 
-def plan(config: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, exit code) of one `retention plan` process."""
+PEER_SCRIPT = r"""
+set -euo pipefail
+host=$1
+tags='import json, sys; [print(sys.argv[1] + ":" + t) for t in json.load(sys.stdin)["Tags"]]'
+for repo in $(cat "$2"); do
+  skopeo list-tags --tls-verify=false "docker://$host/$repo" | python3 -c "$tags" "$repo"
+done | xargs -P8 -I{} skopeo inspect --tls-verify=false "docker://$host/{}" \
+  | grep -c '"Digest"'
+"""
+
+
+def peer(host: str, images: list[tuple[str, str, str]], workdir: Path) -> tuple[float, int]:
+    """(seconds, images inspected) of the shell loop this tool replaces: `skopeo list-tags`
+    per repository, then `skopeo inspect` (manifest and config) per tag, 8 at a time."""
+    (workdir / "repos.txt").write_text("\n".join(sorted({n for n, _, _ in images})) + "\n")
+    (workdir / "peer.sh").write_text(PEER_SCRIPT)
+    started = time.monotonic()
+    out = subprocess.run(["bash", str(workdir / "peer.sh"), host, str(workdir / "repos.txt")],
+                         capture_output=True, text=True, check=True).stdout
+    return time.monotonic() - started, int(out.strip())
+
+
+def plan(config: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB, exit code) of one `retention plan`
+    process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", "from retention.cli import run; run()",
@@ -182,7 +211,7 @@ def plan(config: Path) -> tuple[float, float, int]:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
 
 
 def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
@@ -196,6 +225,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="limit/cold/warm measured "
                         "this many times (the machine is shared: expect noise)")
     parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--peer", action="store_true", help="also time the skopeo shell "
+                        "loop (list-tags + inspect per tag, xargs -P8) in each round")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -213,23 +244,38 @@ def main() -> None:
                 'name: ci\nrepositories: {include: ["**"]}\nkeep: [{newest: 10}]\n'
                 'delete: [{tags: ["pr-*", "sha-*"], older_than: 14d}]\n')
             for rnd in range(1, args.rounds + 1):
+                cpu = registry.cpu()
                 seconds, rps = limit(registry.url, paths, work, args.wrk_seconds)
+                per_request = (registry.cpu() - cpu) / (rps * args.wrk_seconds)
                 print(f"\nround {rnd}\n  limit (wrk -c{CONCURRENCY}, {len(paths):,} requests "
-                      f"at {rps:,.0f}/s): {seconds:.2f} s")
+                      f"at {rps:,.0f}/s): {seconds:.2f} s; the registry's CPU "
+                      f"{per_request * 1e3:.2f} ms a request")
                 state = work / f"state-{rnd}"
                 config = work / f"retention-{rnd}.yaml"
                 config.write_text(f"registries:\n  main: {{url: '{registry.url}', "
                                   f"concurrency: {CONCURRENCY}}}\npolicies: p.yaml\n"
                                   f"state_dir: {state}\nmax_deletions: 1000000\n")
+                walls = {}
                 for label in ("cold", "warm"):
-                    before = registry.counts()
-                    wall, rss, code = plan(config)
+                    before, cpu = registry.counts(), registry.cpu()
+                    wall, own_cpu, rss, code = plan(config)
+                    walls[label] = wall
+                    registry_cpu = registry.cpu() - cpu
                     counts = delta(registry.counts(), before)
                     total = sum(counts.values())
                     detail = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
                     print(f"  {label}: {wall:.2f} s = {wall / seconds:.2f}x the limit, "
                           f"{total:,} requests ({total / len(paths):.2f}x the set), "
-                          f"peak RSS {rss:.0f} MiB, exit {code}\n    {detail}")
+                          f"peak RSS {rss:.0f} MiB, exit {code}\n"
+                          f"    CPU: retention {own_cpu:.2f} s "
+                          f"({own_cpu / total * 1e3:.2f} ms a request), registry "
+                          f"{registry_cpu:.2f} s\n    {detail}")
+                if args.peer:
+                    seconds_peer, inspected = peer(registry.url.split("//", 1)[1], images,
+                                                   work)
+                    print(f"  peer (skopeo list-tags + inspect, xargs -P8): "
+                          f"{seconds_peer:.2f} s for {inspected:,} images; the cold plan is "
+                          f"{seconds_peer / walls['cold']:.1f}x faster")
         finally:
             registry.stop()
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-import httpx
 import structlog
 
 from retention.config import RegistrySettings
@@ -28,14 +27,10 @@ from retention.state import State
 
 log = structlog.get_logger("retention.runs")
 
-TransportFactory = Callable[[RegistrySettings], httpx.AsyncBaseTransport | None]
-
-
 @dataclass(frozen=True, slots=True)
 class Connections:
     """How to reach registries: injectable for tests."""
 
-    transport: TransportFactory | None = None
     retry: RetryPolicy | None = None
     # For ACR without username/password: Microsoft Entra ID. None: DefaultAzureCredential
     # when azure-identity is installed.
@@ -57,7 +52,6 @@ def make_client(settings: RegistrySettings, *, metrics: Metrics | None = None,
             entra = EntraExchange(credential, registry=settings.name)
     return RegistryClient(
         settings,
-        transport=connections.transport(settings) if connections.transport else None,
         observe=metrics.observer(settings.name) if metrics else None,
         retry=connections.retry,
         entra=entra,

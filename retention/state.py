@@ -126,6 +126,9 @@ _TO_RESTORE = (
     " r.status IN ('restored', 'tag-moved'))")
 
 
+FACTS_BATCH = 1000  # facts kept in memory before they are written
+
+
 class State:
     """The state database. Thread-safe; one connection guarded by a lock."""
 
@@ -136,6 +139,9 @@ class State:
         # Why the configured database could not be used (then this one is in memory): with
         # no durable journal, nothing could be restored, so nothing is deleted.
         self.unusable: str | None = None
+        # Facts made by a scan, written in one transaction (at the latest when the scan is
+        # observed): a transaction per manifest was a tenth of a cold plan's CPU.
+        self._pending_facts: dict[str, str] = {}
 
     @classmethod
     def open(cls, state_dir: Path | None) -> State:
@@ -177,19 +183,46 @@ class State:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            try:
+                self._flush_facts()
+            finally:
+                self._db.close()
 
     # -- facts cache (the scanner's FactsCache protocol) -------------------------------------
 
     def get_facts(self, digest: str) -> ManifestFacts | None:
         with self._lock:
-            row = self._db.execute("SELECT data FROM facts WHERE digest=?", (digest,)).fetchone()
-        return _facts_from_json(digest, row[0]) if row else None
+            data = self._pending_facts.get(digest)
+            if data is None:
+                row = self._db.execute("SELECT data FROM facts WHERE digest=?",
+                                       (digest,)).fetchone()
+                data = row[0] if row else None
+        return _facts_from_json(digest, data) if data is not None else None
 
     def put_facts(self, facts: ManifestFacts) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO facts VALUES (?, ?)",
-                             (facts.digest, _facts_to_json(facts)))
+            self._pending_facts[facts.digest] = _facts_to_json(facts)
+            if len(self._pending_facts) >= FACTS_BATCH:
+                self._flush_facts()
+
+    def _flush_facts(self) -> None:
+        """Write the pending facts in a transaction of their own (the lock held)."""
+        if not self._pending_facts:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._write_facts()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _write_facts(self) -> None:
+        """Write the pending facts (the lock held, inside a transaction)."""
+        if self._pending_facts:
+            self._db.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?)",
+                                 self._pending_facts.items())
+            self._pending_facts.clear()
 
     # -- what was seen ----------------------------------------------------------------------
 
@@ -220,6 +253,7 @@ class State:
         with self._lock:
             self._db.execute("BEGIN")
             try:
+                self._write_facts()
                 for repo in inventory.repositories:
                     if repo.error is not None:
                         repos.append(repo)

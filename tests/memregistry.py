@@ -1,5 +1,5 @@
 """An in-memory registry speaking the part of the OCI Distribution API that retention uses,
-served through ``httpx.MockTransport``, with faults injected on DELETE.
+served over loopback HTTP by tests/loopback.py (``handle``), with faults injected on DELETE.
 
 It is for property tests that need hundreds of registries a second; behaviour against a real
 registry is the business of the tests that start distribution. It behaves like distribution
@@ -122,7 +122,6 @@ class MemRegistry:
         self.history: dict[Key, Stored] = {}  # every manifest pushed, deleted or not
         self._delete_count = 0
         self._stopped = False
-        self.transport = httpx.MockTransport(self._handle)
 
     # -- building -------------------------------------------------------------------------
 
@@ -314,7 +313,7 @@ class MemRegistry:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def _handle(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         method = request.method
         if path == "/v2/" and method == "GET":

@@ -267,16 +267,22 @@ def test_link_header_to_another_host_is_refused():
     """A registry (or whoever answers for it) must not steer credentials elsewhere."""
     import httpx
 
+    from tests.loopback import serving
+
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "registry.test":
+        if request.url.host == "127.0.0.1":
             return httpx.Response(200, json={"repositories": ["a"]},
                                   headers={"Link": '<https://evil.test/v2/_catalog?n=1>; '
                                                    'rel="next"'})
         raise AssertionError(f"request sent to {request.url}")
 
-    s = settings("https://registry.test", user=USER, password=PASSWORD)
+    async def go():
+        async with serving(handler) as url, \
+                RegistryClient(settings(url, user=USER, password=PASSWORD)) as client:
+            return await client.catalog()
+
     with pytest.raises(RegistryError, match="points away from the registry"):
-        call(s, lambda c: c.catalog(), transport=httpx.MockTransport(handler))
+        asyncio.run(go())
 
 
 # -- odd answers: each one either read correctly or refused, never guessed ------------------

@@ -34,6 +34,7 @@ from retention.runs import Connections, RunResult, collect, open_clients, plan_a
 from retention.setup import load_setup
 from retention.state import State
 from tests.factories import NOW
+from tests.loopback import free_port, serving
 from tests.memregistry import (
     BUSY,
     FAIL,
@@ -267,7 +268,7 @@ def build(s: Scenario) -> tuple[MemRegistry, dict[tuple[str, str], Pushed]]:
     return reg, pushed
 
 
-def write_config(tmp: Path, policies: tuple[PolicySpec, ...]) -> Path:
+def write_config(tmp: Path, policies: tuple[PolicySpec, ...], url: str) -> Path:
     (tmp / "policies").mkdir()
     (tmp / "policies" / "p.yaml").write_text(
         "\n---\n".join(json.dumps(p.document()) for p in policies))
@@ -275,7 +276,7 @@ def write_config(tmp: Path, policies: tuple[PolicySpec, ...]) -> Path:
     config.write_text(f"""
 registries:
   {REGISTRY}:
-    url: http://registry.test
+    url: {url}
 policies: policies
 mode: enforce
 untagged_grace: 0s
@@ -301,16 +302,17 @@ def run_scenario(s: Scenario) -> Ran:
     digest_of = {key: p.digest for (_, key), p in pushed.items()}
     faults = [replace(f, on=f.on and digest_of[f.on], target=f.target and digest_of[f.target])
               for f in s.faults]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        setup = load_setup(write_config(Path(tmp), s.policies))
+        setup = load_setup(write_config(Path(tmp), s.policies, f"http://127.0.0.1:{port}"))
     state = State.memory()
-    connections = Connections(transport=lambda _settings: reg.transport,
-                              retry=RetryPolicy(attempts=3, base=0.001, cap=0.01))
+    connections = Connections(retry=RetryPolicy(attempts=3, base=0.001, cap=0.01))
 
     async def go() -> Ran:
         stop = asyncio.Event()
-        async with open_clients(setup, registries_of(setup.policies),
-                                connections=connections) as clients:
+        async with serving(reg.handle, port=port), \
+                open_clients(setup, registries_of(setup.policies),
+                             connections=connections) as clients:
             if s.earlier:
                 for repo, tag, key in s.earlier:
                     reg.tag(repo, tag, pushed[(repo, key)].digest)

@@ -18,6 +18,7 @@ from retention.config import RegistrySettings
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.scanner import MemoryCache, Scanner
 from tests.factories import make_plan
+from tests.loopback import serving
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 # Every tagged manifest matches tags: ["*"], every untagged one untagged: true: with a
@@ -116,15 +117,14 @@ class StubRegistry:
 def scan_and_plan(stub: StubRegistry):
     # "gone" (answered 404: no such repository) keeps a 403 on app from being "every
     # repository refused", which is a registry-wide error before any planning.
-    settings_ = RegistrySettings(name="main", url="https://registry.test",
-                                 repositories=("app", "gone"))
-
     async def go():
         async def no_sleep(_s: float) -> None:
             return None
 
-        async with RegistryClient(settings_, transport=httpx.MockTransport(stub.handle),
-                                  retry=RetryPolicy(attempts=2), sleep=no_sleep) as client:
+        async with serving(stub.handle) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url,
+                                                repositories=("app", "gone")),
+                               retry=RetryPolicy(attempts=2), sleep=no_sleep) as client:
             # The state knew every digest: a manifest whose tag was on a lost page would
             # be found through it, untagged.
             scanner = Scanner(client, cache=MemoryCache(),

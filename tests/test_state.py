@@ -49,7 +49,24 @@ def test_facts_round_trip(tmp_path: Path):
                           children=("sha256:b",), subject="sha256:c", created=T0,
                           config_read=False)
     state.put_facts(facts)
+    assert state.get_facts("sha256:a") == facts  # before it is written
+    state.close()  # facts are written in batches, at the latest when the state closes
     assert State.open(tmp_path).get_facts("sha256:a") == facts
+
+
+def test_facts_are_written_in_batches_before_the_state_closes(tmp_path: Path):
+    """A long scan does not hold every fact in memory until it ends: each FACTS_BATCH are
+    written in one transaction, readable by another connection (a crash loses at most one
+    batch of cache, which the next run reads again)."""
+    from retention.state import FACTS_BATCH
+
+    state = State.open(tmp_path)
+    for i in range(FACTS_BATCH + 1):
+        state.put_facts(ManifestFacts(f"sha256:{i:04x}", "x", i))
+    other = State.open(tmp_path)
+    assert other.get_facts("sha256:0000") == ManifestFacts("sha256:0000", "x", 0)
+    assert other.get_facts(f"sha256:{FACTS_BATCH:04x}") is None  # still pending
+    assert state.get_facts(f"sha256:{FACTS_BATCH:04x}") is not None
 
 
 def _orphan_after_second_run(tmp_path: Path, registry, pusher: Pusher, repo: str, *,
@@ -226,6 +243,8 @@ def test_facts_cached_before_attestations_are_read_again(tmp_path: Path):
     index = ManifestFacts("sha256:i", "application/vnd.oci.image.index.v1+json", 1,
                           children=("sha256:c",))
     state.put_facts(index)
+    state.close()
+    state = State.open(tmp_path)
     assert state.get_facts("sha256:i") is not None
     old = json.loads(state._db.execute("SELECT data FROM facts").fetchone()[0])
     del old["attestations"]  # the layout of an older version

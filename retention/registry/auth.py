@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 
 from retention.config import Credentials, RegistrySettings
 from retention.errors import AuthenticationError, RegistryError
 from retention.registry.entra import EntraExchange, Send
+from retention.registry.http import Response
 
 log = structlog.get_logger("retention.registry.auth")
 
@@ -63,16 +63,15 @@ class Authenticator:
     def __init__(
         self,
         settings: RegistrySettings,
-        http: httpx.AsyncClient,
         *,
+        send: Send,
         clock: Callable[[], float] = time.monotonic,
         entra: EntraExchange | None = None,
-        send: Send | None = None,
     ):
         self._settings = settings
-        self._http = http
-        # The client's own request path (its retry policy); plain httpx when none is given.
-        self._send: Send = send or _plain(http)
+        # The client's own request path (its retry policy): token requests are throttled
+        # and retried like every other.
+        self._send = send
         self._clock = clock
         self._entra = entra  # ACR with Microsoft Entra ID instead of a password
         self._basic = False  # the registry asked for basic auth
@@ -91,7 +90,7 @@ class Authenticator:
     def forget(self, scope: str) -> None:
         self._tokens.pop(scope, None)
 
-    async def answer(self, response: httpx.Response, scope: str) -> None:
+    async def answer(self, response: Response, scope: str) -> None:
         """Prepare to retry after a 401; raise AuthenticationError if retrying cannot help."""
         name = self._settings.name
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
@@ -115,7 +114,7 @@ class Authenticator:
         lock = self._locks.setdefault(scope, asyncio.Lock())
         async with lock:
             current = self._tokens.get(scope)
-            sent = response.request.headers.get("authorization")
+            sent = response.request_headers.get("Authorization")
             if current is not None and current.expires > self._clock() and \
                     sent != f"Bearer {current.value}":
                 return  # another request renewed it while this one waited
@@ -189,11 +188,3 @@ class Authenticator:
         allowed = {registry.hostname, *self._settings.token_hosts}
         return parts.hostname in allowed or parts.netloc in allowed
 
-
-def _plain(http: httpx.AsyncClient) -> Send:
-    async def send(method: str, url: str, **kwargs: object) -> httpx.Response:
-        try:
-            return await http.request(method, url, **kwargs)  # type: ignore[arg-type]
-        except httpx.TransportError as exc:
-            raise RegistryError(f"{method} {url} failed: {exc!r}") from None
-    return send

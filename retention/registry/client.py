@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
 import structlog
+from yarl import URL
 
 from retention import __version__
 from retention.config import RegistrySettings
@@ -31,6 +31,7 @@ from retention.errors import (
 )
 from retention.registry.auth import Authenticator
 from retention.registry.entra import EntraExchange
+from retention.registry.http import HttpSession, Response, TransportError
 from retention.registry.mediatypes import (
     ACCEPT,
     DOCKER_SCHEMA1,
@@ -94,7 +95,6 @@ class RegistryClient:
         self,
         settings: RegistrySettings,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         observe: Observer | None = None,
@@ -113,20 +113,12 @@ class RegistryClient:
             verify = False
         elif settings.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(settings.ca_file))
-        self._http = httpx.AsyncClient(
-            base_url=settings.url,
-            transport=transport,
-            verify=verify,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"User-Agent": f"retention/{__version__}"},
-            # Every request holds one of `concurrency` slots while it is sent and its body
-            # read, so that many connections serve them all. More (it was 2x) only costs:
-            # httpcore scans every pooled connection (has_expired: a poll() on each socket)
-            # before each request.
-            limits=httpx.Limits(max_connections=settings.concurrency,
-                                max_keepalive_connections=settings.concurrency),
-        )
-        self._auth = Authenticator(settings, self._http, entra=entra, send=self.send)
+        # Every request holds one of `concurrency` slots while it is sent and its body
+        # read, so that many connections serve them all.
+        self._http = HttpSession(settings.url, verify=verify, timeout=timeout,
+                                 connections=settings.concurrency,
+                                 user_agent=f"retention/{__version__}")
+        self._auth = Authenticator(settings, entra=entra, send=self.send)
         self._referrers_api: bool | None = None  # None: not known yet
         self._referrers_probe = asyncio.Lock()
 
@@ -144,7 +136,7 @@ class RegistryClient:
     async def request(
         self,
         method: str,
-        url: str | httpx.URL,
+        url: str | URL,
         *,
         scope: str,
         headers: dict[str, str] | None = None,
@@ -152,7 +144,7 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
         content: bytes | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         """A registry request with the authorization ``scope`` needs (answering a 401 once).
 
         ``retry=False``: one attempt; a retryable answer is returned, a connection error
@@ -180,7 +172,7 @@ class RegistryClient:
     async def send(
         self,
         method: str,
-        url: str | httpx.URL,
+        url: str | URL,
         *,
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
@@ -188,7 +180,7 @@ class RegistryClient:
         content: bytes | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
-    ) -> httpx.Response:
+    ) -> Response:
         """One request under the retry policy, with the headers given and no others.
 
         Token requests (a realm's ``/token``, ACR's ``/oauth2/token`` and ``/oauth2/exchange``)
@@ -205,10 +197,9 @@ class RegistryClient:
                     response = await self._http.request(
                         method, url, headers=headers, params=params, data=data,
                         follow_redirects=follow_redirects, content=content)
-                    await response.aread()
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 self._record(method, "error", started)
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                if exc.untrusted_certificate:
                     # Retrying cannot fix trust: say what to do instead.
                     raise RegistryError(
                         f"the TLS certificate of {self.settings.host} is not trusted ({exc}); "
@@ -216,10 +207,10 @@ class RegistryClient:
                 attempt += 1
                 if attempt >= attempts:
                     raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "
-                                        f"{type(exc).__name__} {exc}", registry=name) from None
+                                        f"{exc}", registry=name) from None
                 delay = self._retry.backoff(attempt - 1)
                 log.info("registry request retried", registry=name, method=method,
-                         path=_path(url), error=type(exc).__name__, delay=round(delay, 3))
+                         path=_path(url), error=str(exc), delay=round(delay, 3))
                 await self._sleep(delay)
                 continue
             self._record(method, str(response.status_code), started)
@@ -238,18 +229,18 @@ class RegistryClient:
         if self._observe is not None:
             self._observe(method, code, time.monotonic() - started)
 
-    def next_page(self, response: httpx.Response, link: str) -> httpx.URL:
+    def next_page(self, response: Response, link: str) -> URL:
         """The URL of the next page. It must stay on the registry: the request carries
         credentials, which a Link header must not be able to send elsewhere."""
-        url = response.url.join(link)
-        base = httpx.URL(self.settings.url)
-        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        url = response.url.join(URL(link, encoded=True))
+        base = URL(self.settings.url)
+        if url.origin() != base.origin():
             raise RegistryError(f"a Link header points away from the registry, to "
-                                f"{url.scheme}://{url.netloc.decode()}; refusing to follow it",
+                                f"{url.origin()}; refusing to follow it",
                                 registry=self.settings.name)
         return url
 
-    def failure(self, response: httpx.Response, what: str) -> RegistryError:
+    def failure(self, response: Response, what: str) -> RegistryError:
         detail = _error_detail(response)
         if response.status_code == 403:
             return AuthenticationError(f"{what}: access denied (HTTP 403){detail}",
@@ -287,7 +278,7 @@ class RegistryClient:
         first request means an empty listing (a repository that does not exist, or whose
         tags are all gone); only the first: a 404 later is a failed page.
         """
-        url: str | httpx.URL = path
+        url: str | URL = path
         remaining = list(sizes)
         params: dict[str, Any] | None = {"n": remaining[0]} if remaining[0] else None
         read: set[str] = set()  # every page URL requested, to catch a Link that loops
@@ -298,7 +289,7 @@ class RegistryClient:
                 remaining.pop(0)  # page size above what this registry allows: ask for less
                 params = {"n": remaining[0]} if remaining[0] else None
                 continue
-            read.add(str(response.request.url))
+            read.add(str(response.url))
             if response.status_code == 404 and missing_ok and page == 1:
                 if _error_code(response) in MISSING_CODES:
                     return
@@ -320,7 +311,7 @@ class RegistryClient:
             if str(url) in read:
                 raise RegistryError(
                     f"GET {path}: the Link header of page {page} leads back to a page already "
-                    f"read ({url.raw_path.decode()}); the listing would never end",
+                    f"read ({url.raw_path_qs}); the listing would never end",
                     registry=self.settings.name)
             page += 1
             if page > MAX_PAGES:
@@ -328,7 +319,7 @@ class RegistryClient:
                     f"GET {path}: more than {MAX_PAGES:,} pages; the listing looks endless, "
                     "so it is not trusted", registry=self.settings.name)
 
-    def _page_items(self, response: httpx.Response, path: str, key: str,
+    def _page_items(self, response: Response, path: str, key: str,
                     page: int) -> list[Any]:
         """The list under ``key``; null is an empty page. Anything else raises, an absent key
         too: a page that says nothing about its items must not read as "there are none"."""
@@ -428,8 +419,8 @@ class RegistryClient:
                        max_bytes: int = MAX_CONFIG_BYTES) -> bytes | None:
         """A small blob (an image config). None when missing or larger than max_bytes."""
         path = f"/v2/{repository}/blobs/{digest}"
-        # Redirects lead to storage backends (S3, Azure blob); httpx drops our Authorization
-        # header when a redirect leaves the registry's origin.
+        # Redirects lead to storage backends (S3, Azure blob); our Authorization header is
+        # dropped when a redirect leaves the registry's origin.
         response = await self.request("GET", path, scope=_pull(repository),
                                       follow_redirects=True)
         if response.status_code == 404:
@@ -462,7 +453,7 @@ class RegistryClient:
     async def _referrers(self, repository: str, digest: str) -> list[str] | None:
         path = f"/v2/{repository}/referrers/{digest}"
         found: list[str] = []
-        url: str | httpx.URL = path
+        url: str | URL = path
         while True:
             response = await self.request("GET", url, scope=_pull(repository),
                                           headers={"Accept": OCI_INDEX})
@@ -555,7 +546,7 @@ class RegistryClient:
             return False
         raise self.failure(response, f"HEAD {path}")
 
-    def _locked(self, response: httpx.Response) -> bool:
+    def _locked(self, response: Response) -> bool:
         """A refusal about this manifest, not about deletion on the whole registry.
 
         ACR answers 405 REGISTRY_DISALLOWED_OPERATION for a manifest, tag or repository with
@@ -571,17 +562,17 @@ class RegistryClient:
             and code != "UNSUPPORTED"
 
 
-def _error_code(response: httpx.Response) -> str:
+def _error_code(response: Response) -> str:
     try:
         return str(response.json()["errors"][0]["code"])
     except (ValueError, KeyError, IndexError, TypeError):
         return ""
 
 
-def _path(url: str | httpx.URL) -> str:
+def _path(url: str | URL) -> str:
     if isinstance(url, str) and not url.startswith(("http://", "https://")):
         return url
-    return httpx.URL(url).path
+    return URL(url).path
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
@@ -596,7 +587,7 @@ def next_link(header: str | None) -> str | None:
     return None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Response) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -609,7 +600,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(response: Response) -> str:
     try:
         errors = response.json().get("errors") or []
         first = errors[0]

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import structlog
 
 from retention.errors import AuthenticationError, RegistryError
+from retention.registry.http import Response
 
 log = structlog.get_logger("retention.registry.entra")
 
 # The registry client's request path with its retry policy:
-# send(method, url, *, headers=None, params=None, data=None) -> httpx.Response.
-Send = Callable[..., Awaitable[httpx.Response]]
+# send(method, url, *, headers=None, params=None, data=None) -> Response.
+Send = Callable[..., Awaitable[Response]]
 
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 _MARGIN = 300.0  # renew tokens this long before they expire
@@ -101,7 +101,7 @@ class EntraExchange:
         raise AuthenticationError("ACR answered /oauth2/token without an access token",
                                   registry=self._registry)
 
-    async def _post(self, send: Send, url: str, form: dict[str, str]) -> httpx.Response:
+    async def _post(self, send: Send, url: str, form: dict[str, str]) -> Response:
         try:
             return await send("POST", url, data=form)
         except RegistryError as exc:
@@ -140,7 +140,7 @@ class EntraExchange:
             return token
 
 
-def _field(response: httpx.Response, name: str) -> str | None:
+def _field(response: Response, name: str) -> str | None:
     try:
         value = response.json().get(name)
     except (ValueError, AttributeError):

@@ -1,0 +1,62 @@
+"""The suite's in-memory registries (httpx-style handlers: request -> response) served over
+real HTTP on a loopback port, inside the test's own event loop.
+
+retention has one HTTP stack (aiohttp, retention/registry/http.py) and no way to plug
+another under it: the in-memory registries of the property tests reach it the way every
+registry does, through a socket. Running in the same event loop keeps what a handler does
+(set an asyncio.Event, move a tag between two requests) ordered with the client's awaits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from aiohttp import web
+
+Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+
+# Set by aiohttp itself from the body it sends (a HEAD keeps the handler's Content-Length).
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def serving(handler: Handler, *, port: int | None = None) -> AsyncIterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (``port``, or a free one); yields the base URL."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        sent = httpx.Request(request.method, str(request.url),
+                             headers=list(request.headers.items()),
+                             content=await request.read())
+        answer = handler(sent)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        body = await answer.aread()
+        response = web.Response(status=answer.status_code, body=body, headers=[
+            (k, v) for k, v in answer.headers.multi_items() if k.lower() not in _FRAMING])
+        length = answer.headers.get("content-length")
+        if request.method == "HEAD" and length is not None:
+            # A HEAD answer has no body, but says how long the GET's would be.
+            response.headers["Content-Length"] = length
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = port or free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,148 @@
+"""The registry client's HTTP layer (retention/registry/http.py, aiohttp) where it does
+something of its own: credentials stay on the registry's origin across redirects, the
+environment's proxies are used (or bypassed), and an answer that stalls is retried."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from retention.config import Credentials, RegistrySettings, Secret
+from retention.errors import RegistryError
+from retention.registry.client import RegistryClient, RetryPolicy
+from retention.scanner import Scanner
+from tests.loopback import serving
+from tests.pusher import Pusher
+from tests.servers import Fault, FaultProxy
+from tests.test_client import PASSWORD, USER
+
+FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
+
+
+def test_redirect_to_storage_does_not_carry_the_registrys_credentials(basic_registry):
+    """A registry sends blob reads to its storage backend (S3, Azure blob): another origin,
+    which must not receive the registry's password."""
+    pusher = Pusher(basic_registry.url, auth=(USER, PASSWORD))
+    pusher.image("app", "v1", created="2024-03-04T05:06:07Z")
+    pusher.close()
+    storage_saw: list[str | None] = []
+
+    def storage(request: httpx.Request) -> httpx.Response:
+        storage_saw.append(request.headers.get("authorization"))
+        # The backend serves the blob (fetched here from the registry, with credentials).
+        return httpx.get(basic_registry.url + request.url.path, auth=(USER, PASSWORD))
+
+    proxy = FaultProxy(basic_registry.url)
+    proxy.url = proxy.start()
+    try:
+        async def go():
+            async with serving(storage) as storage_url:
+                proxy.inject(Fault("GET", r"/blobs/", "redirect", times=10,
+                                   headers={"target": storage_url}))
+                settings = RegistrySettings(name="main", url=proxy.url,
+                                            credentials=Credentials(USER, Secret(PASSWORD)))
+                async with RegistryClient(settings) as client:
+                    return await Scanner(client).scan()
+
+        inventory = asyncio.run(go())
+    finally:
+        proxy.stop()
+    (manifest,) = inventory.repositories[0].manifests
+    assert manifest.created is not None and manifest.created.year == 2024  # read there
+    assert storage_saw == [None]  # the registry itself needed them (htpasswd) and had them
+
+
+def test_proxy_from_the_environment_and_no_proxy(monkeypatch):
+    """HTTP_PROXY is used for a registry (as curl and httpx do); NO_PROXY bypasses it."""
+    forwarded: list[str] = []
+
+    def forward_proxy(request: httpx.Request) -> httpx.Response:
+        forwarded.append(str(request.url))  # absolute-form: the registry's own URL
+        return httpx.Response(200, json={"repositories": ["through-proxy"]})
+
+    async def catalog(url: str) -> list[str]:
+        async with RegistryClient(RegistrySettings(name="main", url=url)) as client:
+            return await client.catalog()
+
+    async def go(direct_url: str):
+        async with serving(forward_proxy) as proxy_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            via_proxy = await catalog("http://registry.invalid:5000")
+            direct = await catalog(direct_url)
+            return via_proxy, direct
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"repositories": ["direct"]})
+
+    async def main():
+        async with serving(registry) as direct_url:
+            return await go(direct_url)
+
+    via_proxy, direct = asyncio.run(main())
+    assert via_proxy == ["through-proxy"]
+    assert forwarded == ["http://registry.invalid:5000/v2/_catalog?n=1000"]
+    assert direct == ["direct"]  # 127.0.0.1 is in NO_PROXY
+
+
+def test_an_answer_that_stalls_is_retried(registry, tmp_path: Path):
+    """A registry that accepts the request and then says nothing is a connection error
+    after the timeout: retried under the retry policy, not waited for forever."""
+    pusher = Pusher(registry.url)
+    pusher.image("r", "v1")
+    pusher.close()
+    proxy = FaultProxy(registry.url)
+    proxy.url = proxy.start()
+    proxy.inject(Fault("GET", r"/tags/list", "delay", times=1, seconds=3.0))
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def go():
+        async with RegistryClient(RegistrySettings(name="main", url=proxy.url), retry=FAST,
+                                  sleep=fake_sleep, timeout=0.5) as client:
+            return await client.tags("r")
+
+    try:
+        assert asyncio.run(go()) == ["v1"]
+    finally:
+        proxy.stop()
+    assert len(sleeps) == 1  # one retry, after the stalled answer timed out
+    assert proxy.count("GET", r"/tags/list") == 2
+
+
+def test_a_delete_whose_connection_drops_is_sent_once():
+    """The registry may have deleted before the connection dropped: what happens next is the
+    executor's to decide (check with a HEAD, re-confirm tags), never a silent resend by the
+    HTTP library on a new connection."""
+    deletes: list[bytes] = []
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"DELETE"):
+                deletes.append(head.split(b"\r\n", 1)[0])
+                writer.close()  # deleted, perhaps; the answer is lost
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    async def go():
+        server = await asyncio.start_server(registry, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        settings = RegistrySettings(name="main", url=f"http://127.0.0.1:{port}")
+        try:
+            async with RegistryClient(settings, retry=FAST) as client:
+                await client.ping()  # the connection is kept alive, then reused
+                with pytest.raises(RegistryError, match="DELETE"):
+                    await client.delete_manifest("r", "sha256:" + "a" * 64, retry=False)
+        finally:
+            server.close()
+
+    asyncio.run(go())
+    assert deletes == [b"DELETE /v2/r/manifests/sha256:" + b"a" * 64 + b" HTTP/1.1"]
