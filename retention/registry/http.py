@@ -23,7 +23,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 
-
 def _no_headers() -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict())
 
