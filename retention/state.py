@@ -273,20 +273,20 @@ class State:
         db.execute("DELETE FROM manifests WHERE registry=? AND repository=?",
                    (registry, repo.name))
         db.execute("DELETE FROM tags WHERE registry=? AND repository=?", (registry, repo.name))
-        manifests = []
+        manifests, manifest_rows, tag_rows = [], [], []
         for m in repo.manifests:
             known = m.digest in previous
             first, since = previous.get(m.digest, (stamp, None))
             since = None if m.tags else (since or stamp)
-            db.execute("INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)",
-                       (registry, repo.name, m.digest, first, stamp, since))
-            db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
-                           [(registry, repo.name, t, m.digest)
-                            for t in (*m.tags, *m.referrer_tags)])
+            manifest_rows.append((registry, repo.name, m.digest, first, stamp, since))
+            tag_rows.extend((registry, repo.name, t, m.digest)
+                            for t in (*m.tags, *m.referrer_tags))
             # First seen in this very run: not known to be older than this run (None), so
             # it never matches older_than (SPEC "Time of a manifest").
             manifests.append(replace(m, untagged_since=_dt(since),
                                      first_seen=_dt(first) if known else None))
+        db.executemany("INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)", manifest_rows)
+        db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", tag_rows)
         return replace(repo, manifests=tuple(manifests))
 
     # -- the journal --------------------------------------------------------------------------
