@@ -295,3 +295,21 @@ def test_a_link_with_credentials_in_it_is_a_registry_error():
                     await client.catalog()
 
     asyncio.run(go())
+
+
+def test_a_token_realm_yarl_cannot_read_is_a_registry_error():
+    """A realm urllib reads but yarl refuses (a backslash in its authority): the ValueError
+    yarl raises must end as this registry's error, not escape and crash the whole run."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={
+            "WWW-Authenticate": 'Bearer realm="http://127.0.0.1\\\\@x/token",service="r"'})
+
+    async def go() -> None:
+        async with serving(handler) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url), retry=FAST,
+                               sleep=_no_sleep) as client:
+            with pytest.raises(RegistryError):
+                await client.ping()
+
+    asyncio.run(go())
