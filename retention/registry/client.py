@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from yarl import URL
@@ -577,9 +578,12 @@ def _error_code(response: Response) -> str:
 
 
 def _path(url: str | URL) -> str:
-    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+    if isinstance(url, URL):
+        return url.path
+    if not url.startswith(("http://", "https://")):
         return url
-    return URL(url).path
+    # urllib, not yarl: this names a URL in an error, perhaps one yarl could not read.
+    return urlsplit(url).path
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
