@@ -227,6 +227,8 @@ def test_a_link_naming_the_default_port_stays_on_the_registry():
     assert url.host == "registry.example" and url.path == "/v2/_catalog"
 
 
+@pytest.mark.xfail(strict=True, reason="review finding, not fixed: aiohttp keeps the first "
+                   "URL's proxy for every redirect hop")
 def test_a_redirect_to_storage_uses_the_proxy_the_environment_names_for_it(monkeypatch):
     """NO_PROXY and HTTP(S)_PROXY are per host, as curl reads them: a registry reached
     directly (it is in NO_PROXY) may send blob reads to storage only a proxy reaches."""
@@ -311,5 +313,27 @@ def test_a_token_realm_yarl_cannot_read_is_a_registry_error():
                                sleep=_no_sleep) as client:
             with pytest.raises(RegistryError):
                 await client.ping()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "LocalHost"])
+def test_a_link_back_to_a_page_already_read_is_caught(host: str):
+    """Loop detection compares the URL aiohttp answered for (response.url) with the next
+    Link's target: both must be spelled alike, the first page's ?n= query included."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "last" not in request.url.params:
+            return httpx.Response(200, json={"repositories": ["a"]},
+                                  headers={"Link": '</v2/_catalog?last=a&n=1000>; rel="next"'})
+        return httpx.Response(200, json={"repositories": ["b"]},
+                              headers={"Link": '</v2/_catalog?n=1000>; rel="next"'})
+
+    async def go() -> None:
+        async with serving(handler) as url:
+            settings = RegistrySettings(name="main", url=url.replace("127.0.0.1", host))
+            async with RegistryClient(settings) as client:
+                with pytest.raises(RegistryError, match="leads back to a page already read"):
+                    await client.catalog()
 
     asyncio.run(go())
