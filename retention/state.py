@@ -185,6 +185,11 @@ class State:
         with self._lock:
             try:
                 self._flush_facts()
+            except sqlite3.Error as exc:
+                # Facts are a cache (the next run reads them again); the caller closes in a
+                # `finally`, where an exception would replace the report of what the run did.
+                log.warning("manifest facts not cached", count=len(self._pending_facts),
+                            error=str(exc))
             finally:
                 self._db.close()
 

@@ -250,3 +250,21 @@ def test_facts_cached_before_attestations_are_read_again(tmp_path: Path):
     del old["attestations"]  # the layout of an older version
     state._db.execute("UPDATE facts SET data=?", (json.dumps(old),))
     assert state.get_facts("sha256:i") is None  # fetched again, not trusted undated
+
+
+def test_closing_when_the_pending_facts_cannot_be_written_does_not_fail(tmp_path: Path):
+    """Facts are a cache: when the last batch cannot be written as the state closes (another
+    process holds the database, the disk is full), closing must not raise. The CLI closes the
+    state in a ``finally`` after a run: an exception there replaces the run's result, so the
+    report of what was just deleted would never be printed."""
+    import sqlite3
+
+    state = State.open(tmp_path)
+    state.put_facts(ManifestFacts("sha256:a", "x", 1))
+    other = sqlite3.connect(tmp_path / "retention.sqlite3", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another writer, for longer than the busy timeout
+    try:
+        state.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

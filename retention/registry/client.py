@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from yarl import URL
@@ -234,10 +235,17 @@ class RegistryClient:
         credentials, which a Link header must not be able to send elsewhere."""
         url = response.url.join(URL(link, encoded=True))
         base = URL(self.settings.url)
-        if url.origin() != base.origin():
+        # Scheme, host and port as they are meant, not as written: a host is case-insensitive
+        # (yarl's origin() keeps the capitals) and :443 is https's own port.
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
             raise RegistryError(f"a Link header points away from the registry, to "
                                 f"{url.origin()}; refusing to follow it",
                                 registry=self.settings.name)
+        if url.user is not None or url.password is not None:
+            # Not ours to send (and aiohttp refuses a URL's user:password beside our
+            # Authorization header with a ValueError that would end the whole run).
+            raise RegistryError("a Link header carries credentials of its own; refusing to "
+                                "follow it", registry=self.settings.name)
         return url
 
     def failure(self, response: Response, what: str) -> RegistryError:
@@ -570,9 +578,12 @@ def _error_code(response: Response) -> str:
 
 
 def _path(url: str | URL) -> str:
-    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+    if isinstance(url, URL):
+        return url.path
+    if not url.startswith(("http://", "https://")):
         return url
-    return URL(url).path
+    # urllib, not yarl: this names a URL in an error, perhaps one yarl could not read.
+    return urlsplit(url).path
 
 
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')

@@ -12,6 +12,7 @@ transport ~0.85 ms, aiohttp alone ~0.3-0.45 ms (C parser, no per-request pool sc
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import urllib.request
 from collections.abc import Mapping
@@ -22,6 +23,16 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+# A URL's user:password@ and its query, in an exception's message.
+_USERINFO = re.compile(r"(://)[^/\s'\"@]*@")
+_QUERY = re.compile(r"(://[^\s'\"?#]*)[?#][^\s'\"]*")
+
+
+def _safe(message: str) -> str:
+    """aiohttp's messages name whole URLs (the URL of a redirect, a connect timeout, an
+    answer it could not parse). A storage backend's signed URL carries its credential in
+    the query (S3's X-Amz-Signature, Azure's sig=), which the log redactor does not know."""
+    return _QUERY.sub(r"\1?[query removed]", _USERINFO.sub(r"\1", message))
 
 def _no_headers() -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict())
@@ -67,7 +78,9 @@ class HttpSession:
                  connections: int, user_agent: str):
         self._base = base_url.rstrip("/")
         self._verify = verify
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
+        # connect: the DNS lookup too, which sock_connect (the TCP connect) leaves unbounded.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0,
+                                              sock_read=timeout)
         self._connections = connections
         self._headers = {"User-Agent": user_agent}
         self._session: aiohttp.ClientSession | None = None
@@ -124,25 +137,28 @@ class HttpSession:
 
         A redirect to another origin (a storage backend) drops the Authorization header
         (aiohttp does this on every cross-origin redirect)."""
-        target = self.url(url)
-        if params:
-            target = target.update_query({k: str(v) for k, v in params.items()})
         sent = dict(headers or {})
         try:
+            target = self.url(url)
+            if params:
+                target = target.update_query({k: str(v) for k, v in params.items()})
             async with self._open().request(
                     method, target, headers=sent, data=data if data is not None else content,
                     allow_redirects=follow_redirects, proxy=self._proxy(target)) as answer:
                 body = await answer.read()
                 return Response(answer.status, body, answer.headers, answer.url, sent)
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise TransportError(str(exc.certificate_error),
+            raise TransportError(_safe(str(exc.certificate_error)),
                                  untrusted_certificate=True) from None
         except aiohttp.ClientSSLError as exc:
-            raise TransportError(f"TLS: {exc}",
+            raise TransportError(_safe(f"TLS: {exc}"),
                                  untrusted_certificate="CERTIFICATE_VERIFY_FAILED" in str(exc)
                                  ) from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            # ValueError: a URL that yarl cannot read (a realm, a redirect), or one with a
+            # user:password aiohttp will not send beside an Authorization header. No answer,
+            # as for a connection error: a RegistryError, not a crash of the whole run.
+            raise TransportError(_safe(f"{type(exc).__name__}: {exc}")) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
