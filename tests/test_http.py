@@ -227,8 +227,6 @@ def test_a_link_naming_the_default_port_stays_on_the_registry():
     assert url.host == "registry.example" and url.path == "/v2/_catalog"
 
 
-@pytest.mark.xfail(strict=True, reason="review finding, not fixed: aiohttp keeps the first "
-                   "URL's proxy for every redirect hop")
 def test_a_redirect_to_storage_uses_the_proxy_the_environment_names_for_it(monkeypatch):
     """NO_PROXY and HTTP(S)_PROXY are per host, as curl reads them: a registry reached
     directly (it is in NO_PROXY) may send blob reads to storage only a proxy reaches."""
@@ -337,3 +335,53 @@ def test_a_link_back_to_a_page_already_read_is_caught(host: str):
                     await client.catalog()
 
     asyncio.run(go())
+
+
+def test_credentials_dropped_on_leaving_the_origin_stay_dropped():
+    """registry -> storage -> back to the registry's host: once a hop has left the
+    registry's origin, no later hop carries the Authorization header (where the chain
+    leads is the storage's choice, not the registry's)."""
+    from retention.registry.http import HttpSession
+
+    seen: list[tuple[str, str | None]] = []
+    urls: dict[str, str] = {}
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.url.path == "/v2/r/blobs/x":
+            return httpx.Response(307, headers={"Location": f"{urls['storage']}/x"})
+        return httpx.Response(200, content=b"blob")
+
+    def storage(request: httpx.Request) -> httpx.Response:
+        seen.append(("storage" + request.url.path, request.headers.get("authorization")))
+        return httpx.Response(302, headers={"Location": f"{urls['registry']}/back"})
+
+    async def go():
+        async with serving(registry) as urls["registry"], serving(storage) as urls["storage"]:
+            http = HttpSession(urls["registry"], verify=True, timeout=5, connections=2,
+                               user_agent="test")
+            try:
+                return await http.request("GET", "/v2/r/blobs/x",
+                                          headers={"Authorization": "Basic c2VjcmV0"},
+                                          follow_redirects=True)
+            finally:
+                await http.aclose()
+
+    answer = asyncio.run(go())
+    assert answer.status_code == 200 and answer.content == b"blob"
+    assert seen == [("/v2/r/blobs/x", "Basic c2VjcmV0"), ("storage/x", None), ("/back", None)]
+    assert answer.request_headers == {"Authorization": "Basic c2VjcmV0"}  # what was asked
+
+
+def test_a_redirect_loop_is_a_connection_error_not_a_hang():
+    def registry(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "/v2/r/blobs/x"})
+
+    async def go():
+        async with serving(registry) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url), retry=FAST,
+                               sleep=_no_sleep) as client:
+            return await client.get_blob("r", "sha256:" + "0" * 64)
+
+    with pytest.raises(RegistryError, match="more than 10 redirects"):
+        asyncio.run(go())

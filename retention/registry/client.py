@@ -32,7 +32,7 @@ from retention.errors import (
 )
 from retention.registry.auth import Authenticator
 from retention.registry.entra import EntraExchange
-from retention.registry.http import HttpSession, Response, TransportError
+from retention.registry.http import HttpSession, Response, TransportError, same_origin
 from retention.registry.mediatypes import (
     ACCEPT,
     DOCKER_SCHEMA1,
@@ -237,7 +237,7 @@ class RegistryClient:
         base = URL(self.settings.url)
         # Scheme, host and port as they are meant, not as written: a host is case-insensitive
         # (yarl's origin() keeps the capitals) and :443 is https's own port.
-        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        if not same_origin(url, base):
             raise RegistryError(f"a Link header points away from the registry, to "
                                 f"{url.origin()}; refusing to follow it",
                                 registry=self.settings.name)

@@ -67,6 +67,16 @@ class Response:
         return self.content.decode("utf-8", "replace")
 
 
+MAX_REDIRECTS = 10
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def same_origin(a: URL, b: URL) -> bool:
+    """Scheme, host (case aside) and port (the scheme's default when none is written)."""
+    return (a.scheme, (a.host or "").lower(), a.port) == (b.scheme, (b.host or "").lower(),
+                                                           b.port)
+
+
 class HttpSession:
     """Connections to a registry (and its token service), at most ``connections`` open.
 
@@ -135,18 +145,38 @@ class HttpSession:
                       follow_redirects: bool = False) -> Response:
         """Send, and read the whole answer. Raises TransportError when there is none.
 
-        A redirect to another origin (a storage backend) drops the Authorization header
-        (aiohttp does this on every cross-origin redirect)."""
+        ``follow_redirects`` (GET and HEAD only): redirects are followed here, hop by hop,
+        so that each hop goes through the proxy the environment names for its own host
+        (a registry reached directly may send blob reads to storage only a proxy reaches),
+        and the Authorization header is dropped for good once a hop leaves the origin of
+        the one before it (a storage backend must not receive the registry's credentials).
+        """
         sent = dict(headers or {})
         try:
             target = self.url(url)
             if params:
                 target = target.update_query({k: str(v) for k, v in params.items()})
-            async with self._open().request(
-                    method, target, headers=sent, data=data if data is not None else content,
-                    allow_redirects=follow_redirects, proxy=self._proxy(target)) as answer:
-                body = await answer.read()
-                return Response(answer.status, body, answer.headers, answer.url, sent)
+            hop_headers = sent
+            for _ in range(MAX_REDIRECTS + 1):
+                async with self._open().request(
+                        method, target, headers=hop_headers,
+                        data=data if data is not None else content, allow_redirects=False,
+                        proxy=self._proxy(target)) as answer:
+                    body = await answer.read()
+                    location = answer.headers.get("Location")
+                    if not (follow_redirects and method in ("GET", "HEAD")
+                            and answer.status in REDIRECTS and location):
+                        return Response(answer.status, body, answer.headers, answer.url, sent)
+                following = URL(location)
+                if following.scheme not in ("http", "https", ""):
+                    raise TransportError(f"a redirect to a {following.scheme}: URL")
+                if not following.absolute:
+                    following = answer.url.join(following)
+                if not same_origin(following, target):
+                    hop_headers = {k: v for k, v in hop_headers.items()
+                                   if k.lower() != "authorization"}
+                target = following
+            raise TransportError(f"more than {MAX_REDIRECTS} redirects")
         except aiohttp.ClientConnectorCertificateError as exc:
             raise TransportError(_safe(str(exc.certificate_error)),
                                  untrusted_certificate=True) from None
