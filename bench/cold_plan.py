@@ -13,7 +13,8 @@ layer mounted into every repository, a config of its own per image), then, side 
 
 Prints figures and ratios; it asserts nothing.
 
-    .venv/bin/python bench/cold_plan.py [--repositories 200] [--tags 20] [--rounds 2] [--peer]
+    .venv/bin/python bench/cold_plan.py [--repositories 200] [--tags 20] [--rounds 2]
+                                        [--peer] [--pin]
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONCURRENCY = 8
+# With --pin: the registry on CPU 0, and each client (wrk, retention, the peer) on CPU 1, so
+# that a client's own CPU does not come out of the registry's.
+CLIENT_CPU: list[str] = []
 
 WRK_SCRIPT = """
 local paths = {}
@@ -85,9 +89,13 @@ class BenchRegistry:
                 int(float(m.group(2)))
         return counts
 
+    @property
+    def pid(self) -> int:
+        return self._registry.process.pid
+
     def cpu(self) -> float:
         """CPU seconds (user + system) the registry process has used so far."""
-        fields = Path(f"/proc/{self._registry.process.pid}/stat").read_text() \
+        fields = Path(f"/proc/{self.pid}/stat").read_text() \
             .rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -168,7 +176,7 @@ def limit(url: str, paths: list[str], workdir: Path, seconds: int) -> tuple[floa
     (workdir / "cycle.lua").write_text(WRK_SCRIPT)
     env = {**os.environ, "COLD_PLAN_PATHS": str(workdir / "paths.txt"),
            "COLD_PLAN_ACCEPT": ACCEPT}
-    out = subprocess.run(["wrk", "-t2", f"-c{CONCURRENCY}", f"-d{seconds}s", "-s",
+    out = subprocess.run([*CLIENT_CPU, "wrk", "-t2", f"-c{CONCURRENCY}", f"-d{seconds}s", "-s",
                           str(workdir / "cycle.lua"), url], capture_output=True, text=True,
                          env=env, check=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -195,7 +203,8 @@ def peer(host: str, images: list[tuple[str, str, str]], workdir: Path) -> tuple[
     (workdir / "repos.txt").write_text("\n".join(sorted({n for n, _, _ in images})) + "\n")
     (workdir / "peer.sh").write_text(PEER_SCRIPT)
     started = time.monotonic()
-    out = subprocess.run(["bash", str(workdir / "peer.sh"), host, str(workdir / "repos.txt")],
+    out = subprocess.run([*CLIENT_CPU, "bash", str(workdir / "peer.sh"), host,
+                          str(workdir / "repos.txt")],
                          capture_output=True, text=True, check=True).stdout
     return time.monotonic() - started, int(out.strip())
 
@@ -205,8 +214,9 @@ def plan(config: Path) -> tuple[float, float, float, int]:
     process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", "from retention.cli import run; run()",
-                             "plan", "--config", str(config), "--output", "json"],
+    proc = subprocess.Popen([*CLIENT_CPU, sys.executable, "-c",
+                             "from retention.cli import run; run()", "plan", "--config",
+                             str(config), "--output", "json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
@@ -227,6 +237,8 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--peer", action="store_true", help="also time the skopeo shell "
                         "loop (list-tags + inspect per tag, xargs -P8) in each round")
+    parser.add_argument("--pin", action="store_true", help="the registry on CPU 0, wrk, "
+                        "retention and the peer on CPU 1 (each side its own core)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -240,6 +252,11 @@ def main() -> None:
             print(f"seeded {args.repositories} repositories x {args.tags} tags "
                   f"({len(images):,} images) in {time.monotonic() - started:.1f} s")
             paths = request_set(registry.url, images)
+            if args.pin:
+                subprocess.run(["taskset", "-a", "-p", "-c", "0",
+                                str(registry.pid)], check=True, stdout=subprocess.DEVNULL)
+                CLIENT_CPU[:] = ["taskset", "-c", "1"]
+                print("pinned: the registry on CPU 0; wrk, retention and the peer on CPU 1")
             (work / "p.yaml").write_text(
                 'name: ci\nrepositories: {include: ["**"]}\nkeep: [{newest: 10}]\n'
                 'delete: [{tags: ["pr-*", "sha-*"], older_than: 14d}]\n')
