@@ -281,19 +281,22 @@ class _RepoView:
         m = self.by_digest.get(digest)
         if m is None or digest in path:
             return UNKNOWN  # a missing child, or a cycle: nothing is known of it here
-        value = self._own_time(m, now, path | {digest})
+        value = self._own_time(m, now, path)
         self.time[digest] = value
         return value
 
     def _own_time(self, m: Manifest, now: datetime, path: frozenset[str]) -> ManifestTime:
-        """SPEC "Time of a manifest", first usable source wins."""
+        """SPEC "Time of a manifest", first usable source wins. ``path``: the manifests
+        whose time waits on this one's; a manifest's own digest joins it only when its time
+        depends on others (most have a time of their own: no set is built for them)."""
         if (pushed := _plausible(m.pushed, now)) is not None:
             return ManifestTime(pushed, PUSHED)
         platform = [c for c in m.children if c not in m.attestations]
         if platform:
             # An index is as new as its newest platform child, when every one of them has
             # a time of its own; attestations have none and do not count.
-            times = [self._time_of(c, now, path) for c in platform]
+            within = path | {m.digest}
+            times = [self._time_of(c, now, within) for c in platform]
             if all(t.dated for t in times):
                 return ManifestTime(max(t.at for t in times if t.at is not None), CHILDREN)
         if (created := _plausible(m.created, now)) is not None:
@@ -305,7 +308,8 @@ class _RepoView:
             # An attestation (no time of its own) goes and stays with its index: it is as
             # old. With several indexes, the newest decides; one unknown makes it unknown. A
             # manifest with a time of its own keeps it, whatever an index says of it.
-            times = [self._time_of(i, now, path) for i in indexes]
+            within = path | {m.digest}
+            times = [self._time_of(i, now, within) for i in indexes]
             if any(t.at is None for t in times):
                 return UNKNOWN
             return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
