@@ -78,16 +78,20 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     """
     order = list(dict.fromkeys(gone))
     going = set(order)
-    held: set[Key] = set()  # as in a Ledger, a manifest listed twice counts once, as first listed
+    # As in a Ledger, a manifest listed twice counts once, as first listed. Digests by
+    # repository, not (repository, digest) keys: a million tuples kept would only feed the
+    # garbage collector.
+    held: dict[str, set[str]] = defaultdict(set)
     deleted: dict[Key, Manifest] = {}
     staying: set[str] = set()  # blobs a manifest that is not deleted references
     sizes: dict[str, int] = {}  # a Ledger's sizes: the last listing of a blob tells
     for repo in inventory.repositories:
+        seen = held[repo.name]
         for m in (*repo.manifests, *repo.last_known):
-            key = (repo.name, m.digest)
-            if key in held:
+            if m.digest in seen:
                 continue
-            held.add(key)
+            seen.add(m.digest)
+            key = (repo.name, m.digest)
             if key in going:
                 deleted[key] = m
                 for digest, size in _blobs(m):

@@ -202,15 +202,16 @@ def plan(
 
     parts = {p.name: _Parts() for p in ordered}
     for deciding, first in zip(settled, planned, strict=True):
-        for x in first if aborted else ():
-            if x.policy in aborted:  # listed as they were planned, to say what was held back
-                parts[x.policy].deletions.append((deciding, x))
         # Held back or not, the deletions are those of the last settling; without an abort
         # nothing changed since they were first listed.
-        for x in deciding.deletions() if aborted else first:
-            parts[x.policy].deletions.append((deciding, x))
+        last = deciding.deletions() if aborted else first
         for p in deciding.policies:
             part = parts[p.name]
+            mine = [x for x in last if x.policy == p.name]
+            if p.name in aborted:  # listed as they were planned, to say what was held back
+                mine = [x for x in first if x.policy == p.name] + mine
+            if mine:
+                part.deletions.append((deciding, mine))
             part.protected.extend(d for d in deciding.protected_decisions() if d.policy == p.name)
             part.kept.extend(d for d in deciding.kept if d.policy == p.name)
             repo = deciding.view.repo
@@ -222,12 +223,14 @@ def plan(
     # its bytes (as _count_bytes would count them: an aborted policy frees nothing).
     freed = freed_bytes(inventory, gone=[
         (deciding.view.repo.name, x.digest)
-        for p in ordered if p.name not in aborted for deciding, x in parts[p.name].deletions])
+        for p in ordered if p.name not in aborted
+        for deciding, deletions in parts[p.name].deletions for x in deletions])
     plans = tuple(
         PolicyPlan(p.name, inventory.registry,
                    tuple(deciding.action(x, 0 if p.name in aborted
                                          else freed[(deciding.view.repo.name, x.digest)])
-                         for deciding, x in parts[p.name].deletions),
+                         for deciding, deletions in parts[p.name].deletions
+                         for x in deletions),
                    tuple(parts[p.name].protected), tuple(parts[p.name].kept),
                    tuple(errors[p.name]), aborted.get(p.name), tuple(parts[p.name].emptied))
         for p in ordered)
@@ -236,7 +239,8 @@ def plan(
 
 @dataclass(slots=True)
 class _Parts:
-    deletions: list[tuple[_Deciding, _Deletion]] = field(default_factory=list)
+    # Per repository, in order: its deletions by this policy
+    deletions: list[tuple[_Deciding, list[_Deletion]]] = field(default_factory=list)
     protected: list[Decision] = field(default_factory=list)
     kept: list[Decision] = field(default_factory=list)
     emptied: list[str] = field(default_factory=list)
