@@ -42,8 +42,11 @@ class Allowlist:
         return cls(pins, {k: tuple(v) for k, v in index.items()})
 
     def pinned(self, digest: str, *, repository: str, host: str) -> bool:
+        pins = self._by_digest.get(digest)
+        if not pins:  # most digests: no pin to compare the host with
+            return False
         host = normalize_host(host)
-        for pin in self._by_digest.get(digest, ()):
+        for pin in pins:
             if pin.host is not None and pin.host != host:
                 continue
             if pin.repository is not None and repository not in (

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, TypeVar
 
 from retention.accounting import freed_bytes
 from retention.allowlist import Allowlist
@@ -183,11 +184,11 @@ def plan(
     # max_deletions counts a policy's deletions across the registry. An aborted policy
     # deletes nothing, so what it would have deleted survives for every other policy: settle
     # once more with it held back (that only ever removes deletions).
-    planned = [d.actions() for d in settled]
+    planned = [d.deletions() for d in settled]
     counts: dict[str, int] = defaultdict(int)
-    for actions in planned:
-        for a in actions:
-            counts[a.policy] += 1
+    for deletions in planned:
+        for x in deletions:
+            counts[x.policy] += 1
     aborted: dict[str, str] = {}
     for p in ordered:
         limit = p.max_deletions if p.max_deletions is not None else options.max_deletions
@@ -201,13 +202,16 @@ def plan(
 
     parts = {p.name: _Parts() for p in ordered}
     for deciding, first in zip(settled, planned, strict=True):
-        for a in first if aborted else ():
-            if a.policy in aborted:  # listed as they were planned, to say what was held back
-                parts[a.policy].actions.append(a)
-        for a in deciding.actions():
-            parts[a.policy].actions.append(a)
+        # Held back or not, the deletions are those of the last settling; without an abort
+        # nothing changed since they were first listed.
+        last = deciding.deletions() if aborted else first
         for p in deciding.policies:
             part = parts[p.name]
+            mine = [x for x in last if x.policy == p.name]
+            if p.name in aborted:  # listed as they were planned, to say what was held back
+                mine = [x for x in first if x.policy == p.name] + mine
+            if mine:
+                part.deletions.append((deciding, mine))
             part.protected.extend(d for d in deciding.protected_decisions() if d.policy == p.name)
             part.kept.extend(d for d in deciding.kept if d.policy == p.name)
             repo = deciding.view.repo
@@ -215,17 +219,28 @@ def plan(
                     and all(deciding.doomed_by.get(m.digest) == p.name
                             for m in repo.manifests)):
                 part.emptied.append(repo.name)
+    # Bytes are counted before the actions are made, so each Action is built once, with
+    # its bytes (as _count_bytes would count them: an aborted policy frees nothing).
+    freed = freed_bytes(inventory, gone=[
+        (deciding.view.repo.name, x.digest)
+        for p in ordered if p.name not in aborted
+        for deciding, deletions in parts[p.name].deletions for x in deletions])
     plans = tuple(
-        PolicyPlan(p.name, inventory.registry, tuple(parts[p.name].actions),
+        PolicyPlan(p.name, inventory.registry,
+                   tuple(deciding.action(x, 0 if p.name in aborted
+                                         else freed[(deciding.view.repo.name, x.digest)])
+                         for deciding, deletions in parts[p.name].deletions
+                         for x in deletions),
                    tuple(parts[p.name].protected), tuple(parts[p.name].kept),
                    tuple(errors[p.name]), aborted.get(p.name), tuple(parts[p.name].emptied))
         for p in ordered)
-    return Plan(now=now, policies=_count_bytes(inventory, plans))
+    return Plan(now=now, policies=plans)
 
 
 @dataclass(slots=True)
 class _Parts:
-    actions: list[Action] = field(default_factory=list)
+    # Per repository, in order: its deletions by this policy
+    deletions: list[tuple[_Deciding, list[_Deletion]]] = field(default_factory=list)
     protected: list[Decision] = field(default_factory=list)
     kept: list[Decision] = field(default_factory=list)
     emptied: list[str] = field(default_factory=list)
@@ -270,19 +285,22 @@ class _RepoView:
         m = self.by_digest.get(digest)
         if m is None or digest in path:
             return UNKNOWN  # a missing child, or a cycle: nothing is known of it here
-        value = self._own_time(m, now, path | {digest})
+        value = self._own_time(m, now, path)
         self.time[digest] = value
         return value
 
     def _own_time(self, m: Manifest, now: datetime, path: frozenset[str]) -> ManifestTime:
-        """SPEC "Time of a manifest", first usable source wins."""
+        """SPEC "Time of a manifest", first usable source wins. ``path``: the manifests
+        whose time waits on this one's; a manifest's own digest joins it only when its time
+        depends on others (most have a time of their own: no set is built for them)."""
         if (pushed := _plausible(m.pushed, now)) is not None:
             return ManifestTime(pushed, PUSHED)
         platform = [c for c in m.children if c not in m.attestations]
         if platform:
             # An index is as new as its newest platform child, when every one of them has
             # a time of its own; attestations have none and do not count.
-            times = [self._time_of(c, now, path) for c in platform]
+            within = path | {m.digest}
+            times = [self._time_of(c, now, within) for c in platform]
             if all(t.dated for t in times):
                 return ManifestTime(max(t.at for t in times if t.at is not None), CHILDREN)
         if (created := _plausible(m.created, now)) is not None:
@@ -294,7 +312,8 @@ class _RepoView:
             # An attestation (no time of its own) goes and stays with its index: it is as
             # old. With several indexes, the newest decides; one unknown makes it unknown. A
             # manifest with a time of its own keeps it, whatever an index says of it.
-            times = [self._time_of(i, now, path) for i in indexes]
+            within = path | {m.digest}
+            times = [self._time_of(i, now, within) for i in indexes]
             if any(t.at is None for t in times):
                 return UNKNOWN
             return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
@@ -571,28 +590,41 @@ class _Deciding:
     def protected_decisions(self) -> list[Decision]:
         return sorted(self.protected.values(), key=lambda d: (d.digest, d.policy))
 
-    def actions(self) -> list[Action]:
+    def deletions(self) -> list[_Deletion]:
+        """What is doomed now, in the order the executor deletes it."""
         by_digest, view = self.view.by_digest, self.view
         out = []
         for digest in _deletion_order(self.doomed):
             m = by_digest[digest]
-            cause = self.doomed[digest]
-            policy = self.doomed_by[digest]
-            if cause is None:
-                reason = self.describe[self.matched[digest][policy]]
-            else:
-                link = "child of index" if digest in by_digest[cause].children else \
-                    "referrer of"
-                reason = f"cascade: {link} {_short(cause)}, which is deleted"
             # Everything here that references it: the executor deletes it only once all of
             # them are gone.
             parents = set(view.parents.get(digest, ()))
             if m.subject in by_digest and m.subject != digest:
                 parents.add(m.subject)
-            out.append(Action(policy, self.registry, view.repo.name, digest,
-                              m.tags + m.referrer_tags, m.media_type, reason, cause, 0,
-                              view.time[digest], tuple(sorted(parents))))
+            out.append(_Deletion(digest, self.doomed_by[digest], self.doomed[digest],
+                                 tuple(sorted(parents))))
         return parents_first(out)
+
+    def action(self, deletion: _Deletion, freed: int) -> Action:
+        by_digest, view = self.view.by_digest, self.view
+        digest, policy, cause = deletion.digest, deletion.policy, deletion.cause
+        m = by_digest[digest]
+        if cause is None:
+            reason = self.describe[self.matched[digest][policy]]
+        else:
+            link = "child of index" if digest in by_digest[cause].children else "referrer of"
+            reason = f"cascade: {link} {_short(cause)}, which is deleted"
+        return Action(policy, self.registry, view.repo.name, digest, m.tags + m.referrer_tags,
+                      m.media_type, reason, cause, freed, view.time[digest], deletion.parents)
+
+
+class _Deletion(NamedTuple):
+    """A planned deletion, before it is made an Action (once its bytes are known)."""
+
+    digest: str
+    policy: str
+    cause: str | None  # the deletion that pulls it along; None: a direct match
+    parents: tuple[str, ...]
 
 
 def only(plan: Plan, names: Iterable[str], inventories: Mapping[str, Inventory]) -> Plan:
@@ -628,7 +660,10 @@ def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
     return order
 
 
-def parents_first(actions: Iterable[Action]) -> list[Action]:
+_Ordered = TypeVar("_Ordered", Action, _Deletion)
+
+
+def parents_first(actions: Iterable[_Ordered]) -> list[_Ordered]:
     """The actions of one repository reordered, as little as possible, so that each comes
     after every action deleting a manifest that references it (a referrer listed in a
     fallback index comes after the index and after its subject). Actions caught in a
@@ -637,7 +672,7 @@ def parents_first(actions: Iterable[Action]) -> list[Action]:
     pending = list(actions)
     planned = {a.digest for a in pending}
     emitted: set[str] = set()
-    out: list[Action] = []
+    out: list[_Ordered] = []
     progress = True
     while pending and progress:
         progress = False
