@@ -21,6 +21,7 @@ from retention.accounting import freed_bytes
 from retention.allowlist import Allowlist
 from retention.durations import format_duration
 from retention.inventory import Inventory, Manifest, Repository
+from retention.patterns import PatternSet
 from retention.policy import DeleteRule, KeepRule, Policy
 
 # Reproducible builds write 1970 or 1980; no image was built before 2000.
@@ -180,6 +181,9 @@ def _plan(inventory: Inventory, policies: Sequence[Policy], *, now: datetime,
     ordered = sorted(policies, key=lambda p: p.name)
     # Rules are described once, not once per manifest they decide.
     describe = {rule: rule.describe() for p in ordered for rule in (*p.keep, *p.delete)}
+    # And each rule's tag patterns judge each distinct tag set once (see _TagSets).
+    tag_sets = {rule.tags: _TagSets(rule.tags) for p in ordered
+                for rule in (*p.keep, *p.delete) if rule.tags is not None}
     errors: dict[str, list[RepositoryError]] = defaultdict(list)
     settled: list[_Deciding] = []
     for repo in sorted(inventory.repositories, key=lambda r: r.name):
@@ -193,7 +197,7 @@ def _plan(inventory: Inventory, policies: Sequence[Policy], *, now: datetime,
             continue
         view = _RepoView.of(repo, now)  # built once, shared by every policy
         deciding = _Deciding.start(inventory, applying, view, now=now, options=options,
-                                   describe=describe)
+                                   describe=describe, tag_sets=tag_sets)
         if deciding is not None:
             settled.append(deciding)
 
@@ -354,12 +358,52 @@ def _age(time: ManifestTime | None, now: datetime) -> timedelta | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime) -> set[str]:
+class _TagSets:
+    """What one rule's tag patterns say of whole tag sets, remembered for one plan.
+
+    The same tag sets recur on many manifests and across repositories (CI names tags after
+    branches and build numbers): each is judged once, not once per manifest and rule. The
+    answer is exactly that of matching tag by tag; bounded like PatternSet's own memo.
+    """
+
+    __slots__ = ("_any", "_every", "_patterns")
+
+    def __init__(self, patterns: PatternSet) -> None:
+        self._patterns = patterns
+        self._any: dict[tuple[str, ...], bool] = {}
+        self._every: dict[tuple[str, ...], bool] = {}
+
+    def any(self, tags: tuple[str, ...]) -> bool:
+        """Some tag matches."""
+        found = self._any.get(tags)
+        if found is None:
+            found = any(self._patterns.matches(t) for t in tags)
+            _remember(self._any, tags, found)
+        return found
+
+    def every(self, tags: tuple[str, ...]) -> bool:
+        """There are tags, and every one of them matches."""
+        found = self._every.get(tags)
+        if found is None:
+            found = bool(tags) and all(self._patterns.matches(t) for t in tags)
+            _remember(self._every, tags, found)
+        return found
+
+
+def _remember(memo: dict[tuple[str, ...], bool], tags: tuple[str, ...], found: bool) -> None:
+    if len(memo) >= 65536:
+        memo.clear()  # bounded: a registry whose every tag is new gains nothing from it
+    memo[tags] = found
+
+
+def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime,
+                  tag_sets: _TagSets | None) -> set[str]:
+    """``tag_sets``: the rule's tags, judged (None when the rule names none)."""
     manifests = view.repo.manifests
     if rule.newest is not None:
         pool = [
             m for m in manifests
-            if m.tags and (rule.tags is None or any(rule.tags.matches(t) for t in m.tags))
+            if m.tags and (tag_sets is None or tag_sets.any(m.tags))
         ]
         # Newest first; unknown times rank as newest; ties broken by digest. Dated and
         # undated manifests are ranked apart, N of each: a reproducible build timed by first
@@ -368,8 +412,8 @@ def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime) -> set[str]:
         dated = [m for m in pool if view.time[m.digest].dated]
         undated = [m for m in pool if not view.time[m.digest].dated]
         chosen = dated[: rule.newest] + undated[: rule.newest]
-    elif rule.tags is not None:
-        chosen = [m for m in manifests if any(rule.tags.matches(t) for t in m.tags)]
+    elif tag_sets is not None:
+        chosen = [m for m in manifests if tag_sets.any(m.tags)]
     else:
         chosen = list(manifests)
     if rule.younger_than is not None:
@@ -386,10 +430,12 @@ def _rank_key(time: ManifestTime, digest: str) -> tuple[int, float, str]:
     return (0, 0.0, digest) if time.at is None else (1, -time.at.timestamp(), digest)
 
 
-def _delete_matches(rule: DeleteRule, m: Manifest, view: _RepoView, now: datetime) -> bool:
-    if rule.tags is not None:
+def _delete_matches(rule: DeleteRule, m: Manifest, view: _RepoView, now: datetime,
+                    tag_sets: _TagSets | None) -> bool:
+    """``tag_sets``: the rule's tags, judged (None when the rule names none)."""
+    if tag_sets is not None:
         # Deleting by digest removes every tag: all of them must be meant to go.
-        if not m.tags or not all(rule.tags.matches(t) for t in m.tags):
+        if not tag_sets.every(m.tags):
             return False
     elif rule.untagged:
         if m.tags or m.digest in view.parents:
@@ -476,21 +522,27 @@ class _Deciding:
 
     @classmethod
     def start(cls, inventory: Inventory, policies: list[Policy], view: _RepoView, *,
-              now: datetime, options: Options, describe: Mapping[object, str]
-              ) -> _Deciding | None:
+              now: datetime, options: Options, describe: Mapping[object, str],
+              tag_sets: Mapping[PatternSet, _TagSets]) -> _Deciding | None:
+        # Each policy's delete rules in order, with their tags judged (looked up once here,
+        # not once per manifest).
+        deleting = [(p.name, [(r, None if r.tags is None else tag_sets[r.tags])
+                              for r in p.delete]) for p in policies]
         matched: dict[str, dict[str, DeleteRule]] = {}
         for digest in sorted(view.by_digest):
-            for p in policies:
-                rule = next((r for r in p.delete
-                             if _delete_matches(r, view.by_digest[digest], view, now)), None)
-                if rule is not None:
-                    matched.setdefault(digest, {})[p.name] = rule
+            m = view.by_digest[digest]
+            for name, rules in deleting:
+                for rule, judged in rules:  # the first delete rule that matches
+                    if _delete_matches(rule, m, view, now, judged):
+                        matched.setdefault(digest, {})[name] = rule
+                        break
         if not matched:
             return None
         kept_by: dict[str, tuple[str, KeepRule]] = {}
         for p in policies:
             for rule in p.keep:
-                for digest in _keep_matches(rule, view, now):
+                judged = None if rule.tags is None else tag_sets[rule.tags]
+                for digest in _keep_matches(rule, view, now, judged):
                     kept_by.setdefault(digest, (p.name, rule))
         deciding = cls(inventory.registry, policies, view, now, options, describe, matched,
                        kept_by, _pinned_closure(inventory, view, options.allowlist))
