@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
+from operator import attrgetter
 
 from retention.inventory import Inventory, Manifest
 
 Key = tuple[str, str]  # (repository, digest)
+
+_DIGEST = attrgetter("digest")
 
 
 def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
@@ -77,33 +80,43 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     The planner asks this for every deletion of a plan, a million manifests at a time.
     """
     order = list(dict.fromkeys(gone))
-    going = set(order)
-    # As in a Ledger, a manifest listed twice counts once, as first listed. Digests by
-    # repository, not (repository, digest) keys: a million tuples kept would only feed the
-    # garbage collector.
-    held: dict[str, set[str]] = defaultdict(set)
-    deleted: dict[Key, Manifest] = {}
+    # What goes, by repository: one set lookup per manifest of the registry, no
+    # (repository, digest) key built for each. As in a Ledger, a manifest listed twice in
+    # a repository counts once, as first listed.
+    going: dict[str, set[str]] = defaultdict(set)
+    for repository, digest in order:
+        going[repository].add(digest)
+    held: dict[str, set[str]] = defaultdict(set)  # repository -> digests listed so far
+    deleted: dict[str, dict[str, Manifest]] = defaultdict(dict)  # repository -> digest -> it
     staying: set[str] = set()  # blobs a manifest that is not deleted references
     sizes: dict[str, int] = {}  # a Ledger's sizes: the last listing of a blob tells
     for repo in inventory.repositories:
+        gone_here = going.get(repo.name, ())
+        mine = deleted[repo.name]
         seen = held[repo.name]
         for m in (*repo.manifests, *repo.last_known):
             if m.digest in seen:
                 continue
             seen.add(m.digest)
-            key = (repo.name, m.digest)
-            if key in going:
-                deleted[key] = m
-                for digest, size in _blobs(m):
-                    sizes[digest] = size
+            if m.digest in gone_here:
+                mine[m.digest] = m
+                sizes[m.digest] = m.size
+                for b in m.blobs:
+                    sizes[b.digest] = b.size
             else:
-                staying.update(digest for digest, _ in _blobs(m))
+                # attrgetter, not a generator: this runs for every manifest that stays.
+                staying.add(m.digest)
+                staying.update(map(_DIGEST, m.blobs))
     out = dict.fromkeys(order, 0)
     credited: set[str] = set()
     for key in reversed(order):  # last first: the last deletion referencing a blob frees it
-        m = deleted.get(key)
-        for digest, _ in _blobs(m) if m is not None else ():
+        m = deleted[key[0]].get(key[1])
+        if m is None:
+            continue
+        freed = 0
+        for digest in (m.digest, *map(_DIGEST, m.blobs)):
             if digest not in staying and digest not in credited:
                 credited.add(digest)
-                out[key] += sizes[digest]
+                freed += sizes[digest]
+        out[key] = freed
     return out
