@@ -510,8 +510,10 @@ class _Deciding:
     now: datetime
     options: Options
     describe: Mapping[object, str]
-    # digest -> (policy, delete rule) of each policy whose delete rule matched it
-    matched: dict[str, dict[str, DeleteRule]]
+    # digest -> policy -> its delete rule that matched it, described (the text is all a
+    # decision or an action needs of the rule; looking the rule up instead hashed it, a
+    # frozen dataclass of patterns, for every deletion)
+    matched: dict[str, dict[str, str]]
     kept_by: dict[str, tuple[str, KeepRule]]  # digest -> the first policy's keep rule
     pinned: set[str]
     kept: list[Decision] = field(default_factory=list)
@@ -526,15 +528,15 @@ class _Deciding:
               tag_sets: Mapping[PatternSet, _TagSets]) -> _Deciding | None:
         # Each policy's delete rules in order, with their tags judged (looked up once here,
         # not once per manifest).
-        deleting = [(p.name, [(r, None if r.tags is None else tag_sets[r.tags])
+        deleting = [(p.name, [(r, None if r.tags is None else tag_sets[r.tags], describe[r])
                               for r in p.delete]) for p in policies]
-        matched: dict[str, dict[str, DeleteRule]] = {}
+        matched: dict[str, dict[str, str]] = {}
         for digest in sorted(view.by_digest):
             m = view.by_digest[digest]
             for name, rules in deleting:
-                for rule, judged in rules:  # the first delete rule that matches
+                for rule, judged, described in rules:  # the first delete rule that matches
                     if _delete_matches(rule, m, view, now, judged):
-                        matched.setdefault(digest, {})[name] = rule
+                        matched.setdefault(digest, {})[name] = described
                         break
         if not matched:
             return None
@@ -555,7 +557,7 @@ class _Deciding:
         m = self.view.by_digest[digest]
         return Decision(policy, self.registry, self.view.repo.name, digest,
                         m.tags + m.referrer_tags, reason, detail,
-                        self.describe[self.matched[digest][policy]], self.view.time[digest])
+                        self.matched[digest][policy], self.view.time[digest])
 
     def protect(self, digest: str, reason: str, detail: str) -> None:
         """Every policy that matched ``digest`` says why it stays."""
@@ -666,11 +668,15 @@ class _Deciding:
             m = by_digest[digest]
             # Everything here that references it: the executor deletes it only once all of
             # them are gone.
-            parents = set(view.parents.get(digest, ()))
-            if m.subject in by_digest and m.subject != digest:
-                parents.add(m.subject)
-            out.append(_Deletion(digest, self.doomed_by[digest], self.doomed[digest],
-                                 tuple(sorted(parents))))
+            listed = view.parents.get(digest)
+            subject = m.subject in by_digest and m.subject != digest
+            parents: tuple[str, ...] = ()  # most manifests: nothing here references them
+            if listed or subject:
+                found = set(listed or ())
+                if subject:
+                    found.add(m.subject)
+                parents = tuple(sorted(found))
+            out.append(_Deletion(digest, self.doomed_by[digest], self.doomed[digest], parents))
         return parents_first(out)
 
     def action(self, deletion: _Deletion, freed: int) -> Action:
@@ -678,7 +684,7 @@ class _Deciding:
         digest, policy, cause = deletion.digest, deletion.policy, deletion.cause
         m = by_digest[digest]
         if cause is None:
-            reason = self.describe[self.matched[digest][policy]]
+            reason = self.matched[digest][policy]
         else:
             link = "child of index" if digest in by_digest[cause].children else "referrer of"
             reason = f"cascade: {link} {_short(cause)}, which is deleted"
@@ -720,8 +726,9 @@ def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:
 
     def emit(digest: str) -> None:
         order.append(digest)
-        for follower in sorted(followers.get(digest, ())):
-            emit(follower)
+        if digest in followers:  # most pull nothing along
+            for follower in sorted(followers[digest]):
+                emit(follower)
 
     for digest in sorted(d for d, cause in doomed.items() if cause is None):
         emit(digest)
@@ -746,7 +753,7 @@ def parents_first(actions: Iterable[_Ordered]) -> list[_Ordered]:
         progress = False
         waiting = []
         for a in pending:
-            if all(p in emitted or p not in planned for p in a.parents):
+            if not a.parents or all(p in emitted or p not in planned for p in a.parents):
                 out.append(a)
                 emitted.add(a.digest)
                 progress = True
