@@ -315,7 +315,8 @@ class _RepoView:
         depends on others (most have a time of their own: no set is built for them)."""
         if (pushed := _plausible(m.pushed, now)) is not None:
             return ManifestTime(pushed, PUSHED)
-        platform = [c for c in m.children if c not in m.attestations]
+        # Most manifests are no index: no list built for them.
+        platform = [c for c in m.children if c not in m.attestations] if m.children else None
         if platform:
             # An index is as new as its newest platform child, when every one of them has
             # a time of its own; attestations have none and do not count.
@@ -397,20 +398,19 @@ def _remember(memo: dict[tuple[str, ...], bool], tags: tuple[str, ...], found: b
 
 
 def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime,
-                  tag_sets: _TagSets | None) -> set[str]:
-    """``tag_sets``: the rule's tags, judged (None when the rule names none)."""
+                  tag_sets: _TagSets | None, ranked: Sequence[tuple[Manifest, bool]]) -> set[str]:
+    """``tag_sets``: the rule's tags, judged (None when the rule names none); ``ranked``:
+    _ranked(view), needed only by a `newest` rule."""
     manifests = view.repo.manifests
     if rule.newest is not None:
-        pool = [
-            m for m in manifests
-            if m.tags and (tag_sets is None or tag_sets.any(m.tags))
-        ]
-        # Newest first; unknown times rank as newest; ties broken by digest. Dated and
-        # undated manifests are ranked apart, N of each: a reproducible build timed by first
-        # sight must not push a release with a real date out, nor the other way round.
-        pool.sort(key=lambda m: _rank_key(view.time[m.digest], m.digest))
-        dated = [m for m in pool if view.time[m.digest].dated]
-        undated = [m for m in pool if not view.time[m.digest].dated]
+        # Dated and undated manifests are ranked apart, N of each: a reproducible build
+        # timed by first sight must not push a release with a real date out, nor the other
+        # way round.
+        dated: list[Manifest] = []
+        undated: list[Manifest] = []
+        for m, is_dated in ranked:
+            if tag_sets is None or tag_sets.any(m.tags):
+                (dated if is_dated else undated).append(m)
         chosen = dated[: rule.newest] + undated[: rule.newest]
     elif tag_sets is not None:
         chosen = [m for m in manifests if tag_sets.any(m.tags)]
@@ -423,6 +423,16 @@ def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime,
             if (age := _age(view.time[m.digest], now)) is None or age < limit
         ]
     return {m.digest for m in chosen}
+
+
+def _ranked(view: _RepoView) -> list[tuple[Manifest, bool]]:
+    """The tagged manifests of ``view``, newest first (unknown times rank as newest, ties
+    broken by digest), each with whether its time is dated. Sorted once per repository for
+    every `newest` rule of every policy: a rule with tags keeps this order (the sort is
+    stable) by filtering it."""
+    pool = [m for m in view.repo.manifests if m.tags]
+    pool.sort(key=lambda m: _rank_key(view.time[m.digest], m.digest))
+    return [(m, view.time[m.digest].dated) for m in pool]
 
 
 def _rank_key(time: ManifestTime, digest: str) -> tuple[int, float, str]:
@@ -541,10 +551,13 @@ class _Deciding:
         if not matched:
             return None
         kept_by: dict[str, tuple[str, KeepRule]] = {}
+        # Not kept in the view: the ranking is needed only while keep rules are matched.
+        ranked = _ranked(view) if any(r.newest is not None for p in policies
+                                      for r in p.keep) else []
         for p in policies:
             for rule in p.keep:
                 judged = None if rule.tags is None else tag_sets[rule.tags]
-                for digest in _keep_matches(rule, view, now, judged):
+                for digest in _keep_matches(rule, view, now, judged, ranked):
                     kept_by.setdefault(digest, (p.name, rule))
         deciding = cls(inventory.registry, policies, view, now, options, describe, matched,
                        kept_by, _pinned_closure(inventory, view, options.allowlist))
