@@ -611,8 +611,10 @@ class _Deciding:
         queue = sorted(doomed)
         while queue:
             cause = queue.pop(0)
-            linked_to = set(by_digest[cause].children) | set(self.view.referrers.get(cause, ()))
-            for linked in sorted(linked_to):
+            children, referrers = by_digest[cause].children, self.view.referrers.get(cause)
+            if not children and not referrers:
+                continue  # most pull nothing along: no set built and sorted for them
+            for linked in sorted(set(children) | set(referrers or ())):
                 if linked not in by_digest or linked in doomed or linked in self.matched:
                     continue
                 if linked in self.kept_by or by_digest[linked].tags:
@@ -645,8 +647,9 @@ class _Deciding:
             changed = False
             for digest in sorted(doomed):
                 subject = by_digest[digest].subject
-                parent = min((p for p in self.view.parents.get(digest, ()) if p not in doomed),
-                             default=None)
+                listed = self.view.parents.get(digest)  # most have no index: nothing to scan
+                parent = min((p for p in listed if p not in doomed),
+                             default=None) if listed else None
                 if parent is not None:
                     reason = (INDEX_CHILD, f"child of index {_short(parent)}, which stays")
                 elif subject in by_digest and subject not in doomed:
