@@ -295,8 +295,10 @@ class _RepoView:
                 referrers[m.subject].append(m.digest)
         view = cls(repo, by_digest, {}, parents, referrers,
                    any(not m.parsed for m in repo.manifests), attested)
+        time, nothing_waits = view.time, frozenset()
         for digest in sorted(by_digest):  # by digest: the listing order never matters
-            view._time_of(digest, now, frozenset())
+            if digest not in time:  # not already timed as an index's child
+                time[digest] = view._own_time(by_digest[digest], now, nothing_waits)
         return view
 
     def _time_of(self, digest: str, now: datetime, path: frozenset[str]) -> ManifestTime:
