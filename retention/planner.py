@@ -11,6 +11,7 @@ its signature.
 from __future__ import annotations
 
 import gc
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -167,13 +168,39 @@ def plan(
     # collector walked all of them again at every full collection, finding nothing to free:
     # 5-6 s of 31 s for a million manifests (bench/plan_benchmark.py). It is paused while
     # planning; reference counting frees as usual, and any cycle is collected after.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with _GC_PAUSE:
         return _plan(inventory, policies, now=now, options=options or Options())
-    finally:
-        if collecting:
-            gc.enable()
+
+
+class _GcPause:
+    """The collector paused from the first plan() running, in any thread, to the last.
+
+    Checking whether it runs and pausing it is one step under a lock: two threads each
+    checking, then pausing, could otherwise see it paused by the other and never resume it.
+    """
+
+    __slots__ = ("_lock", "_resume", "_running")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0  # plan() calls now planning
+        self._resume = False  # the collector ran before the first of them paused it
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0 and self._resume:
+                gc.enable()
+
+
+_GC_PAUSE = _GcPause()
 
 
 def _plan(inventory: Inventory, policies: Sequence[Policy], *, now: datetime,
