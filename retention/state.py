@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,6 +182,19 @@ class State:
         db.executescript(_SCHEMA)
         return cls(db, path=None)
 
+    @contextmanager
+    def _transaction(self, *, immediate: bool = False) -> Iterator[None]:
+        """One transaction (the lock held): committed when the block ends, rolled back when
+        it raises. ``immediate``: take the write lock at the start, so that another writer
+        makes it wait there rather than fail halfway, upgrading a read lock."""
+        self._db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
         with self._lock:
             try:
@@ -214,13 +228,8 @@ class State:
         """Write the pending facts in a transaction of their own (the lock held)."""
         if not self._pending_facts:
             return
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._write_facts()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def _write_facts(self) -> None:
         """Write the pending facts (the lock held, inside a transaction)."""
@@ -255,19 +264,13 @@ class State:
         """
         stamp = _ts(now)
         repos = []
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._write_facts()
-                for repo in inventory.repositories:
-                    if repo.error is not None:
-                        repos.append(repo)
-                        continue
-                    repos.append(self._observe_repository(inventory.registry, repo, stamp))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._write_facts()
+            for repo in inventory.repositories:
+                if repo.error is not None:
+                    repos.append(repo)
+                    continue
+                repos.append(self._observe_repository(inventory.registry, repo, stamp))
         return replace(inventory, repositories=tuple(repos))
 
     def _observe_repository(self, registry: str, repo: Repository, stamp: str) -> Repository:
@@ -355,62 +358,44 @@ class State:
                       body: bytes) -> int:
         """Journal a DELETE about to be sent: the row (status ``deleting``) and the manifest's
         exact bytes, in one transaction, committed before the DELETE leaves. Returns its id."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO journal (at, registry, repository, digest, tags, bytes, policy,"
-                    " reason, status) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 'deleting')",
-                    (_ts(at), registry, repository, digest, json.dumps(list(tags)), policy,
-                     reason))
-                entry = int(cursor.lastrowid or 0)
-                self._db.execute("INSERT INTO journal_bodies VALUES (?, ?, ?)",
-                                 (entry, media_type, body))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction(immediate=True):
+            cursor = self._db.execute(
+                "INSERT INTO journal (at, registry, repository, digest, tags, bytes, policy,"
+                " reason, status) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 'deleting')",
+                (_ts(at), registry, repository, digest, json.dumps(list(tags)), policy,
+                 reason))
+            entry = int(cursor.lastrowid or 0)
+            self._db.execute("INSERT INTO journal_bodies VALUES (?, ?, ?)",
+                             (entry, media_type, body))
         return entry
 
     def journal_end(self, entry: int, *, status: str, reason: str | None = None,
                     bytes: int = 0) -> None:
         """The registry's answer to a journaled DELETE (deleted, failed or skipped), with
         the bytes that deletion freed."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT registry, repository, digest FROM journal "
-                                       "WHERE id=?", (entry,)).fetchone()
-                if reason is None:
-                    self._db.execute("UPDATE journal SET status=?, bytes=? WHERE id=?",
-                                     (status, bytes, entry))
-                else:
-                    self._db.execute("UPDATE journal SET status=?, reason=?, bytes=? WHERE id=?",
-                                     (status, reason, bytes, entry))
-                if status == "deleted" and row is not None:
-                    for table in ("manifests", "tags", "restored"):
-                        self._db.execute(f"DELETE FROM {table} WHERE registry=? AND "  # noqa: S608
-                                         "repository=? AND digest=?", row)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction(immediate=True):
+            row = self._db.execute("SELECT registry, repository, digest FROM journal "
+                                   "WHERE id=?", (entry,)).fetchone()
+            if reason is None:
+                self._db.execute("UPDATE journal SET status=?, bytes=? WHERE id=?",
+                                 (status, bytes, entry))
+            else:
+                self._db.execute("UPDATE journal SET status=?, reason=?, bytes=? WHERE id=?",
+                                 (status, reason, bytes, entry))
+            if status == "deleted" and row is not None:
+                for table in ("manifests", "tags", "restored"):
+                    self._db.execute(f"DELETE FROM {table} WHERE registry=? AND "  # noqa: S608
+                                     "repository=? AND digest=?", row)
 
     def prune_journal(self, before: datetime) -> int:
         """Forget deletions (with their bodies) and restores older than ``before``
         (journal_keep); returns how many deletions were forgotten."""
         stamp = _ts(before)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM journal_bodies WHERE journal_id IN "
-                                 "(SELECT id FROM journal WHERE at < ?)", (stamp,))
-                pruned = self._db.execute("DELETE FROM journal WHERE at < ?", (stamp,)).rowcount
-                self._db.execute("DELETE FROM restores WHERE at < ?", (stamp,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction(immediate=True):
+            self._db.execute("DELETE FROM journal_bodies WHERE journal_id IN "
+                             "(SELECT id FROM journal WHERE at < ?)", (stamp,))
+            pruned = self._db.execute("DELETE FROM journal WHERE at < ?", (stamp,)).rowcount
+            self._db.execute("DELETE FROM restores WHERE at < ?", (stamp,))
         return pruned
 
     def deletions_to_restore(self, *, since: datetime | None = None,
@@ -457,19 +442,13 @@ class State:
     def restore_end(self, restore: int, *, status: str, detail: str, at: datetime) -> None:
         """A restore's outcome; a manifest back in the registry is marked ``restored`` so the
         next plan protects it once, in the open, before any run deletes it again."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("UPDATE restores SET status=?, detail=? WHERE id=?",
-                                 (status, detail, restore))
-                if status in RESTORED_STATUSES:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO restored SELECT registry, repository, digest, ?"
-                        " FROM restores WHERE id=?", (_ts(at), restore))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction(immediate=True):
+            self._db.execute("UPDATE restores SET status=?, detail=? WHERE id=?",
+                             (status, detail, restore))
+            if status in RESTORED_STATUSES:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO restored SELECT registry, repository, digest, ?"
+                    " FROM restores WHERE id=?", (_ts(at), restore))
 
     def restores(self) -> list[dict[str, object]]:
         with self._lock:
