@@ -10,23 +10,18 @@ registry does, through a socket. Running in the same event loop keeps what a han
 from __future__ import annotations
 
 import inspect
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 from aiohttp import web
 
+from tests.servers import free_port
+
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
 # Set by aiohttp itself from the body it sends (a HEAD keeps the handler's Content-Length).
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @asynccontextmanager

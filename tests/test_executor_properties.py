@@ -34,7 +34,7 @@ from retention.runs import Connections, RunResult, collect, open_clients, plan_a
 from retention.setup import load_setup
 from retention.state import State
 from tests.factories import NOW
-from tests.loopback import free_port, serving
+from tests.loopback import serving
 from tests.memregistry import (
     BUSY,
     FAIL,
@@ -47,6 +47,7 @@ from tests.memregistry import (
     MemRegistry,
     Pushed,
 )
+from tests.servers import free_port
 
 # 200 examples in CI; RETENTION_PROPERTY_EXAMPLES=5000 for a deeper search (as the planner's).
 PROPERTY = settings(max_examples=int(os.environ.get("RETENTION_PROPERTY_EXAMPLES", "200")),

@@ -34,6 +34,7 @@ def _safe(message: str) -> str:
     the query (S3's X-Amz-Signature, Azure's sig=), which the log redactor does not know."""
     return _QUERY.sub(r"\1?[query removed]", _USERINFO.sub(r"\1", message))
 
+
 def _no_headers() -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict())
 
@@ -119,7 +120,7 @@ class HttpSession:
             self._session._retry_connection = False
         return self._session
 
-    def url(self, url: str | URL) -> URL:
+    def _url(self, url: str | URL) -> URL:
         """A path is on the registry; an absolute URL (a token realm, a Link the client
         checked) is used as given, byte for byte."""
         if isinstance(url, URL):
@@ -153,7 +154,7 @@ class HttpSession:
         """
         sent = dict(headers or {})
         try:
-            target = self.url(url)
+            target = self._url(url)
             if params:
                 target = target.update_query({k: str(v) for k, v in params.items()})
             hop_headers = sent
