@@ -18,9 +18,7 @@ from retention.scanner import Scanner
 from tests.loopback import serving
 from tests.pusher import Pusher
 from tests.servers import Fault, FaultProxy
-from tests.test_client import PASSWORD, USER
-
-FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
+from tests.test_client import FAST, PASSWORD, USER
 
 
 def test_redirect_to_storage_does_not_carry_the_registrys_credentials(basic_registry):
