@@ -310,5 +310,5 @@ def _print(document: dict | str, out: TextIO) -> None:
     if isinstance(document, str):
         out.write(document)
     else:
-        json.dump(document, out, indent=2)
-        out.write("\n")
+        # One string, then one write: json.dump writes every token on its own.
+        out.write(json.dumps(document, indent=2) + "\n")

@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
@@ -129,6 +128,10 @@ def check_cron(reader: Reader, node: yaml.Node, *, what: str) -> str | None:
     text = reader.string(node, what=what)
     if text is None:
         return None
+    # Imported here: APScheduler (and importlib.metadata under it) costs ~20 ms, which every
+    # `plan` would pay before its first request while the registry waits.
+    from apscheduler.triggers.cron import CronTrigger
+
     try:
         CronTrigger.from_crontab(text, timezone="UTC")
     except ValueError as exc:

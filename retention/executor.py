@@ -23,19 +23,24 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
 from retention.accounting import Ledger
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
 from retention.inventory import Inventory, referrer_tag_subject
-from retention.metrics import Metrics
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, RegistryClient
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
 from retention.state import State
+
+if TYPE_CHECKING:
+    # Only a type here: prometheus_client is imported by those who make Metrics (the
+    # daemon), not by every `plan`.
+    from retention.metrics import Metrics
 
 log = structlog.get_logger("retention.executor")
 

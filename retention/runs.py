@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -15,7 +16,6 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
-from retention.metrics import Metrics
 from retention.planner import RESTORED, Plan, only, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
@@ -25,7 +25,13 @@ from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
 
+if TYPE_CHECKING:
+    # Only a type here: prometheus_client is imported by those who make Metrics (the
+    # daemon), not by every `plan`.
+    from retention.metrics import Metrics
+
 log = structlog.get_logger("retention.runs")
+
 
 @dataclass(frozen=True, slots=True)
 class Connections:
