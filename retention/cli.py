@@ -7,7 +7,6 @@ exceeded); 2 invalid config, policy, allowlist or usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from retention import __version__, logs
+from retention import __version__, eventloop, logs
 from retention.allowlist import unknown_host_pins
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
@@ -154,7 +153,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _inventory(setup, args, out)
     if args.command == "in-use":
         from retention.kube import print_in_use
-        return FAILED if asyncio.run(print_in_use(setup.config, out, fmt=args.output)) else OK
+        return FAILED if eventloop.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
         return _plan(setup, args, out)
     if args.command == "run":
@@ -193,7 +192,7 @@ def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     unknown = [n for n in names if n not in setup.config.registries]
     if unknown:
         raise UsageError(f"no registry named {', '.join(unknown)} in {args.config}")
-    inventories = asyncio.run(_collect(setup, names))
+    inventories = eventloop.run(_collect(setup, names))
     if args.output == "json":
         json.dump({"format_version": 1,
                    "inventories": [inventory_to_json(inventories[n]) for n in names]},
@@ -281,7 +280,7 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
                                          policies=args.policy or (), dry_run=args.dry_run)
 
     try:
-        report = asyncio.run(go())
+        report = eventloop.run(go())
     finally:
         state.close()
     _print(restore.to_json(report) if args.output == "json" else
@@ -292,7 +291,7 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
 def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool) -> RunResult:
     state = State.open(setup.config.state_dir)
     try:
-        return asyncio.run(run_pass(setup, policies, dry_run=dry_run, state=state))
+        return eventloop.run(run_pass(setup, policies, dry_run=dry_run, state=state))
     finally:
         state.close()
 

@@ -25,7 +25,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from retention import logs
+from retention import eventloop, logs
 from retention.allowlist import allowlist_files
 from retention.errors import ConfigError, RetentionError
 from retention.metrics import Metrics
@@ -317,4 +317,4 @@ class Daemon:
 
 
 def serve(config_path: Path, *, err: TextIO | None = None) -> int:
-    return asyncio.run(Daemon(config_path, err=err).run())
+    return eventloop.run(Daemon(config_path, err=err).run())
