@@ -5,6 +5,16 @@ anywhere in the registry references it. Blobs are shared across repositories, so
 decided registry-wide, and a repository that could not be read still holds what was last
 known there. The planner uses this for what a plan would free; the executor for what a run
 really freed, one deletion at a time, as each manifest really goes.
+
+What references a blob is what distribution's garbage collector marks (2.8, `registry
+garbage-collect` without `--delete-untagged`): for each manifest present in a repository,
+its own digest (the body) and the digests of its references, which for an image are its
+config and layers and for an index are its children. So an index keeps the BODY of every
+child it lists alive, even where that child manifest is gone from the index's repository
+(deleted by someone else) while the same digest is deleted in another one; it does not keep
+the config and layers of a child that is gone. A blob is credited only to a manifest this
+run deleted whose own blob (body, config, layer) it is: the body of a child freed because
+its index went is that child's, not the index's.
 """
 
 from __future__ import annotations
@@ -27,13 +37,15 @@ def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
 
 
 class Ledger:
-    """References to each blob from the manifests still present in one registry.
+    """References to each blob from the manifests still present in one registry: their own
+    blobs, and the children (manifest bodies) each index lists.
 
     ``remove`` takes a manifest out and says which blobs lost their last reference: those
-    are freed, and credited to whoever deleted that manifest. A manifest found already gone
-    frees nothing for this run; a blob whose last reference it held is credited to the
-    earlier deletion in this run that also referenced it, if any (both are needed for the
-    garbage collector to free it).
+    are freed, and credited to whoever deleted that manifest when they are its own. A
+    manifest found already gone frees nothing for this run; a blob whose last reference it
+    held is credited to the earlier deletion in this run that also held it as its own, if
+    any (both are needed for the garbage collector to free it). So is a child's body whose
+    last reference was an index's listing.
     """
 
     def __init__(self, inventory: Inventory):
@@ -50,6 +62,8 @@ class Ledger:
                 for digest, size in _blobs(m):
                     self._references[digest] += 1
                     self._sizes[digest] = size
+                for child in m.children:  # the collector marks the body of each child
+                    self._references[child] += 1
 
     def remove(self, key: Key, *, owner: Hashable | None) -> list[tuple[Hashable, int]]:
         """The manifest ``key`` is gone: (owner, bytes) for what that frees. ``owner`` is
@@ -66,6 +80,14 @@ class Ledger:
                 paid = owner if owner is not None else self._first_owner.get(digest)
                 if paid is not None:
                     credits[paid] += self._sizes[digest]
+        for child in m.children:
+            self._references[child] -= 1
+            if self._references[child] == 0:
+                # Not the index's own blob: freed for this run only as the body of a child
+                # this run deleted (its size is then known from that child).
+                paid = self._first_owner.get(child)
+                if paid is not None:
+                    credits[paid] += self._sizes[child]
         return list(credits.items())
 
 
@@ -76,7 +98,8 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     The answer is the one a Ledger gives when ``gone`` is removed from it in order (a
     manifest listed twice goes at its first mention; one it does not hold frees nothing),
     found without counting every reference in the registry: a blob is freed exactly when no
-    staying manifest references it, and then the last deletion referencing it pays for it.
+    staying manifest references it (as its own blob, or as a child an index lists), and
+    then the last deletion holding it as its own pays for it.
     The planner asks this for every deletion of a plan, a million manifests at a time.
     """
     order = list(dict.fromkeys(gone))
@@ -107,6 +130,8 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
                 # attrgetter, not a generator: this runs for every manifest that stays.
                 staying.add(m.digest)
                 staying.update(map(_DIGEST, m.blobs))
+                if m.children:  # the collector marks the body of each child an index lists
+                    staying.update(m.children)
     out = dict.fromkeys(order, 0)
     credited: set[str] = set()
     for key in reversed(order):  # last first: the last deletion referencing a blob frees it

@@ -49,7 +49,7 @@ LAYERS = [(dg(f"layer-{i}"), 1000 * (i + 1)) for i in range(8)]
 
 
 @st.composite
-def repositories(draw, name: str) -> Repository:
+def repositories(draw, name: str, other: str) -> Repository:
     n = draw(st.integers(2, 10))
     names = [f"{name}-m{i}" for i in range(n)]
     # Most tags land on some manifest, several per manifest now and then.
@@ -62,7 +62,11 @@ def repositories(draw, name: str) -> Repository:
                          draw(st.sets(st.integers(0, i - 1), min_size=1, max_size=3))
                          ) if is_index else ()
         if is_index and draw(st.integers(0, 3)) == 0:
-            children += (dg(f"{mname}-missing-child"),)  # listed, never pushed (or gone)
+            # Listed, never pushed here (or gone); sometimes the digest of a manifest of the
+            # other repository, which the garbage collector then keeps for this index.
+            missing = draw(st.sampled_from([f"{mname}-missing-child", f"{other}-m0",
+                                            f"{other}-m1"]))
+            children += (dg(missing),)
         subject = None
         if draw(st.integers(0, 3)) == 0:
             subject = dg(draw(st.sampled_from([*names, "missing"])))
@@ -128,7 +132,7 @@ def policy_specs(draw, name: str) -> dict:
 def scenarios(draw):
     """(inventory, policy text, policies as dicts, allowlist): one to three policies,
     overlapping or not, over two repositories that share layers."""
-    repos = (draw(repositories("ci/a")), draw(repositories("ci/b")))
+    repos = (draw(repositories("ci/a", "ci/b")), draw(repositories("ci/b", "ci/a")))
     inventory = Inventory("main", "reg.test", repos, NOW)
     specs = [draw(policy_specs(f"p{i}")) for i in range(draw(st.sampled_from([1, 1, 2, 3])))]
     text = "\n---\n".join(json.dumps(spec) for spec in specs)
@@ -338,13 +342,15 @@ def test_plan_does_not_depend_on_listing_order(scenario, rnd: random.Random):
 
 def gc_frees(inventory: Inventory, gone: set[tuple[str, str]]) -> int:
     """A garbage collector's mark and sweep, written independently of the planner: mark
-    every blob (manifest body, config, layers) that a surviving manifest anywhere in the
-    registry references, then sum the sizes of the unmarked blobs the deleted ones held."""
+    every blob that a surviving manifest anywhere in the registry references (as
+    distribution 2.8 does: its body, its config and layers, and the body of each child an
+    index lists, whether or not that child is still in the index's repository), then sum
+    the sizes of the unmarked blobs the deleted ones held."""
     marked: set[str] = set()
     for repo in inventory.repositories:
         for m in repo.manifests:
             if (repo.name, m.digest) not in gone:
-                marked |= {m.digest, *(b.digest for b in m.blobs)}
+                marked |= {m.digest, *(b.digest for b in m.blobs), *m.children}
     swept: dict[str, int] = {}
     for repo in inventory.repositories:
         for m in repo.manifests:
