@@ -288,6 +288,23 @@ def test_a_manifest_already_gone_is_not_credited(tmp_path, registry, pusher, pro
     assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) - theirs > 0
 
 
+def test_the_body_of_a_child_an_index_still_lists_is_not_claimed(tmp_path, registry, pusher):
+    """The same image in two repositories; someone deleted it from the one where an index
+    lists it. Deleting it from the other frees its config and layer, not its body: the
+    garbage collector marks every child an index lists, there or not."""
+    child = pusher.image("multi", None, created=OLD, layers=(b"child layer" * 20,))
+    pusher.index("multi", "v1", [child])
+    assert pusher.image("app", "pr-1", created=OLD, layers=(b"child layer" * 20,)) == child
+    assert pusher.client.delete(f"/v2/multi/manifests/{child.digest}").status_code == 202
+    config = write_config(tmp_path, registry.url, policy=PR)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0, doc
+    assert deleted_digests(doc) == {child.digest}
+    config_and_layer = sum(size for _, size in child.blobs)
+    assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
+    assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) == config_and_layer
+
+
 # -- 6. a run cut short by shutdown is not a success ------------------------------------------
 
 def test_shutdown_during_a_run_is_not_a_success(tmp_path, registry, pusher, proxy):
