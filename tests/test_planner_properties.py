@@ -379,6 +379,24 @@ def test_cascades_follow_their_cause_and_bytes_are_what_a_gc_frees(scenario):
         assert 0 <= a.bytes <= m.size + sum(b.size for b in m.blobs)
 
 
+def test_an_index_keeps_the_body_of_a_child_gone_from_its_repository():
+    """ci/b's m0 is deleted; ci/a's index lists the same digest, which is gone from ci/a:
+    the garbage collector keeps the body for the index, and frees only the layer."""
+    child = dg("ci/b-m0")
+    index = Manifest(digest=dg("ci/a-m1"), media_type=OCI, size=150, tags=("latest",),
+                     children=(child,), first_seen=NOW - timedelta(days=40))
+    image = Manifest(digest=child, media_type=OCI, size=100, tags=("pr-1",),
+                     created=NOW - timedelta(days=40), blobs=(Blob(*LAYERS[0]),),
+                     first_seen=NOW - timedelta(days=40))
+    inventory = Inventory("main", "reg.test", (Repository("ci/a", (index,)),
+                                               Repository("ci/b", (image,))), NOW)
+    policy = json.dumps({"name": "p", "repositories": {"include": ["**"]},
+                         "delete": [{"tags": ["pr-*"]}]})
+    p = run(inventory, policy, Allowlist.of([]))
+    assert [(a.repository, a.digest) for a in p.actions] == [("ci/b", child)]
+    assert p.reclaimable_bytes == gc_frees(inventory, {("ci/b", child)}) == LAYERS[0][1]
+
+
 def acr_shaped(inventory: Inventory) -> Inventory:
     """The same registry as ACR reports it: push times instead of config times, an index
     pushed when its newest child was. Only dated manifests have a push time here: ACR's
