@@ -15,6 +15,11 @@ child it lists alive, even where that child manifest is gone from the index's re
 the config and layers of a child that is gone. A blob is credited only to a manifest this
 run deleted whose own blob (body, config, layer) it is: the body of a child freed because
 its index went is that child's, not the index's.
+
+A manifest retention cannot parse (Docker schema 1, or anything else it does not understand)
+references blobs retention does not know: the collector marks a schema 1 manifest's layers.
+While one is present in the registry, no config or layer is claimed as freed, only manifest
+bodies (fewer bytes than the collector may free: never more).
 """
 
 from __future__ import annotations
@@ -53,12 +58,16 @@ class Ledger:
         self._references: dict[str, int] = defaultdict(int)
         self._sizes: dict[str, int] = {}
         self._first_owner: dict[str, Hashable] = {}  # blob -> the first deletion touching it
+        # A manifest not understood may hold any config or layer (never deleted by a plan,
+        # so this holds for the whole run).
+        self._opaque = False
         for repo in inventory.repositories:
             for m in (*repo.manifests, *repo.last_known):
                 key = (repo.name, m.digest)
                 if key in self._manifests:
                     continue
                 self._manifests[key] = m
+                self._opaque = self._opaque or not m.parsed
                 for digest, size in _blobs(m):
                     self._references[digest] += 1
                     self._sizes[digest] = size
@@ -76,7 +85,7 @@ class Ledger:
             self._references[digest] -= 1
             if owner is not None:
                 self._first_owner.setdefault(digest, owner)
-            if self._references[digest] == 0:
+            if self._references[digest] == 0 and (digest == m.digest or not self._opaque):
                 paid = owner if owner is not None else self._first_owner.get(digest)
                 if paid is not None:
                     credits[paid] += self._sizes[digest]
@@ -112,6 +121,7 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     held: dict[str, set[str]] = defaultdict(set)  # repository -> digests listed so far
     deleted: dict[str, dict[str, Manifest]] = defaultdict(dict)  # repository -> digest -> it
     staying: set[str] = set()  # blobs a manifest that is not deleted references
+    opaque = False  # a manifest not understood stays: it may hold any config or layer
     sizes: dict[str, int] = {}  # a Ledger's sizes: the last listing of a blob tells
     for repo in inventory.repositories:
         gone_here = going.get(repo.name, ())
@@ -132,6 +142,8 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
                 staying.update(map(_DIGEST, m.blobs))
                 if m.children:  # the collector marks the body of each child an index lists
                     staying.update(m.children)
+                if not m.parsed:
+                    opaque = True
     out = dict.fromkeys(order, 0)
     credited: set[str] = set()
     for key in reversed(order):  # last first: the last deletion referencing a blob frees it
@@ -139,7 +151,7 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
         if m is None:
             continue
         freed = 0
-        for digest in (m.digest, *map(_DIGEST, m.blobs)):
+        for digest in (m.digest, *(() if opaque else map(_DIGEST, m.blobs))):
             if digest not in staying and digest not in credited:
                 credited.add(digest)
                 freed += sizes[digest]
