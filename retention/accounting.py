@@ -5,6 +5,21 @@ anywhere in the registry references it. Blobs are shared across repositories, so
 decided registry-wide, and a repository that could not be read still holds what was last
 known there. The planner uses this for what a plan would free; the executor for what a run
 really freed, one deletion at a time, as each manifest really goes.
+
+What references a blob is what distribution's garbage collector marks (2.8, `registry
+garbage-collect` without `--delete-untagged`): for each manifest present in a repository,
+its own digest (the body) and the digests of its references, which for an image are its
+config and layers and for an index are its children. So an index keeps the BODY of every
+child it lists alive, even where that child manifest is gone from the index's repository
+(deleted by someone else) while the same digest is deleted in another one; it does not keep
+the config and layers of a child that is gone. A blob is credited only to a manifest this
+run deleted whose own blob (body, config, layer) it is: the body of a child freed because
+its index went is that child's, not the index's.
+
+A manifest retention cannot parse (Docker schema 1, or anything else it does not understand)
+references blobs retention does not know: the collector marks a schema 1 manifest's layers.
+While one is present in the registry, no config or layer is claimed as freed, only manifest
+bodies (fewer bytes than the collector may free: never more).
 """
 
 from __future__ import annotations
@@ -27,13 +42,15 @@ def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
 
 
 class Ledger:
-    """References to each blob from the manifests still present in one registry.
+    """References to each blob from the manifests still present in one registry: their own
+    blobs, and the children (manifest bodies) each index lists.
 
     ``remove`` takes a manifest out and says which blobs lost their last reference: those
-    are freed, and credited to whoever deleted that manifest. A manifest found already gone
-    frees nothing for this run; a blob whose last reference it held is credited to the
-    earlier deletion in this run that also referenced it, if any (both are needed for the
-    garbage collector to free it).
+    are freed, and credited to whoever deleted that manifest when they are its own. A
+    manifest found already gone frees nothing for this run; a blob whose last reference it
+    held is credited to the earlier deletion in this run that also held it as its own, if
+    any (both are needed for the garbage collector to free it). So is a child's body whose
+    last reference was an index's listing.
     """
 
     def __init__(self, inventory: Inventory):
@@ -41,15 +58,21 @@ class Ledger:
         self._references: dict[str, int] = defaultdict(int)
         self._sizes: dict[str, int] = {}
         self._first_owner: dict[str, Hashable] = {}  # blob -> the first deletion touching it
+        # A manifest not understood may hold any config or layer (never deleted by a plan,
+        # so this holds for the whole run).
+        self._opaque = False
         for repo in inventory.repositories:
             for m in (*repo.manifests, *repo.last_known):
                 key = (repo.name, m.digest)
                 if key in self._manifests:
                     continue
                 self._manifests[key] = m
+                self._opaque = self._opaque or not m.parsed
                 for digest, size in _blobs(m):
                     self._references[digest] += 1
                     self._sizes[digest] = size
+                for child in m.children:  # the collector marks the body of each child
+                    self._references[child] += 1
 
     def remove(self, key: Key, *, owner: Hashable | None) -> list[tuple[Hashable, int]]:
         """The manifest ``key`` is gone: (owner, bytes) for what that frees. ``owner`` is
@@ -62,10 +85,18 @@ class Ledger:
             self._references[digest] -= 1
             if owner is not None:
                 self._first_owner.setdefault(digest, owner)
-            if self._references[digest] == 0:
+            if self._references[digest] == 0 and (digest == m.digest or not self._opaque):
                 paid = owner if owner is not None else self._first_owner.get(digest)
                 if paid is not None:
                     credits[paid] += self._sizes[digest]
+        for child in m.children:
+            self._references[child] -= 1
+            if self._references[child] == 0:
+                # Not the index's own blob: freed for this run only as the body of a child
+                # this run deleted (its size is then known from that child).
+                paid = self._first_owner.get(child)
+                if paid is not None:
+                    credits[paid] += self._sizes[child]
         return list(credits.items())
 
 
@@ -76,7 +107,8 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     The answer is the one a Ledger gives when ``gone`` is removed from it in order (a
     manifest listed twice goes at its first mention; one it does not hold frees nothing),
     found without counting every reference in the registry: a blob is freed exactly when no
-    staying manifest references it, and then the last deletion referencing it pays for it.
+    staying manifest references it (as its own blob, or as a child an index lists), and
+    then the last deletion holding it as its own pays for it.
     The planner asks this for every deletion of a plan, a million manifests at a time.
     """
     order = list(dict.fromkeys(gone))
@@ -89,6 +121,7 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     held: dict[str, set[str]] = defaultdict(set)  # repository -> digests listed so far
     deleted: dict[str, dict[str, Manifest]] = defaultdict(dict)  # repository -> digest -> it
     staying: set[str] = set()  # blobs a manifest that is not deleted references
+    opaque = False  # a manifest not understood stays: it may hold any config or layer
     sizes: dict[str, int] = {}  # a Ledger's sizes: the last listing of a blob tells
     for repo in inventory.repositories:
         gone_here = going.get(repo.name, ())
@@ -107,6 +140,10 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
                 # attrgetter, not a generator: this runs for every manifest that stays.
                 staying.add(m.digest)
                 staying.update(map(_DIGEST, m.blobs))
+                if m.children:  # the collector marks the body of each child an index lists
+                    staying.update(m.children)
+                if not m.parsed:
+                    opaque = True
     out = dict.fromkeys(order, 0)
     credited: set[str] = set()
     for key in reversed(order):  # last first: the last deletion referencing a blob frees it
@@ -114,7 +151,7 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
         if m is None:
             continue
         freed = 0
-        for digest in (m.digest, *map(_DIGEST, m.blobs)):
+        for digest in (m.digest, *(() if opaque else map(_DIGEST, m.blobs))):
             if digest not in staying and digest not in credited:
                 credited.add(digest)
                 freed += sizes[digest]

@@ -228,7 +228,10 @@ class MemRegistry:
         marked: set[str] = set()
         for key in present:
             marked |= self.own_blobs(key)
-            marked.update(self.history[key].children)  # distribution marks an index's children
+            # distribution 2.8 marks an index's references: the body of each child it lists,
+            # there or not, and not the child's config and layers (the child, if present,
+            # marks those itself).
+            marked.update(self.history[key].children)
         return marked
 
     def own_blobs(self, key: Key) -> set[str]:

@@ -288,6 +288,50 @@ def test_a_manifest_already_gone_is_not_credited(tmp_path, registry, pusher, pro
     assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) - theirs > 0
 
 
+def test_the_body_of_a_child_an_index_still_lists_is_not_claimed(tmp_path, registry, pusher):
+    """The same image in two repositories; someone deleted it from the one where an index
+    lists it. Deleting it from the other frees its config and layer, not its body: the
+    garbage collector marks every child an index lists, there or not."""
+    child = pusher.image("multi", None, created=OLD, layers=(b"child layer" * 20,))
+    pusher.index("multi", "v1", [child])
+    assert pusher.image("app", "pr-1", created=OLD, layers=(b"child layer" * 20,)) == child
+    assert pusher.client.delete(f"/v2/multi/manifests/{child.digest}").status_code == 202
+    config = write_config(tmp_path, registry.url, policy=PR)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0, doc
+    assert deleted_digests(doc) == {child.digest}
+    config_and_layer = sum(size for _, size in child.blobs)
+    assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
+    assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) == config_and_layer
+
+
+def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
+    """A schema 1 manifest (which retention does not parse) shares its layer with the image
+    deleted: the garbage collector keeps that layer for it. Retention cannot tell which
+    blobs such a manifest holds, so it claims the image's body only: less than the garbage
+    collector frees (the config too), never more."""
+    from tests.servers import start_registry
+    from tests.test_reading import _skopeo_schema1
+
+    reg = start_registry(tmp_path / "registry", schema1=True)
+    try:
+        _skopeo_schema1(tmp_path, reg.host, "legacy", "v0")
+        pusher = Pusher(reg.url)
+        (layer,) = [d for d in (tmp_path / "layout/blobs/sha256").iterdir()
+                    if d.read_bytes()[:2] == b"\x1f\x8b"]  # the gzipped layer
+        doomed = pusher.image("app", "pr-1", created=OLD, layers=(layer.read_bytes(),))
+        pusher.close()
+        config = write_config(tmp_path, reg.url, policy=PR)
+        code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+        assert code == 0, doc
+        assert deleted_digests(doc) == {doomed.digest}
+        assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
+        assert doc["summary"]["reclaimed_bytes"] == doomed.size
+        assert gc_freed(reg) == doomed.size + doomed.blobs[0][1]  # body and config
+    finally:
+        reg.stop()
+
+
 # -- 6. a run cut short by shutdown is not a success ------------------------------------------
 
 def test_shutdown_during_a_run_is_not_a_success(tmp_path, registry, pusher, proxy):

@@ -419,7 +419,8 @@ def check_invariants(ran: Ran) -> None:
                 assert (repo, digest) not in deleted, f"{repo}:{tag} kept by {spec.name}"
 
     # (4) Reclaimed bytes: the blobs (body, config, layers) of the manifests the run deleted
-    # that the garbage collector then frees, i.e. that nothing left marks. A manifest someone
+    # that the garbage collector then frees, i.e. that nothing left marks (an index left
+    # marks the body of each child it lists, even one gone from its repository). A manifest someone
     # else deleted that the run found gone (404) is gone; one it never saw cannot be known,
     # so it counts as still there. Without out-of-band deletions that is exactly what the
     # garbage collector frees.
@@ -522,10 +523,26 @@ OUT_OF_BAND_THEN_STOP = Scenario(
     policies=(PolicySpec("p1", delete=({"tags": ["pr-*"]},)),),
     faults=(Fault(0, OUT_OF_BAND), Fault(1, BUSY), Fault(2, STOP)),
 )
+# The same image (i0) in app and ci/web, ci/web's index x0 listing it. Someone deletes i0
+# from ci/web during the run (the run finds it gone: 404), the index's DELETE is skipped (a
+# rollback tagged it), and the run deletes i0 from app. x0 still lists i0, so distribution's
+# garbage collector keeps i0's body (it marks the children an index lists); the run once
+# credited that body as freed (reclaimed_bytes 451 B too high).
+OUT_OF_BAND_CHILD_OF_A_SURVIVING_INDEX = Scenario(
+    images=(Image("i0", "ci/web", (0,), None, also_in="app"),
+            Image("i1", "ci/web", (0,), None, also_in="app"),
+            Image("i2", "ci/web", (0,), None), Image("i4", "ci/web", (0,), None)),
+    indexes=(Index("x0", "ci/web", ("i1", "i0", "i4")), Index("x1", "app", ("i0",))),
+    tags=(("ci/web", "sha-a", "i2"), ("ci/web", "pr-4", "x0"), ("app", "pr-2", "i1"),
+          ("app", "pr-3", "x1")),
+    policies=(PolicySpec("p1", delete=({"tags": ["pr-*", "sha-*"]},)),),
+    faults=(Fault(0, OUT_OF_BAND, pick=4), Fault(3, RETAG)),
+)
 
 
 @PROPERTY
 @given(scenarios())
+@example(OUT_OF_BAND_CHILD_OF_A_SURVIVING_INDEX)
 @example(SHARED_CHILD_PARENT_FAILS)
 @example(SHARED_CHILD_PARENT_RETAGGED)
 @example(ONE_POLICY_ABORTED)
@@ -578,3 +595,17 @@ def test_stop_mid_run_is_not_success_and_bytes_follow_the_registry():
     check_invariants(ran)
     assert [f.kind for f in ran.reg.fired] == [OUT_OF_BAND, BUSY, STOP]
     assert ran.stopped and ran.result.policy_outcome("p1") == "failure"
+
+
+def test_a_child_an_index_still_lists_keeps_its_body():
+    ran = run_scenario(OUT_OF_BAND_CHILD_OF_A_SURVIVING_INDEX)
+    check_invariants(ran)
+    _, pushed = build(ran.scenario)
+    i0, x0 = pushed[("app", "i0")].digest, pushed[("ci/web", "x0")].digest
+    assert ran.reg.out_of_band == [("ci/web", i0)] and ("ci/web", x0) in ran.reg.present()
+    assert _status(ran, "app", "i0") == DELETED and ("app", i0) not in ran.reg.present()
+    assert i0 in ran.reg.marked(ran.reg.present())  # x0 lists it: the GC keeps its body
+    (config,) = [b for b in ran.reg.history[("app", i0)].blobs
+                 if b not in ran.reg.marked(ran.reg.present())]
+    # i0's layer stays with the images x0 still holds; only its config goes.
+    assert ran.report.outcomes[(REGISTRY, "app", i0)].bytes == ran.reg.size(config)
