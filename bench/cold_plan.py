@@ -224,6 +224,7 @@ def peer(host: str, images: list[tuple[str, str, str]], workdir: Path) -> tuple[
 FLOOR_SCRIPT = r"""
 import asyncio, resource, sys, time
 import aiohttp
+import uvloop
 
 async def main(url, paths, accept, concurrency):
     timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
@@ -242,16 +243,18 @@ async def main(url, paths, accept, concurrency):
 
 url, paths_file, accept, concurrency = sys.argv[1:5]
 started = time.monotonic()
-asyncio.run(main(url, open(paths_file).read().split(), accept, int(concurrency)))
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as retention runs
+    runner.run(main(url, open(paths_file).read().split(), accept, int(concurrency)))
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(time.monotonic() - started, usage.ru_utime + usage.ru_stime)
 """
 
 
 def floor(url: str, workdir: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of aiohttp alone sending the same request set at the same
-    concurrency, reading each answer and nothing else: no retries, parsing, hashing, state
-    or planning. What any client built on aiohttp costs at least (imports included)."""
+    """(wall seconds, CPU seconds) of aiohttp alone (on uvloop, as retention) sending the
+    same request set at the same concurrency, reading each answer and nothing else: no
+    retries, parsing, hashing, state or planning. What any client built on them costs at
+    least (imports included)."""
     (workdir / "floor.py").write_text(FLOOR_SCRIPT)
     started = time.monotonic()
     out = subprocess.run([*CLIENT_CPU, sys.executable, str(workdir / "floor.py"), url,
