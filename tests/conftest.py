@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.pusher import Pusher, seed_many
 from tests.servers import FaultProxy, Registry, TokenServer, start_registry, write_htpasswd
 
 USER, PASSWORD = "robot", "s3cret-Pa55word-for-tests"
+
+# retention runs every command on uvloop (retention/eventloop.py); the tests' own
+# asyncio.run() calls, which drive the client, scanner and executor directly, run on it too.
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pytest.fixture
