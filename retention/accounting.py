@@ -58,6 +58,7 @@ class Ledger:
         self._references: dict[str, int] = defaultdict(int)
         self._sizes: dict[str, int] = {}
         self._first_owner: dict[str, Hashable] = {}  # blob -> the first deletion touching it
+        self._body_owner: dict[str, Hashable] = {}  # digest -> the first deletion of it
         # A manifest not understood may hold any config or layer (never deleted by a plan,
         # so this holds for the whole run).
         self._opaque = False
@@ -81,20 +82,28 @@ class Ledger:
         if m is None:
             return []
         credits: dict[Hashable, int] = defaultdict(int)
+        if owner is not None:
+            self._body_owner.setdefault(m.digest, owner)
+        # Who pays for a blob whose last reference a manifest found already gone held: an
+        # earlier deletion of this run that held it too. While an unparsed manifest may hold
+        # any config or layer, only a deletion of a manifest with that very body.
+        earlier = self._body_owner if self._opaque else self._first_owner
         for digest, _ in _blobs(m):
             self._references[digest] -= 1
             if owner is not None:
                 self._first_owner.setdefault(digest, owner)
             if self._references[digest] == 0 and (digest == m.digest or not self._opaque):
-                paid = owner if owner is not None else self._first_owner.get(digest)
+                paid = owner if owner is not None else earlier.get(digest)
                 if paid is not None:
                     credits[paid] += self._sizes[digest]
         for child in m.children:
             self._references[child] -= 1
             if self._references[child] == 0:
                 # Not the index's own blob: freed for this run only as the body of a child
-                # this run deleted (its size is then known from that child).
-                paid = self._first_owner.get(child)
+                # this run deleted (its size is then known from that child). Not to a
+                # deletion that held the same digest as a config or layer: while an unparsed
+                # manifest stays, that is a blob it may hold.
+                paid = self._body_owner.get(child)
                 if paid is not None:
                     credits[paid] += self._sizes[child]
         return list(credits.items())
@@ -104,11 +113,14 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
     """Bytes each manifest frees when all of ``gone`` are deleted, in that order: a blob
     shared by several of them is credited to the last one (it is freed only then).
 
-    The answer is the one a Ledger gives when ``gone`` is removed from it in order (a
+    The total is the one a Ledger gives when ``gone`` is removed from it in order (a
     manifest listed twice goes at its first mention; one it does not hold frees nothing),
     found without counting every reference in the registry: a blob is freed exactly when no
     staying manifest references it (as its own blob, or as a child an index lists), and
-    then the last deletion holding it as its own pays for it.
+    then the last deletion holding it as its own pays for it. So is each deletion's share,
+    but for one case: a digest deleted in several repositories whose body an index's
+    listing outlives is paid for here by the last of those deletions, by a Ledger by the
+    first (tests/test_accounting.py checks totals).
     The planner asks this for every deletion of a plan, a million manifests at a time.
     """
     order = list(dict.fromkeys(gone))

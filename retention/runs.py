@@ -98,15 +98,23 @@ async def collect(clients: Mapping[str, RegistryClient], state: State, *,
 
 def with_last_known(inventory: Inventory, state: State) -> Inventory:
     """Repositories that could not be read still hold what was last seen there: the
-    manifests whose facts the state has. Their blobs are not freed by deletions elsewhere."""
+    manifests whose facts the state has. Their blobs, and the bodies of the children an
+    index there lists, are not freed by deletions elsewhere (what distribution's garbage
+    collector marks). A manifest seen there whose facts are not cached may hold anything:
+    it stands there unparsed, so that no config or layer is claimed while it may hold it."""
     repos = []
     for repo in inventory.repositories:
         if repo.error is not None:
-            facts = (state.get_facts(d) for d in state.known_digests(inventory.registry,
-                                                                     repo.name))
-            repo = replace(repo, last_known=tuple(
-                Manifest(digest=f.digest, media_type=f.media_type, size=f.size, blobs=f.blobs)
-                for f in facts if f is not None))
+            last_known = []
+            for digest in state.known_digests(inventory.registry, repo.name):
+                f = state.get_facts(digest)
+                last_known.append(
+                    Manifest(digest=digest, media_type="unknown", size=0, parsed=False)
+                    if f is None else
+                    Manifest(digest=f.digest, media_type=f.media_type, size=f.size,
+                             blobs=f.blobs, children=f.children, subject=f.subject,
+                             parsed=f.parsed))
+            repo = replace(repo, last_known=tuple(last_known))
         repos.append(repo)
     return replace(inventory, repositories=tuple(repos))
 

@@ -332,6 +332,61 @@ def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
         reg.stop()
 
 
+
+# Found in review: a repository that cannot be read still holds what it held, and the
+# garbage collector marks it all, children listed by an index and a schema 1 manifest's
+# layers included; its last-known manifests lost both.
+
+def _unreadable(proxy: FaultProxy, repository: str) -> None:
+    proxy.inject(Fault("GET", rf"/v2/{repository}/tags/list", "status", times=100, status=500))
+
+
+def test_an_index_in_an_unreadable_repository_keeps_its_childs_body(tmp_path, registry,
+                                                                    pusher, proxy):
+    child = pusher.image("multi", None, created=OLD, layers=(b"child layer" * 20,))
+    pusher.index("multi", "v1", [child])
+    assert pusher.image("app", "pr-1", created=OLD, layers=(b"child layer" * 20,)) == child
+    assert pusher.client.delete(f"/v2/multi/manifests/{child.digest}").status_code == 202
+    assert cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR,
+                                                   mode="dry-run")))[0] == 0  # seen once
+    _unreadable(proxy, "multi")
+    code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR)),
+                       "--output", "json")
+    assert code == 1 and doc["errors"][0]["repository"] == "multi"
+    assert deleted_digests(doc) == {child.digest}
+    config_and_layer = sum(size for _, size in child.blobs)
+    assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
+    assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) == config_and_layer
+
+
+def test_a_schema1_manifest_in_an_unreadable_repository_keeps_its_layers(tmp_path):
+    from tests.servers import start_registry
+    from tests.test_reading import _skopeo_schema1
+
+    reg = start_registry(tmp_path / "registry", schema1=True)
+    proxy = FaultProxy(reg.url)
+    try:
+        proxy.url = proxy.start()
+        _skopeo_schema1(tmp_path, reg.host, "legacy", "v0")
+        pusher = Pusher(reg.url)
+        (layer,) = [d for d in (tmp_path / "layout/blobs/sha256").iterdir()
+                    if d.read_bytes()[:2] == b"\x1f\x8b"]  # the gzipped layer
+        doomed = pusher.image("app", "pr-1", created=OLD, layers=(layer.read_bytes(),))
+        pusher.close()
+        assert cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR,
+                                                       mode="dry-run")))[0] == 0
+        _unreadable(proxy, "legacy")
+        code, doc, _ = cli("run", "--config", str(write_config(tmp_path, proxy.url,
+                                                               policy=PR)),
+                           "--output", "json")
+        assert code == 1 and doc["errors"][0]["repository"] == "legacy"
+        assert deleted_digests(doc) == {doomed.digest}
+        assert doc["summary"]["reclaimed_bytes"] == doomed.size  # its body only
+        assert gc_freed(reg) == doomed.size + doomed.blobs[0][1]  # body and config
+    finally:
+        proxy.stop()
+        reg.stop()
+
 # -- 6. a run cut short by shutdown is not a success ------------------------------------------
 
 def test_shutdown_during_a_run_is_not_a_success(tmp_path, registry, pusher, proxy):
