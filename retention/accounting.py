@@ -111,11 +111,11 @@ class Ledger:
         for child in m.children:
             self._references[child] -= 1
             if self._references[child] == 0:
-                # Not the index's own blob: freed for this run only as the body of a child
-                # this run deleted (its size is then known from that child). Not to a
-                # deletion that held the same digest as a config or layer: while an unparsed
-                # manifest stays, that is a blob it may hold.
-                paid = self._body_owner.get(child)
+                # Not the index's own blob: freed for this run only as a blob of a manifest
+                # this run deleted (its size is then known from it): the body of that child,
+                # or, while no manifest of unknown references stays (which may hold it), the
+                # same digest as a config or layer.
+                paid = earlier.get(child)
                 if paid is not None:
                     credits[paid] += self._sizes[child]
         return list(credits.items())
