@@ -16,10 +16,13 @@ the config and layers of a child that is gone. A blob is credited only to a mani
 run deleted whose own blob (body, config, layer) it is: the body of a child freed because
 its index went is that child's, not the index's.
 
-A manifest retention cannot parse (Docker schema 1, or anything else it does not understand)
-references blobs retention does not know: the collector marks a schema 1 manifest's layers.
-While one is present in the registry, no config or layer is claimed as freed, only manifest
-bodies (fewer bytes than the collector may free: never more).
+A manifest retention cannot parse is never deleted by a plan. A Docker schema 1 manifest
+whose layers were read (its ``fsLayers[].blobSum``, what the collector marks for it) holds
+them as any manifest holds its blobs; their sizes are unknown there (0), so a blob's size
+comes only from parsed manifests and bodies. A manifest not parsed whose references are not
+known (blobs empty: another type, unreadable layers, a last-known digest without facts)
+may hold any blob: while one is present in the registry, no config or layer is claimed as
+freed, only manifest bodies (fewer bytes than the collector may free: never more).
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ from retention.inventory import Inventory, Manifest
 Key = tuple[str, str]  # (repository, digest)
 
 _DIGEST = attrgetter("digest")
+
+
+def _opaque(m: Manifest) -> bool:
+    """Whether a manifest may hold blobs retention does not know: not parsed, and no
+    references known (a schema 1 manifest's layers, when read, are its blobs)."""
+    return not m.parsed and not m.blobs
 
 
 def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
@@ -68,10 +77,13 @@ class Ledger:
                 if key in self._manifests:
                     continue
                 self._manifests[key] = m
-                self._opaque = self._opaque or not m.parsed
+                self._opaque = self._opaque or _opaque(m)
                 for digest, size in _blobs(m):
                     self._references[digest] += 1
-                    self._sizes[digest] = size
+                    if m.parsed or digest == m.digest:
+                        self._sizes[digest] = size
+                    else:  # a schema 1 layer: size unknown, never over a known one
+                        self._sizes.setdefault(digest, 0)
                 for child in m.children:  # the collector marks the body of each child
                     self._references[child] += 1
 
@@ -99,11 +111,11 @@ class Ledger:
         for child in m.children:
             self._references[child] -= 1
             if self._references[child] == 0:
-                # Not the index's own blob: freed for this run only as the body of a child
-                # this run deleted (its size is then known from that child). Not to a
-                # deletion that held the same digest as a config or layer: while an unparsed
-                # manifest stays, that is a blob it may hold.
-                paid = self._body_owner.get(child)
+                # Not the index's own blob: freed for this run only as a blob of a manifest
+                # this run deleted (its size is then known from it): the body of that child,
+                # or, while no manifest of unknown references stays (which may hold it), the
+                # same digest as a config or layer.
+                paid = earlier.get(child)
                 if paid is not None:
                     credits[paid] += self._sizes[child]
         return list(credits.items())
@@ -147,14 +159,17 @@ def freed_bytes(inventory: Inventory, *, gone: Iterable[Key]) -> dict[Key, int]:
                 mine[m.digest] = m
                 sizes[m.digest] = m.size
                 for b in m.blobs:
-                    sizes[b.digest] = b.size
+                    if m.parsed:
+                        sizes[b.digest] = b.size
+                    else:  # a schema 1 layer: size unknown, never over a known one
+                        sizes.setdefault(b.digest, 0)
             else:
                 # attrgetter, not a generator: this runs for every manifest that stays.
                 staying.add(m.digest)
                 staying.update(map(_DIGEST, m.blobs))
                 if m.children:  # the collector marks the body of each child an index lists
                     staying.update(m.children)
-                if not m.parsed:
+                if not m.parsed and not m.blobs:  # _opaque, inlined: this runs for each
                     opaque = True
     out = dict.fromkeys(order, 0)
     credited: set[str] = set()

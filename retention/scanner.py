@@ -32,6 +32,7 @@ from retention.registry.mediatypes import (
     ManifestFormatError,
     config_created,
     parse_manifest,
+    schema1_layers,
 )
 
 log = structlog.get_logger("retention.scanner")
@@ -273,7 +274,12 @@ class Scanner:
         except ManifestFormatError as exc:
             log.warning("manifest not understood", registry=self._client.settings.name,
                         repository=repository, digest=digest, error=str(exc))
-            facts = ManifestFacts(digest, fetched.media_type or "unknown", size, parsed=False)
+            # A schema 1 manifest's layers are what the garbage collector marks for it:
+            # known, they are references (sizes unknown: 0, never taken as a blob's size).
+            # Still unparsed: the planner protects it as before.
+            layers = schema1_layers(fetched.body) or ()
+            facts = ManifestFacts(digest, fetched.media_type or "unknown", size, parsed=False,
+                                  blobs=tuple(Blob(b, 0) for b in layers))
             self._cache.put_facts(facts)
             return facts
         created = None

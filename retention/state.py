@@ -76,6 +76,8 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "config_read": f.config_read,
         "annotated": _ts(f.annotated) if f.annotated else None,
         "attestations": list(f.attestations),
+        # Unparsed facts written since a schema 1 manifest's layers are read (see below).
+        **({} if f.parsed else {"layers_read": True}),
     }, separators=(",", ":"))
 
 
@@ -84,6 +86,12 @@ def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
     if d["children"] and "attestations" not in d:
         # Cached before attestations were told apart: read the index again, once, or its
         # BuildKit attestation would keep it undated forever.
+        return None
+    if not d["parsed"] and not d["blobs"] and "layers_read" not in d:
+        # Unparsed, cached before a schema 1 manifest's layers were read: read it again,
+        # once, or its references stay unknown and keep every config and layer in the
+        # registry from being counted as freed. (Any unparsed type: a schema 1 body may have
+        # been served under another content type.)
         return None
     return ManifestFacts(
         digest=digest, media_type=d["media_type"], size=d["size"],

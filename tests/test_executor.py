@@ -307,9 +307,9 @@ def test_the_body_of_a_child_an_index_still_lists_is_not_claimed(tmp_path, regis
 
 def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
     """A schema 1 manifest (which retention does not parse) shares its layer with the image
-    deleted: the garbage collector keeps that layer for it. Retention cannot tell which
-    blobs such a manifest holds, so it claims the image's body only: less than the garbage
-    collector frees (the config too), never more."""
+    deleted: the garbage collector keeps that layer for it (its fsLayers). Retention reads
+    those layers, so it claims exactly what the collector frees: the image's body and
+    config, not the shared layer."""
     from tests.servers import start_registry
     from tests.test_reading import _skopeo_schema1
 
@@ -326,8 +326,8 @@ def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
         assert code == 0, doc
         assert deleted_digests(doc) == {doomed.digest}
         assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
-        assert doc["summary"]["reclaimed_bytes"] == doomed.size
-        assert gc_freed(reg) == doomed.size + doomed.blobs[0][1]  # body and config
+        body_and_config = doomed.size + doomed.blobs[0][1]
+        assert doc["summary"]["reclaimed_bytes"] == gc_freed(reg) == body_and_config
     finally:
         reg.stop()
 
@@ -381,8 +381,9 @@ def test_a_schema1_manifest_in_an_unreadable_repository_keeps_its_layers(tmp_pat
                            "--output", "json")
         assert code == 1 and doc["errors"][0]["repository"] == "legacy"
         assert deleted_digests(doc) == {doomed.digest}
-        assert doc["summary"]["reclaimed_bytes"] == doomed.size  # its body only
-        assert gc_freed(reg) == doomed.size + doomed.blobs[0][1]  # body and config
+        assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
+        body_and_config = doomed.size + doomed.blobs[0][1]  # the shared layer stays
+        assert doc["summary"]["reclaimed_bytes"] == gc_freed(reg) == body_and_config
     finally:
         proxy.stop()
         reg.stop()

@@ -15,6 +15,7 @@ from retention.registry.mediatypes import (
     config_created,
     parse_manifest,
     parse_time,
+    schema1_layers,
 )
 
 D = "sha256:" + "a" * 64
@@ -112,3 +113,22 @@ def test_buildkit_attestation_children_are_told_apart(platform, annotation, is_a
     parsed = parse_manifest(_buildkit_index(platform, annotation), OCI_INDEX)
     assert len(parsed.children) == 2
     assert parsed.attestations == (("sha256:" + "b" * 64,) if is_attestation else ())
+
+
+def test_schema1_layers_are_the_distinct_blobsums():
+    """What distribution's garbage collector marks for a schema 1 manifest: its fsLayers'
+    blobSums, each once; None when they cannot all be read (references then unknown)."""
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    s1 = {"schemaVersion": 1, "name": "x", "tag": "v0"}
+    layers = [{"blobSum": a}, {"blobSum": b}, {"blobSum": a}]
+    assert schema1_layers(json.dumps({**s1, "fsLayers": layers}).encode()) == (a, b)
+    for bad in (b"not json", b"\xff", b"[]", json.dumps({**s1, "schemaVersion": 2}).encode(),
+                json.dumps(s1).encode(), json.dumps({**s1, "fsLayers": []}).encode(),
+                json.dumps({**s1, "fsLayers": {"blobSum": a}}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": a}, "x"]}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": a}, {}]}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": "sha256:" + "A" * 64}]}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": "sha512:" + "a" * 128}]}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": a + "0"}]}).encode(),
+                json.dumps({**s1, "fsLayers": [{"blobSum": 5}]}).encode()):
+        assert schema1_layers(bad) is None, bad

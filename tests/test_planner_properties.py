@@ -47,6 +47,10 @@ def _seen(days) -> datetime | None:
 # A pool of layers shared by every manifest of both repositories: deleting one image frees
 # only the layers no surviving manifest (in any repository) still references.
 LAYERS = [(dg(f"layer-{i}"), 1000 * (i + 1)) for i in range(8)]
+# Manifests retention cannot parse, and whose references it does not know (any type but a
+# schema 1 manifest with readable layers): the layers they really hold, which the collector
+# marks but the inventory does not show (blobs empty). Filled by each scenario drawn.
+HIDDEN: dict[str, tuple[Blob, ...]] = {}
 
 
 @st.composite
@@ -88,11 +92,21 @@ def repositories(draw, name: str, other: str) -> Repository:
             attestations = (att.digest,)
         layers = () if is_index else tuple(
             Blob(*LAYERS[j]) for j in draw(st.sets(st.integers(0, 7), min_size=1, max_size=3)))
+        # Unparsed now and then: a schema 1 manifest, whose layers retention reads (their
+        # sizes unknown: 0), or one whose references are unknown (its layers hidden).
+        parsed = draw(st.integers(0, 19)) != 0
+        if not parsed:
+            held = layers or tuple(Blob(*LAYERS[j]) for j in
+                                   draw(st.sets(st.integers(0, 7), min_size=1, max_size=3)))
+            if draw(st.booleans()):
+                HIDDEN[dg(mname)], layers = held, ()
+            else:
+                layers = tuple(Blob(b.digest, 0) for b in held)
         manifests.append(Manifest(
             digest=dg(mname), media_type=OCI,
             size=100 + i, tags=tags, created=None if is_index else created,
             blobs=layers, children=children + attestations, subject=subject,
-            locked=draw(st.integers(0, 19)) == 0, parsed=draw(st.integers(0, 19)) != 0,
+            locked=draw(st.integers(0, 19)) == 0, parsed=parsed,
             untagged_since=None if untagged is None else NOW - timedelta(days=untagged),
             attestations=attestations, first_seen=_seen(seen),
             annotated=_time(draw, draw(st.sampled_from(TIMES))) if draw(st.booleans())
@@ -133,6 +147,7 @@ def policy_specs(draw, name: str) -> dict:
 def scenarios(draw):
     """(inventory, policy text, policies as dicts, allowlist): one to three policies,
     overlapping or not, over two repositories that share layers."""
+    HIDDEN.clear()
     repos = (draw(repositories("ci/a", "ci/b")), draw(repositories("ci/b", "ci/a")))
     inventory = Inventory("main", "reg.test", repos, NOW)
     specs = [draw(policy_specs(f"p{i}")) for i in range(draw(st.sampled_from([1, 1, 2, 3])))]
@@ -354,6 +369,8 @@ def gc_frees(inventory: Inventory, gone: set[tuple[str, str]], *,
         for m in repo.manifests:
             if (repo.name, m.digest) not in gone:
                 marked |= {m.digest, *(b.digest for b in m.blobs), *m.children}
+                if not m.parsed and not m.blobs:  # what it holds, unknown to retention
+                    marked |= {b.digest for b in HIDDEN.get(m.digest, ())}
     swept: dict[str, int] = {}
     for repo in inventory.repositories:
         for m in repo.manifests:
@@ -378,19 +395,25 @@ def test_cascades_follow_their_cause_and_bytes_are_what_a_gc_frees(scenario):
             assert (a.repository, a.cascade_of) in seen, "cascade before its cause"
         seen.add((a.repository, a.digest))
     assert len(seen) == len(p.actions), "a manifest deleted twice"
-    if any(not m.parsed and (r.name, m.digest) not in seen
+    if any(not m.parsed and m.blobs for r in inventory.repositories for m in r.manifests):
+        event("a schema 1 manifest (layers known) stays")
+    if any(not m.parsed and not m.blobs and (r.name, m.digest) not in seen
            for r in inventory.repositories for m in r.manifests):
-        # A manifest retention cannot parse stays: the blobs it holds are unknown to
-        # retention (here, not to the collector), so only bodies are claimed.
-        event("an unparsed manifest stays: bodies only")
+        # A manifest retention cannot parse, whose references it does not know, stays: the
+        # blobs it holds are unknown to retention (here, not to the collector), so only
+        # bodies are claimed.
+        event("an unparsed manifest, references unknown, stays: bodies only")
         assert p.reclaimable_bytes == gc_frees(inventory, seen, bodies_only=True) \
             <= gc_frees(inventory, seen)
-        # And the same registry with every manifest understood: exactly what the GC frees.
+        # And the same registry with those references known (as a schema 1 manifest's
+        # layers, sizes unknown): the same plan, exactly what the GC frees.
         inventory = replace(inventory, repositories=tuple(
-            replace(r, manifests=tuple(replace(m, parsed=True) for m in r.manifests))
+            replace(r, manifests=tuple(
+                replace(m, blobs=tuple(Blob(b.digest, 0) for b in HIDDEN.get(m.digest, ())))
+                if not m.parsed and not m.blobs else m for m in r.manifests))
             for r in inventory.repositories))
         p = run(inventory, text, allowlist)
-        seen = {(a.repository, a.digest) for a in p.actions}
+        assert {(a.repository, a.digest) for a in p.actions} == seen
     assert p.reclaimable_bytes == gc_frees(inventory, seen)
     by = {(r.name, m.digest): m for r in inventory.repositories for m in r.manifests}
     for a in p.actions:  # an action is credited only with blobs it references itself

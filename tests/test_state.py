@@ -252,6 +252,22 @@ def test_facts_cached_before_attestations_are_read_again(tmp_path: Path):
     assert state.get_facts("sha256:i") is None  # fetched again, not trusted undated
 
 
+def test_unparsed_facts_cached_before_schema1_layers_are_read_again(tmp_path: Path):
+    """An unparsed manifest cached without blobs before a schema 1 manifest's layers were
+    read: read again, once, or it keeps every config and layer of its registry unclaimed.
+    One cached since (layers read or not) is trusted."""
+    state = State.open(tmp_path)
+    schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    state.put_facts(ManifestFacts("sha256:s", schema1, 1, parsed=False))
+    state.close()
+    state = State.open(tmp_path)
+    assert state.get_facts("sha256:s") == ManifestFacts("sha256:s", schema1, 1, parsed=False)
+    old = json.loads(state._db.execute("SELECT data FROM facts").fetchone()[0])
+    del old["layers_read"]  # the layout of an older version
+    state._db.execute("UPDATE facts SET data=?", (json.dumps(old),))
+    assert state.get_facts("sha256:s") is None
+
+
 def test_closing_when_the_pending_facts_cannot_be_written_does_not_fail(tmp_path: Path):
     """Facts are a cache: when the last batch cannot be written as the state closes (another
     process holds the database, the disk is full), closing must not raise. The CLI closes the

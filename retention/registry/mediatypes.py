@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -135,6 +136,33 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             created_annotation=created,
         )
     raise ManifestFormatError(f"unsupported media type {media_type!r}")
+
+
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def schema1_layers(body: bytes) -> tuple[str, ...] | None:
+    """The distinct ``fsLayers[].blobSum`` digests of a Docker schema 1 manifest, in order:
+    what distribution's garbage collector marks for it (SignedManifest.References). None
+    when the body is not a readable schema 1 manifest or lists no layer: its references are
+    then unknown. One digest that is not ``sha256:<64 hex>`` makes the whole list unknown
+    (a partial list would let a layer it holds be claimed as freed)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 1:
+        return None
+    layers = doc.get("fsLayers")
+    if not isinstance(layers, list) or not layers:
+        return None
+    digests = []
+    for layer in layers:
+        digest = layer.get("blobSum") if isinstance(layer, dict) else None
+        if not isinstance(digest, str) or _SHA256.fullmatch(digest) is None:
+            return None
+        digests.append(digest)
+    return tuple(dict.fromkeys(digests))
 
 
 def is_attestation_descriptor(d: dict[str, object]) -> bool:
