@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -115,20 +116,47 @@ def test_buildkit_attestation_children_are_told_apart(platform, annotation, is_a
     assert parsed.attestations == (("sha256:" + "b" * 64,) if is_attestation else ())
 
 
+def _signed(doc: dict, *, tail: bytes | None = None) -> bytes:
+    """A schema 1 body as libtrust lays it out: the payload's JSON without its closing brace,
+    then the signatures, then the brace; the protected header says how much of the body the
+    signature covers (formatLength) and what follows it in the payload (formatTail). The
+    signature itself is not checked here (nor by the garbage collector: by the push)."""
+    payload = json.dumps(doc, indent=3).encode()
+    head = payload[:payload.rindex(b"}")].rstrip()
+    tail = payload[len(head):] if tail is None else tail  # a signer may name any tail
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    protected = b64(json.dumps({"formatLength": len(head), "formatTail": b64(tail)}).encode())
+    return head + b',\n   "signatures": [{"protected": "' + protected.encode() + \
+        b'", "signature": "x"}]\n}'
+
+
 def test_schema1_layers_are_the_distinct_blobsums():
     """What distribution's garbage collector marks for a schema 1 manifest: its fsLayers'
-    blobSums, each once; None when they cannot all be read (references then unknown)."""
+    blobSums, each once, read from the signed payload; None when they cannot all be read
+    (references then unknown)."""
     a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     s1 = {"schemaVersion": 1, "name": "x", "tag": "v0"}
     layers = [{"blobSum": a}, {"blobSum": b}, {"blobSum": a}]
-    assert schema1_layers(json.dumps({**s1, "fsLayers": layers}).encode()) == (a, b)
-    for bad in (b"not json", b"\xff", b"[]", json.dumps({**s1, "schemaVersion": 2}).encode(),
-                json.dumps(s1).encode(), json.dumps({**s1, "fsLayers": []}).encode(),
-                json.dumps({**s1, "fsLayers": {"blobSum": a}}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": a}, "x"]}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": a}, {}]}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": "sha256:" + "A" * 64}]}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": "sha512:" + "a" * 128}]}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": a + "0"}]}).encode(),
-                json.dumps({**s1, "fsLayers": [{"blobSum": 5}]}).encode()):
+    assert schema1_layers(_signed({**s1, "fsLayers": layers})) == (a, b)
+    for bad in (b"not json", b"\xff", b"[]", _signed({**s1, "schemaVersion": 2}),
+                _signed(s1), _signed({**s1, "fsLayers": []}),
+                _signed({**s1, "fsLayers": {"blobSum": a}}),
+                _signed({**s1, "fsLayers": [{"blobSum": a}, "x"]}),
+                _signed({**s1, "fsLayers": [{"blobSum": a}, {}]}),
+                _signed({**s1, "fsLayers": [{"blobSum": "sha256:" + "A" * 64}]}),
+                _signed({**s1, "fsLayers": [{"blobSum": "sha512:" + "a" * 128}]}),
+                _signed({**s1, "fsLayers": [{"blobSum": a + "0"}]}),
+                _signed({**s1, "fsLayers": [{"blobSum": 5}]}),
+                # Found in review: Go reads keys ignoring case, the last one winning, and
+                # distribution reads the manifest from the signed payload, not the body.
+                json.dumps({**s1, "fsLayers": layers}).encode(),  # not signed
+                _signed({**s1, "fsLayers": [{"blobSum": a}], "FSLayers": [{"blobSum": b}]}),
+                _signed({**s1, "fsLayers": [{"blobSum": a, "BlobSum": b}]}),
+                _signed({**s1, "SchemaVersion": 2, "fsLayers": layers}),
+                _signed({**s1, "schemaVersion": True, "fsLayers": layers}),
+                _signed({**s1, "fsLayers": [{"blobSum": a}]},  # the payload's own fsLayers
+                        tail=b', "fsLayers": [{"blobSum": "' + b.encode() + b'"}]}')):
         assert schema1_layers(bad) is None, bad

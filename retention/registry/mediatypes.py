@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -139,19 +141,55 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
 
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+# Keys distribution reads from a schema 1 manifest for its references. Go's encoding/json
+# matches keys ignoring case, the last one winning; Python's json keeps exact keys.
+_SCHEMA1_KEYS = {k.lower(): k for k in ("schemaVersion", "fsLayers", "blobSum")}
 
 
-def schema1_layers(body: bytes) -> tuple[str, ...] | None:
-    """The distinct ``fsLayers[].blobSum`` digests of a Docker schema 1 manifest, in order:
-    what distribution's garbage collector marks for it (SignedManifest.References). None
-    when the body is not a readable schema 1 manifest or lists no layer: its references are
-    then unknown. One digest that is not ``sha256:<64 hex>`` makes the whole list unknown
-    (a partial list would let a layer it holds be claimed as freed)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") != 1:
+class _Ambiguous(ValueError):
+    pass
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object read as Go would read it for these keys, or _Ambiguous: a key twice
+    (ignoring case), or one of the keys above spelt in another case."""
+    folded = [k.lower() for k, _ in pairs]
+    if len(set(folded)) != len(folded):
+        raise _Ambiguous("a key twice")
+    if any(_SCHEMA1_KEYS.get(f, k) != k for f, (k, _) in zip(folded, pairs, strict=True)):
+        raise _Ambiguous("a key in another case")
+    return dict(pairs)
+
+
+def _b64url(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
+    """The payload each JWS signature of a signed schema 1 manifest covers: what
+    distribution reads the manifest from (libtrust: the body's first formatLength bytes,
+    then formatTail). ValueError when a signature does not say."""
+    signatures = doc.get("signatures")
+    if not isinstance(signatures, list) or not signatures:
+        raise ValueError("no signatures")
+    payloads = []
+    for signature in signatures:
+        if not isinstance(signature, dict):
+            raise ValueError("not a signature")
+        protected = json.loads(_b64url(signature.get("protected")))
+        length, tail = protected.get("formatLength"), protected.get("formatTail")
+        if type(length) is not int or not 0 < length <= len(body):
+            raise ValueError("no formatLength")
+        payloads.append(body[:length] + _b64url(tail))
+    return payloads
+
+
+def _layers(text: bytes) -> tuple[str, ...] | None:
+    doc = json.loads(text, object_pairs_hook=_strict_object)
+    if not isinstance(doc, dict) or type(doc.get("schemaVersion")) is not int \
+            or doc["schemaVersion"] != 1:
         return None
     layers = doc.get("fsLayers")
     if not isinstance(layers, list) or not layers:
@@ -163,6 +201,26 @@ def schema1_layers(body: bytes) -> tuple[str, ...] | None:
             return None
         digests.append(digest)
     return tuple(dict.fromkeys(digests))
+
+
+def schema1_layers(body: bytes) -> tuple[str, ...] | None:
+    """The distinct ``fsLayers[].blobSum`` digests of a signed Docker schema 1 manifest, in
+    order: what distribution's garbage collector marks for it (SignedManifest.References,
+    read from the signed payload). None when its references are unknown: not a readable
+    schema 1 manifest, no layer, a digest that is not ``sha256:<64 hex>`` (a partial list
+    would let a layer it holds be claimed as freed), a key Go would read differently (twice,
+    or in another case), or a signed payload whose layers differ from the body's."""
+    try:
+        layers = _layers(body)
+        if layers is None:
+            return None
+        doc = json.loads(body)
+        for payload in _signed_payloads(body, doc):
+            if _layers(payload) != layers:
+                return None
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+    return layers
 
 
 def is_attestation_descriptor(d: dict[str, object]) -> bool:
