@@ -254,6 +254,10 @@ def test_bytes_of_a_failed_deletion_are_not_claimed(tmp_path, registry, pusher, 
     assert reclaimed < len(shared)  # the shared layer stays with the build that stays
 
 
+def _unreadable(proxy: FaultProxy, repository: str) -> None:
+    proxy.inject(Fault("GET", rf"/v2/{repository}/tags/list", "status", times=100, status=500))
+
+
 def test_bytes_shared_with_an_unreadable_repository_are_not_claimed(tmp_path, registry,
                                                                     pusher, proxy):
     shared = b"layer shared across repositories" * 50
@@ -262,7 +266,7 @@ def test_bytes_shared_with_an_unreadable_repository_are_not_claimed(tmp_path, re
     config = write_config(tmp_path, proxy.url, policy=PR, mode="dry-run")
     assert cli("run", "--config", str(config))[0] == 0  # the state learns both
     config = write_config(tmp_path, proxy.url, policy=PR)
-    proxy.inject(Fault("GET", r"/v2/other/tags/list", "status", times=100, status=500))
+    _unreadable(proxy, "other")
     code, doc, _ = cli("run", "--config", str(config), "--output", "json")
     assert code == 1 and doc["errors"][0]["repository"] == "other"
     assert doc["summary"]["reclaimable_bytes"] == doc["summary"]["reclaimed_bytes"]
@@ -305,22 +309,31 @@ def test_the_body_of_a_child_an_index_still_lists_is_not_claimed(tmp_path, regis
     assert doc["summary"]["reclaimed_bytes"] == gc_freed(registry) == config_and_layer
 
 
+def _schema1_beside_an_image(tmp_path: Path, reg: Registry) -> Pushed:
+    """A schema 1 manifest `legacy:v0` pushed by skopeo, and `app:pr-1`, an old image
+    sharing its one layer (returned)."""
+    from tests.test_reading import _skopeo_schema1
+
+    _skopeo_schema1(tmp_path, reg.host, "legacy", "v0")
+    pusher = Pusher(reg.url)
+    (layer,) = [d for d in (tmp_path / "layout/blobs/sha256").iterdir()
+                if d.read_bytes()[:2] == b"\x1f\x8b"]  # the gzipped layer
+    try:
+        return pusher.image("app", "pr-1", created=OLD, layers=(layer.read_bytes(),))
+    finally:
+        pusher.close()
+
+
 def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
     """A schema 1 manifest (which retention does not parse) shares its layer with the image
     deleted: the garbage collector keeps that layer for it (its fsLayers). Retention reads
     those layers, so it claims exactly what the collector frees: the image's body and
     config, not the shared layer."""
     from tests.servers import start_registry
-    from tests.test_reading import _skopeo_schema1
 
     reg = start_registry(tmp_path / "registry", schema1=True)
     try:
-        _skopeo_schema1(tmp_path, reg.host, "legacy", "v0")
-        pusher = Pusher(reg.url)
-        (layer,) = [d for d in (tmp_path / "layout/blobs/sha256").iterdir()
-                    if d.read_bytes()[:2] == b"\x1f\x8b"]  # the gzipped layer
-        doomed = pusher.image("app", "pr-1", created=OLD, layers=(layer.read_bytes(),))
-        pusher.close()
+        doomed = _schema1_beside_an_image(tmp_path, reg)
         config = write_config(tmp_path, reg.url, policy=PR)
         code, doc, _ = cli("run", "--config", str(config), "--output", "json")
         assert code == 0, doc
@@ -332,14 +345,9 @@ def test_layers_a_schema1_manifest_may_hold_are_not_claimed(tmp_path):
         reg.stop()
 
 
-
 # Found in review: a repository that cannot be read still holds what it held, and the
 # garbage collector marks it all, children listed by an index and a schema 1 manifest's
 # layers included; its last-known manifests lost both.
-
-def _unreadable(proxy: FaultProxy, repository: str) -> None:
-    proxy.inject(Fault("GET", rf"/v2/{repository}/tags/list", "status", times=100, status=500))
-
 
 def test_an_index_in_an_unreadable_repository_keeps_its_childs_body(tmp_path, registry,
                                                                     pusher, proxy):
@@ -361,18 +369,12 @@ def test_an_index_in_an_unreadable_repository_keeps_its_childs_body(tmp_path, re
 
 def test_a_schema1_manifest_in_an_unreadable_repository_keeps_its_layers(tmp_path):
     from tests.servers import start_registry
-    from tests.test_reading import _skopeo_schema1
 
     reg = start_registry(tmp_path / "registry", schema1=True)
     proxy = FaultProxy(reg.url)
     try:
         proxy.url = proxy.start()
-        _skopeo_schema1(tmp_path, reg.host, "legacy", "v0")
-        pusher = Pusher(reg.url)
-        (layer,) = [d for d in (tmp_path / "layout/blobs/sha256").iterdir()
-                    if d.read_bytes()[:2] == b"\x1f\x8b"]  # the gzipped layer
-        doomed = pusher.image("app", "pr-1", created=OLD, layers=(layer.read_bytes(),))
-        pusher.close()
+        doomed = _schema1_beside_an_image(tmp_path, reg)
         assert cli("run", "--config", str(write_config(tmp_path, proxy.url, policy=PR,
                                                        mode="dry-run")))[0] == 0
         _unreadable(proxy, "legacy")
@@ -387,6 +389,7 @@ def test_a_schema1_manifest_in_an_unreadable_repository_keeps_its_layers(tmp_pat
     finally:
         proxy.stop()
         reg.stop()
+
 
 # -- 6. a run cut short by shutdown is not a success ------------------------------------------
 
