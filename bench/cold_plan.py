@@ -250,15 +250,16 @@ print(time.monotonic() - started, usage.ru_utime + usage.ru_stime)
 """
 
 
-def floor(url: str, workdir: Path) -> tuple[float, float]:
+def floor(url: str, paths: list[str], workdir: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of aiohttp alone (on uvloop, as retention) sending the
     same request set at the same concurrency, reading each answer and nothing else: no
     retries, parsing, hashing, state or planning. What any client built on them costs at
     least (imports included)."""
     (workdir / "floor.py").write_text(FLOOR_SCRIPT)
+    (workdir / "floor-paths.txt").write_text("\n".join(paths) + "\n")
     started = time.monotonic()
     out = subprocess.run([*CLIENT_CPU, sys.executable, str(workdir / "floor.py"), url,
-                          str(workdir / "paths.txt"), ACCEPT, str(CONCURRENCY)],
+                          str(workdir / "floor-paths.txt"), ACCEPT, str(CONCURRENCY)],
                          capture_output=True, text=True, check=True).stdout
     return time.monotonic() - started, float(out.split()[1])
 
@@ -327,7 +328,7 @@ def main() -> None:
                                   f"concurrency: {CONCURRENCY}}}\npolicies: p.yaml\n"
                                   f"state_dir: {state}\nmax_deletions: 1000000\n")
                 cpu = registry.cpu()
-                wall, own_cpu = floor(registry.url, work)
+                wall, own_cpu = floor(registry.url, paths, work)
                 print(f"  aiohttp alone, the same set at concurrency {CONCURRENCY}: {wall:.2f} s "
                       f"= {wall / seconds:.2f}x the limit\n    CPU: aiohttp {own_cpu:.2f} s "
                       f"({own_cpu / len(paths) * 1e3:.2f} ms a request), registry "

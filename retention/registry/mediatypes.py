@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from retention.inventory import Blob
 
@@ -186,8 +187,13 @@ def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
     return payloads
 
 
-def _layers(text: bytes) -> tuple[str, ...] | None:
-    doc = json.loads(text, object_pairs_hook=_strict_object)
+def _read_as_go(text: bytes) -> Any:
+    """JSON as Go reads these keys; ValueError when Go could read it otherwise."""
+    return json.loads(text, object_pairs_hook=_strict_object)
+
+
+def _layers(doc: Any) -> tuple[str, ...] | None:
+    """The distinct layers of a schema 1 manifest; None when they are not all readable."""
     if not isinstance(doc, dict) or type(doc.get("schemaVersion")) is not int \
             or doc["schemaVersion"] != 1:
         return None
@@ -211,12 +217,12 @@ def schema1_layers(body: bytes) -> tuple[str, ...] | None:
     would let a layer it holds be claimed as freed), a key Go would read differently (twice,
     or in another case), or a signed payload whose layers differ from the body's."""
     try:
-        layers = _layers(body)
+        doc = _read_as_go(body)
+        layers = _layers(doc)
         if layers is None:
             return None
-        doc = json.loads(body)
         for payload in _signed_payloads(body, doc):
-            if _layers(payload) != layers:
+            if _layers(_read_as_go(payload)) != layers:
                 return None
     except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
