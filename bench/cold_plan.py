@@ -23,6 +23,7 @@ Prints figures and ratios; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -283,6 +284,13 @@ def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
     return Counter({k: after[k] - before[k] for k in after if after[k] - before[k] > 0})
 
 
+def byte_compile() -> None:
+    """Compile retention's modules as an install does (pip writes their .pyc files). Run
+    from a source tree where PYTHONDONTWRITEBYTECODE is set, every `retention plan` would
+    compile them all anew: 65 ms before its first request that no user's plan spends."""
+    compileall.compile_dir(ROOT / "retention", quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repositories", type=int, default=200)
@@ -297,6 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
+    byte_compile()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "registry").mkdir()

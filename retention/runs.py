@@ -83,13 +83,13 @@ async def open_clients(setup: Setup, names: Iterable[str], *, metrics: Metrics |
 async def collect(clients: Mapping[str, RegistryClient], state: State, *,
                   now: Callable[[], datetime] = lambda: datetime.now(UTC)
                   ) -> dict[str, Inventory]:
-    """Scan each registry (at once: they are independent) and record what was seen."""
+    """Scan each registry (at once: they are independent) and record what was seen (each
+    repository as soon as it is read)."""
 
     async def one(name: str, client: RegistryClient) -> Inventory:
-        scanner = Scanner(client, cache=state,
+        scanner = Scanner(client, cache=state, sightings=state,
                           known_digests=lambda repo: state.known_digests(name, repo), clock=now)
-        inventory = await scanner.scan()
-        return with_last_known(state.observe(inventory, now()), state)
+        return with_last_known(await scanner.scan(), state)
 
     names = list(clients)
     inventories = await asyncio.gather(*(one(n, clients[n]) for n in names))

@@ -9,7 +9,7 @@ their digests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -63,6 +63,20 @@ class FactsCache(Protocol):
     def put_facts(self, facts: ManifestFacts) -> None: ...
 
 
+# A manifest as one read of a repository saw it: (digest, ordinary tags, referrer tags); and
+# what the state knows of its times: (untagged since, first seen), None where not known.
+SeenManifest = tuple[str, tuple[str, ...], tuple[str, ...]]
+SeenTimes = tuple[datetime | None, datetime | None]
+
+
+class Sightings(Protocol):
+    """Where each complete read of a repository is recorded (the state database)."""
+
+    def observe_repository(self, registry: str, repository: str,
+                           seen: Iterable[SeenManifest], now: datetime
+                           ) -> Mapping[str, SeenTimes]: ...
+
+
 class MemoryCache:
     def __init__(self) -> None:
         self._facts: dict[str, ManifestFacts] = {}
@@ -89,13 +103,19 @@ class Scanner:
         known_digests: Callable[[str], Iterable[str]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         options: ScanOptions | None = None,
+        sightings: Sightings | None = None,
     ):
         """``known_digests(repo)`` yields digests seen there before (from the state), so
         manifests that lost their last tag are still found on registries that cannot list
-        untagged manifests. When each was first seen untagged is the state's to fill in.
-        It also tells which repositories are new: those are read with one GET per tag.
-        Without it, any repository may be in ``cache``, so each tag gets a HEAD first."""
+        untagged manifests. It also tells which repositories are new: those are read with
+        one GET per tag. Without it, any repository may be in ``cache``, so each tag gets a
+        HEAD first.
+
+        ``sightings``: each repository read completely is recorded there as soon as it is
+        read (in the time the registry spends answering the others), and its manifests carry
+        the times it knows (untagged since, first seen). Without it they carry none."""
         self._client = client
+        self._sightings = sightings
         self._cache = cache or MemoryCache()
         self._known = known_digests or (lambda _repo: ())
         self._remembers = known_digests is not None
@@ -206,9 +226,15 @@ class Scanner:
                     tags_of: dict[str, list[str]], *,
                     pushed: dict[str, datetime | None] | None = None,
                     locked: set[str] | None = None) -> Repository:
+        seen = [(digest, *split_tags(tags_of.get(digest, ()))) for digest in sorted(facts)]
+        times: Mapping[str, SeenTimes] = {}
+        if self._sightings is not None:
+            times = self._sightings.observe_repository(self._client.settings.name, name, seen,
+                                                       self._clock())
         manifests = []
-        for digest, fact in sorted(facts.items()):
-            ordinary, referrer = split_tags(tags_of.get(digest, ()))
+        for digest, ordinary, referrer in seen:
+            fact = facts[digest]
+            untagged_since, first_seen = times.get(digest, (None, None))
             subject = fact.subject
             if subject is None and referrer:
                 subject = referrer_tag_subject(referrer[0])
@@ -219,6 +245,7 @@ class Scanner:
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
                 locked=digest in (locked or ()), parsed=fact.parsed,
                 annotated=fact.annotated, attestations=fact.attestations,
+                untagged_since=untagged_since, first_seen=first_seen,
             ))
         return Repository(name=name, manifests=tuple(manifests))
 

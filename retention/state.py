@@ -24,8 +24,8 @@ from pathlib import Path
 import structlog
 
 from retention.inuse import Sighting
-from retention.inventory import Blob, Inventory, Repository
-from retention.scanner import ManifestFacts
+from retention.inventory import Blob, Inventory
+from retention.scanner import ManifestFacts, SeenManifest, SeenTimes
 
 log = structlog.get_logger("retention.state")
 
@@ -268,7 +268,8 @@ class State:
 
         A manifest seen without ordinary tags for the first time is untagged since ``now``;
         one that regains a tag loses its mark. Repositories that could not be read are left
-        as they were recorded.
+        as they were recorded. (The scanner records each repository as it reads it, with
+        ``observe_repository``; this records a whole inventory at once.)
         """
         stamp = _ts(now)
         repos = []
@@ -278,32 +279,48 @@ class State:
                 if repo.error is not None:
                     repos.append(repo)
                     continue
-                repos.append(self._observe_repository(inventory.registry, repo, stamp))
+                times = self._record_read(inventory.registry, repo.name,
+                                          ((m.digest, m.tags, m.referrer_tags)
+                                           for m in repo.manifests), stamp)
+                repos.append(replace(repo, manifests=tuple(
+                    replace(m, untagged_since=times[m.digest][0], first_seen=times[m.digest][1])
+                    for m in repo.manifests)))
         return replace(inventory, repositories=tuple(repos))
 
-    def _observe_repository(self, registry: str, repo: Repository, stamp: str) -> Repository:
+    def observe_repository(self, registry: str, repository: str, seen: Iterable[SeenManifest],
+                           now: datetime) -> dict[str, SeenTimes]:
+        """Record one complete read of a repository: each manifest there as (digest,
+        ordinary tags, referrer tags). Returns each digest's (untagged since, first seen),
+        as ``observe`` fills them in. The facts made so far are written in the same
+        transaction, so that no manifest is recorded before the facts it was read with."""
+        stamp = _ts(now)
+        with self._lock, self._transaction():
+            self._write_facts()
+            return self._record_read(registry, repository, seen, stamp)
+
+    def _record_read(self, registry: str, repository: str, seen: Iterable[SeenManifest],
+                     stamp: str) -> dict[str, SeenTimes]:
         db = self._db
         previous = {d: (first, since) for d, first, since in db.execute(
             "SELECT digest, first_seen, untagged_since FROM manifests WHERE registry=? AND "
-            "repository=?", (registry, repo.name))}
+            "repository=?", (registry, repository))}
         db.execute("DELETE FROM manifests WHERE registry=? AND repository=?",
-                   (registry, repo.name))
-        db.execute("DELETE FROM tags WHERE registry=? AND repository=?", (registry, repo.name))
-        manifests, manifest_rows, tag_rows = [], [], []
-        for m in repo.manifests:
-            known = m.digest in previous
-            first, since = previous.get(m.digest, (stamp, None))
-            since = None if m.tags else (since or stamp)
-            manifest_rows.append((registry, repo.name, m.digest, first, stamp, since))
-            tag_rows.extend((registry, repo.name, t, m.digest)
-                            for t in (*m.tags, *m.referrer_tags))
+                   (registry, repository))
+        db.execute("DELETE FROM tags WHERE registry=? AND repository=?", (registry, repository))
+        times: dict[str, SeenTimes] = {}
+        manifest_rows, tag_rows = [], []
+        for digest, tags, referrer_tags in seen:
+            known = digest in previous
+            first, since = previous.get(digest, (stamp, None))
+            since = None if tags else (since or stamp)
+            manifest_rows.append((registry, repository, digest, first, stamp, since))
+            tag_rows.extend((registry, repository, t, digest) for t in (*tags, *referrer_tags))
             # First seen in this very run: not known to be older than this run (None), so
             # it never matches older_than (SPEC "Time of a manifest").
-            manifests.append(replace(m, untagged_since=_dt(since),
-                                     first_seen=_dt(first) if known else None))
+            times[digest] = (_dt(since), _dt(first) if known else None)
         db.executemany("INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)", manifest_rows)
         db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", tag_rows)
-        return replace(repo, manifests=tuple(manifests))
+        return times
 
     # -- the journal --------------------------------------------------------------------------
 

@@ -418,6 +418,24 @@ def test_bytes_consider_other_repositories():
     assert p.reclaimable_bytes == 100
 
 
+def test_policies_run_alone_free_only_what_no_other_deletion_shares():
+    """``only``: with one of two policies running, a layer its deletion shares with a
+    deletion of the other (which does not run) stays; with both, it is freed once."""
+    from retention.planner import only
+
+    shared = ("layer", 5000)
+    text = (SIMPLE.replace('include: ["**"]', 'include: ["ci/web"]') + "---\n" +
+            SIMPLE.replace("name: p", "name: q").replace('include: ["**"]',
+                                                         'include: ["other/app"]'))
+    other = Repository("other/app", (man("theirs", "pr-2", days=40, layers=(shared,)),))
+    whole = make_plan(text, inv(man("mine", "pr-1", days=40, layers=(shared,)), more=(other,)))
+    inventories = {"main": inv(man("mine", "pr-1", days=40, layers=(shared,)), more=(other,))}
+    assert whole.reclaimable_bytes == 100 + 100 + 5000
+    assert only(whole, ["p", "q"], inventories).reclaimable_bytes == 100 + 100 + 5000
+    assert only(whole, ["p"], inventories).reclaimable_bytes == 100
+    assert only(whole, ["q"], inventories).reclaimable_bytes == 100
+
+
 def test_overlapping_policies_delete_once():
     text = SIMPLE + "---\n" + SIMPLE.replace("name: p", "name: q")
     p = make_plan(text, inv(man("m", "pr-1", days=40)))

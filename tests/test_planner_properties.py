@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from retention.allowlist import Allowlist, Pin
 from retention.inventory import Blob, Inventory, Manifest, Repository
 from retention.patterns import compile_pattern
-from retention.planner import Options, plan
+from retention.planner import Options, _count_bytes, only, plan
 from retention.policy import policies_from_text
 from retention.report import to_json
 from tests.factories import NOW, dg
@@ -419,6 +419,20 @@ def test_cascades_follow_their_cause_and_bytes_are_what_a_gc_frees(scenario):
     for a in p.actions:  # an action is credited only with blobs it references itself
         m = by[(a.repository, a.digest)]
         assert 0 <= a.bytes <= m.size + sum(b.size for b in m.blobs)
+
+
+@given(scenarios(), st.data())
+def test_the_policies_that_run_are_counted_as_if_only_they_ran(scenario, data):
+    """``only`` keeps the planned bytes when every policy runs (they were counted with all
+    of their deletions) and counts them again for a part: both as a fresh count says."""
+    inventory, text, _, allowlist = scenario
+    whole = run(inventory, text, allowlist)
+    names = [p.policy for p in whole.policies]
+    chosen = data.draw(st.lists(st.sampled_from(names), unique=True, min_size=1))
+    event("every policy" if len(chosen) == len(names) else "some policies")
+    part = only(whole, chosen, {"main": inventory})
+    assert part.policies == _count_bytes(inventory, [p for p in whole.policies
+                                                     if p.policy in chosen])
 
 
 def test_an_index_keeps_the_body_of_a_child_gone_from_its_repository():

@@ -204,3 +204,40 @@ def test_access_denied_on_one_repository_fails_only_that_one(registry, pusher: P
     proxy.inject(Fault("GET", r"/v2/open/tags/list", "status", status=403, times=10))
     with pytest.raises(AuthenticationError):
         scan(proxy.url)
+
+
+def test_each_repository_is_recorded_as_it_is_read(registry, pusher: Pusher, proxy):
+    """The state records a repository as soon as it is read (in the time the registry spends
+    on the others), and the scan's manifests carry the times it knows; a repository that
+    could not be read stays as it was recorded."""
+    from datetime import timedelta
+
+    from retention.state import State
+
+    state = State.memory()
+    a = pusher.image("app", "v1", created="2024-01-01T00:00:00Z")
+    b = pusher.image("app", "v2", created="2024-01-01T00:00:00Z", layers=(b"two",))
+    other = pusher.image("other", "v1", created="2024-01-01T00:00:00Z", layers=(b"o",))
+    t1 = datetime(2026, 1, 1, tzinfo=UTC)
+    t2 = t1 + timedelta(days=3)
+
+    def scan_at(t: datetime):
+        return scan(proxy.url, cache=state, sightings=state, clock=lambda: t,
+                    known_digests=lambda repo: state.known_digests("main", repo))
+
+    first = scan_at(t1)
+    # First sight: not known to be older than this run, and tagged.
+    assert {(m.first_seen, m.untagged_since) for r in first.repositories
+            for m in r.manifests} == {(None, None)}
+    assert state.last_tags("main", "app") == {"v1": a.digest, "v2": b.digest}
+
+    pusher.tag("app", "v2", a)  # b loses its only tag
+    proxy.inject(Fault("GET", r"/v2/other/tags/list", "status", status=403, times=10))
+    repos = {r.name: r for r in scan_at(t2).repositories}
+    ms = {m.digest: m for m in repos["app"].manifests}
+    assert (ms[a.digest].first_seen, ms[a.digest].untagged_since) == (t1, None)
+    assert (ms[b.digest].first_seen, ms[b.digest].untagged_since) == (t1, t2)
+    assert state.last_tags("main", "app") == {"v1": a.digest, "v2": a.digest}
+    assert repos["other"].error
+    assert state.known_digests("main", "other") == [other.digest]
+    assert state.last_tags("main", "other") == {"v1": other.digest}
