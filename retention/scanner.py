@@ -172,7 +172,8 @@ class Scanner:
         # Bodies read by tag, by digest, until their facts are made (then dropped).
         bodies: dict[str, FetchedManifest] = {}
         tags_of: dict[str, list[str]] = {}
-        if not self._remembers or self._known(name):
+        known = set(self._known(name))
+        if not self._remembers or known:
             # Seen before: most tags still point where they did, at digests whose facts
             # are cached, so a HEAD per tag is all it takes (and a GET only for what is new).
             heads = await asyncio.gather(*(client.head_manifest(name, t) for t in tags))
@@ -198,7 +199,7 @@ class Scanner:
                             bodies=bodies)
         # Digests seen here before and reachable no more may be orphans now: a HEAD by
         # digest tells whether each still exists, without fetching it again.
-        earlier = sorted(set(self._known(name)) - facts.keys() - gone)
+        earlier = sorted(known - facts.keys() - gone)
         heads = await asyncio.gather(*(client.head_manifest(name, d) for d in earlier))
         alive = {d for d, h in zip(earlier, heads, strict=True) if h}
         gone.update(set(earlier) - alive)
