@@ -320,11 +320,16 @@ def _print(document: dict | str, out: TextIO) -> None:
         out.write(document)
         return
     # orjson writes the same indented document as json.dumps(indent=2), 30x faster (json's
-    # indenting encoder is pure Python: 0.36 s for a plan of 20,000 images). Not for text
-    # beyond ASCII, which json escapes (\u00e9) and orjson writes as UTF-8: the output stays
-    # byte for byte what it was.
+    # indenting encoder is pure Python: 0.36 s for a plan of 20,000 images). Not for what
+    # json escapes and orjson writes as it is (text beyond ASCII, DEL) or refuses (a lone
+    # surrogate, which a registry's error body can hold): the output stays byte for byte
+    # what it was.
     import orjson  # 11 ms to import: only where JSON is written
 
-    encoded = orjson.dumps(document, option=orjson.OPT_INDENT_2)
-    out.write(encoded.decode() if encoded.isascii() else json.dumps(document, indent=2))
+    try:
+        encoded = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        encoded = b"\x80"  # not ASCII: json.dumps below
+    out.write(encoded.decode() if encoded.isascii() and b"\x7f" not in encoded
+              else json.dumps(document, indent=2))
     out.write("\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -94,6 +94,17 @@ class ScanOptions:
     parallel_repositories: int = 8
 
 
+def _untagged_from(repo: Repository, end: datetime) -> Repository:
+    """``repo`` with the manifests this scan was the first to see untagged dated ``end``: an
+    orphan seen for the first time in this run has been untagged for zero time when the plan
+    is made (SPEC), however long the rest of the scan took after its repository was read."""
+    if not any(not m.tags and m.untagged_since is None for m in repo.manifests):
+        return repo
+    return replace(repo, manifests=tuple(
+        replace(m, untagged_since=end) if not m.tags and m.untagged_since is None else m
+        for m in repo.manifests))
+
+
 class Scanner:
     def __init__(
         self,
@@ -147,8 +158,12 @@ class Scanner:
         if results and len(refused) == len(results):
             raise refused[0]  # the credentials, not one repository's permissions
         settings = self._client.settings
+        collected_at = self._clock()
+        repositories = tuple(r for r, _ in results)
+        if self._sightings is not None:
+            repositories = tuple(_untagged_from(r, collected_at) for r in repositories)
         return Inventory(registry=settings.name, host=settings.host,
-                         repositories=tuple(r for r, _ in results), collected_at=self._clock())
+                         repositories=repositories, collected_at=collected_at)
 
     async def scan_repository(self, name: str) -> Repository:
         return (await self._scan_one(name))[0]

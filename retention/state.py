@@ -283,7 +283,8 @@ class State:
                                           ((m.digest, m.tags, m.referrer_tags)
                                            for m in repo.manifests), stamp)
                 repos.append(replace(repo, manifests=tuple(
-                    replace(m, untagged_since=times[m.digest][0], first_seen=times[m.digest][1])
+                    replace(m, untagged_since=times[m.digest][0] or (None if m.tags else now),
+                            first_seen=times[m.digest][1])
                     for m in repo.manifests)))
         return replace(inventory, repositories=tuple(repos))
 
@@ -291,10 +292,14 @@ class State:
                            now: datetime) -> dict[str, SeenTimes]:
         """Record one complete read of a repository: each manifest there as (digest,
         ordinary tags, referrer tags). Returns each digest's (untagged since, first seen),
-        as ``observe`` fills them in. The facts made so far are written in the same
-        transaction, so that no manifest is recorded before the facts it was read with."""
+        as ``observe`` fills them in, except that a manifest marked untagged by this very
+        read has None: the scanner dates it when the whole scan ends (see Scanner.scan).
+        The facts made so far are written in the same transaction, so that no manifest is
+        recorded before the facts it was read with."""
         stamp = _ts(now)
-        with self._lock, self._transaction():
+        # IMMEDIATE: a transaction per repository, on the event loop; a deferred one fails
+        # at once (SQLITE_BUSY) when another process commits between its read and its write.
+        with self._lock, self._transaction(immediate=True):
             self._write_facts()
             return self._record_read(registry, repository, seen, stamp)
 
@@ -312,12 +317,13 @@ class State:
         for digest, tags, referrer_tags in seen:
             known = digest in previous
             first, since = previous.get(digest, (stamp, None))
+            marked = not tags and since is None  # untagged, first seen so in this read
             since = None if tags else (since or stamp)
             manifest_rows.append((registry, repository, digest, first, stamp, since))
             tag_rows.extend((registry, repository, t, digest) for t in (*tags, *referrer_tags))
             # First seen in this very run: not known to be older than this run (None), so
             # it never matches older_than (SPEC "Time of a manifest").
-            times[digest] = (_dt(since), _dt(first) if known else None)
+            times[digest] = (None if marked else _dt(since), _dt(first) if known else None)
         db.executemany("INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)", manifest_rows)
         db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", tag_rows)
         return times

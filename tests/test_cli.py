@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from retention.cli import main
 from tests.pusher import Pusher
 
@@ -182,3 +184,18 @@ def test_docker_config_credentials(tmp_path: Path):
     assert "identitytoken, which is not supported" in err
     assert "no usable auths entry for third.example" in err
     assert "opaque-refresh-token" not in err
+
+
+@pytest.mark.parametrize("text", [
+    "plain", "caf\u00e9", "odd\x7fbyte", "\x00\x1b\t\n control",
+    json.loads('"bad tag \\udc80"'),  # a lone surrogate, as a registry's error body decodes
+])
+def test_json_output_is_what_json_dumps_writes(text):
+    """The JSON document is written by orjson where it writes the same bytes as json.dumps,
+    and by json.dumps where it would not (text beyond ASCII, DEL, a lone surrogate)."""
+    from retention.cli import _print
+
+    doc = {"errors": [{"message": text, "n": 2**70}], "empty": [], "none": {}, "ok": True}
+    out = io.StringIO()
+    _print(doc, out)
+    assert out.getvalue() == json.dumps(doc, indent=2) + "\n"

@@ -241,3 +241,54 @@ def test_each_repository_is_recorded_as_it_is_read(registry, pusher: Pusher, pro
     assert repos["other"].error
     assert state.known_digests("main", "other") == [other.digest]
     assert state.last_tags("main", "other") == {"v1": other.digest}
+
+
+def test_an_orphan_first_seen_untagged_in_this_run_is_in_grace(registry, pusher: Pusher, proxy):
+    """An orphan seen for the first time in this run has been untagged for zero time
+    (SPEC), however long the scan went on after its repository was recorded."""
+    from datetime import timedelta
+
+    from retention.planner import GRACE, Options, plan
+    from retention.policy import policies_from_text
+    from retention.runs import with_last_known
+    from retention.scanner import ScanOptions
+    from retention.state import State
+
+    T0 = datetime(2026, 1, 1, tzinfo=UTC)
+    T1 = T0 + timedelta(days=3)
+    state = State.memory()
+    clock = [T0]
+    first = pusher.image("app", "v1", created="2024-01-01T00:00:00Z", layers=(b"1",))
+    pusher.image("zzz", "v1", created="2024-01-01T00:00:00Z", layers=(b"z",))
+
+    def scan():
+        async def go():
+            async with RegistryClient(RegistrySettings(name="main", url=proxy.url)) as client:
+                # One repository at a time: app (sorted first) is read before zzz.
+                scanner = Scanner(client, cache=state, sightings=state, clock=lambda: clock[0],
+                                  known_digests=lambda r: state.known_digests("main", r),
+                                  options=ScanOptions(parallel_repositories=1))
+                return with_last_known(await scanner.scan(), state)
+        return asyncio.run(go())
+
+    scan()  # run 1: app:v1 -> first, tagged
+    pusher.image("app", "v1", created="2024-02-01T00:00:00Z", layers=(b"2",))  # first: orphan
+    clock[0] = T1
+
+    def slow_scan(_method: str, _path: str) -> None:
+        clock[0] = T1 + timedelta(hours=2)  # the rest of the scan takes two hours
+
+    proxy.inject(Fault("GET", r"/v2/zzz/tags/list", "hook", hook=slow_scan))
+    inventory = scan()  # run 2: first is seen untagged for the first time
+    orphan = next(m for r in inventory.repositories for m in r.manifests
+                  if m.digest == first.digest)
+    # Dated when the scan ended, not when its repository was read two hours earlier ...
+    assert orphan.untagged_since == inventory.collected_at == T1 + timedelta(hours=2)
+    # ... so the orphan has been untagged for zero time and untagged_grace protects it.
+    policy = policies_from_text('name: p\nrepositories: {include: ["**"]}\n'
+                                'delete: [{untagged: true}]\n', registries=["main"])
+    p = plan(inventory, policy, now=clock[0],
+             options=Options(untagged_grace=timedelta(hours=1)))
+    assert [a.digest for pp in p.policies for a in pp.actions] == []
+    assert {d.digest: d.reason for pp in p.policies for d in pp.protected} == \
+        {first.digest: GRACE}

@@ -214,12 +214,14 @@ class RegistryClient:
                          path=_path(url), error=str(exc), delay=round(delay, 3))
                 await self._sleep(delay)
                 continue
-            # The slot is free: let the request waiting for it go out before this answer is
-            # worked on (hashed, parsed, recorded), or the registry's connection idles
-            # meanwhile. A cold plan of 4,000 images had fewer than 8 requests in flight
-            # 11% of its time without this, 8% with it (aiohttp alone: 5%).
-            await asyncio.sleep(0)
             self._record(method, str(response.status_code), started)
+            if method in ("GET", "HEAD"):
+                # The slot is free: let the request waiting for it go out before this answer
+                # is worked on (hashed, parsed), or the registry's connection idles meanwhile.
+                # A cold plan of 4,000 images had fewer than 8 requests in flight 11% of its
+                # time without this, 8% with it (aiohttp alone: 5%). Reads only: a DELETE's
+                # answer is never left where a shutdown's cancellation could drop it.
+                await asyncio.sleep(0)
             status = response.status_code
             if status in RETRYABLE and attempt + 1 < attempts:
                 attempt += 1
