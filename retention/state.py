@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import structlog
 
 from retention.inuse import Sighting
@@ -68,7 +69,8 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def _facts_to_json(f: ManifestFacts) -> str:
-    return json.dumps({
+    # orjson: a cold plan writes the facts of every manifest it reads (json: 3x the time).
+    return orjson.dumps({
         "media_type": f.media_type, "size": f.size,
         "blobs": [[b.digest, b.size] for b in f.blobs], "children": list(f.children),
         "subject": f.subject, "artifact_type": f.artifact_type,
@@ -78,11 +80,11 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "attestations": list(f.attestations),
         # Unparsed facts written since a schema 1 manifest's layers are read (see below).
         **({} if f.parsed else {"layers_read": True}),
-    }, separators=(",", ":"))
+    }).decode()
 
 
 def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
-    d = json.loads(text)
+    d = orjson.loads(text)
     if d["children"] and "attestations" not in d:
         # Cached before attestations were told apart: read the index again, once, or its
         # BuildKit attestation would keep it undated forever.
