@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import structlog
 
 from retention.inuse import Sighting
@@ -69,8 +68,7 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def _facts_to_json(f: ManifestFacts) -> str:
-    # orjson: a cold plan writes the facts of every manifest it reads (json: 3x the time).
-    return orjson.dumps({
+    return json.dumps({
         "media_type": f.media_type, "size": f.size,
         "blobs": [[b.digest, b.size] for b in f.blobs], "children": list(f.children),
         "subject": f.subject, "artifact_type": f.artifact_type,
@@ -80,11 +78,11 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "attestations": list(f.attestations),
         # Unparsed facts written since a schema 1 manifest's layers are read (see below).
         **({} if f.parsed else {"layers_read": True}),
-    }).decode()
+    }, separators=(",", ":"))
 
 
 def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
-    d = orjson.loads(text)
+    d = json.loads(text)
     if d["children"] and "attestations" not in d:
         # Cached before attestations were told apart: read the index again, once, or its
         # BuildKit attestation would keep it undated forever.

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from retention.inventory import Blob
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -72,18 +70,6 @@ def parse_time(value: object) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _json(body: bytes) -> Any:
-    """A manifest or config body as JSON. orjson reads one in a third of json's time (a cold
-    plan reads two per image); what orjson refuses and json reads (a byte order mark, NaN, a
-    lone surrogate) is read by json as before. The one difference: an integer beyond 64 bits
-    is a float, so a descriptor's size that large is not valid (the manifest is unparsed,
-    and kept)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
-
-
 def _descriptor(d: object, what: str) -> Blob:
     if not isinstance(d, dict):
         raise ManifestFormatError(f"{what} is not an object")
@@ -98,7 +84,7 @@ def _descriptor(d: object, what: str) -> Blob:
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a manifest body. Raises ManifestFormatError for schema 1 and anything malformed."""
     try:
-        doc = _json(body)
+        doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestFormatError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -258,7 +244,7 @@ def is_attestation_descriptor(d: dict[str, object]) -> bool:
 def config_created(body: bytes) -> datetime | None:
     """The ``created`` time of an image config blob, or None."""
     try:
-        doc = _json(body)
+        doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     return parse_time(doc.get("created")) if isinstance(doc, dict) else None
