@@ -133,6 +133,19 @@ def _signed(doc: dict, *, tail: bytes | None = None) -> bytes:
         b'", "signature": "x"}]\n}'
 
 
+@pytest.mark.parametrize("signatures", [
+    "x", [], ["x"], [{}], [{"protected": 5}], [{"protected": "!!"}],
+    [{"protected": base64.urlsafe_b64encode(b"[1, 2]").decode()}],  # not an object
+    [{"protected": base64.urlsafe_b64encode(b'{"formatLength": "9"}').decode()}],
+])
+def test_schema1_layers_of_malformed_signatures_are_unknown(signatures):
+    """A body whose signatures say nothing readable: its references are unknown (None), and
+    reading it never fails the scan."""
+    doc = {"schemaVersion": 1, "fsLayers": [{"blobSum": "sha256:" + "a" * 64}],
+           "signatures": signatures}
+    assert schema1_layers(json.dumps(doc).encode()) is None
+
+
 def test_schema1_layers_are_the_distinct_blobsums():
     """What distribution's garbage collector marks for a schema 1 manifest: its fsLayers'
     blobSums, each once, read from the signed payload; None when they cannot all be read

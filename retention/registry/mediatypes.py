@@ -180,6 +180,8 @@ def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
         if not isinstance(signature, dict):
             raise ValueError("not a signature")
         protected = json.loads(_b64url(signature.get("protected")))
+        if not isinstance(protected, dict):
+            raise ValueError("a protected header that is not an object")
         length, tail = protected.get("formatLength"), protected.get("formatTail")
         if type(length) is not int or not 0 < length <= len(body):
             raise ValueError("no formatLength")
