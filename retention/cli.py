@@ -327,9 +327,11 @@ def _print(document: dict | str, out: TextIO) -> None:
     import orjson  # 11 ms to import: only where JSON is written
 
     try:
-        encoded = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+        encoded: bytes | None = orjson.dumps(document, option=orjson.OPT_INDENT_2)
     except TypeError:
-        encoded = b"\x80"  # not ASCII: json.dumps below
-    out.write(encoded.decode() if encoded.isascii() and b"\x7f" not in encoded
-              else json.dumps(document, indent=2))
+        encoded = None
+    if encoded is not None and encoded.isascii() and b"\x7f" not in encoded:
+        out.write(encoded.decode())
+    else:
+        out.write(json.dumps(document, indent=2))
     out.write("\n")
