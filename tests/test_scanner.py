@@ -250,7 +250,6 @@ def test_an_orphan_first_seen_untagged_in_this_run_is_in_grace(registry, pusher:
 
     from retention.planner import GRACE, Options, plan
     from retention.policy import policies_from_text
-    from retention.runs import with_last_known
     from retention.scanner import ScanOptions
     from retention.state import State
 
@@ -261,17 +260,13 @@ def test_an_orphan_first_seen_untagged_in_this_run_is_in_grace(registry, pusher:
     first = pusher.image("app", "v1", created="2024-01-01T00:00:00Z", layers=(b"1",))
     pusher.image("zzz", "v1", created="2024-01-01T00:00:00Z", layers=(b"z",))
 
-    def scan():
-        async def go():
-            async with RegistryClient(RegistrySettings(name="main", url=proxy.url)) as client:
-                # One repository at a time: app (sorted first) is read before zzz.
-                scanner = Scanner(client, cache=state, sightings=state, clock=lambda: clock[0],
-                                  known_digests=lambda r: state.known_digests("main", r),
-                                  options=ScanOptions(parallel_repositories=1))
-                return with_last_known(await scanner.scan(), state)
-        return asyncio.run(go())
+    def read():
+        # One repository at a time: app (sorted first) is read before zzz.
+        return scan(proxy.url, cache=state, sightings=state, clock=lambda: clock[0],
+                    known_digests=lambda r: state.known_digests("main", r),
+                    options=ScanOptions(parallel_repositories=1))
 
-    scan()  # run 1: app:v1 -> first, tagged
+    read()  # run 1: app:v1 -> first, tagged
     pusher.image("app", "v1", created="2024-02-01T00:00:00Z", layers=(b"2",))  # first: orphan
     clock[0] = T1
 
@@ -279,7 +274,7 @@ def test_an_orphan_first_seen_untagged_in_this_run_is_in_grace(registry, pusher:
         clock[0] = T1 + timedelta(hours=2)  # the rest of the scan takes two hours
 
     proxy.inject(Fault("GET", r"/v2/zzz/tags/list", "hook", hook=slow_scan))
-    inventory = scan()  # run 2: first is seen untagged for the first time
+    inventory = read()  # run 2: first is seen untagged for the first time
     orphan = next(m for r in inventory.repositories for m in r.manifests
                   if m.digest == first.digest)
     # Dated when the scan ended, not when its repository was read two hours earlier ...
