@@ -9,8 +9,9 @@ layer mounted into every repository, a config of its own per image), then, side 
    (catalog pages, one tags/list per repository, one manifest GET per tag, one config GET
    per image), shuffled; the limit is that set's size divided by the throughput wrk
    measured;
-2. the floor of a client built on aiohttp: the same set sent by aiohttp alone at the same
-   concurrency, each answer read and nothing else (no parsing, hashing, state or planning);
+2. the floor of a client built on pyreqwest: the same set sent by pyreqwest alone at the
+   same concurrency, each answer read and nothing else (no parsing, hashing, state or
+   planning);
 3. `retention plan` cold (empty state) and warm (state kept), each a fresh process: wall
    time, peak RSS, and the requests the registry itself counted (by method and handler).
 
@@ -224,19 +225,20 @@ def peer(host: str, images: list[tuple[str, str, str]], workdir: Path) -> tuple[
 
 FLOOR_SCRIPT = r"""
 import asyncio, resource, sys, time
-import aiohttp
+from datetime import timedelta
 import uvloop
+from pyreqwest.client import ClientBuilder
 
 async def main(url, paths, accept, concurrency):
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
-                                     trust_env=False) as session:
+    client = (ClientBuilder().max_connections(concurrency).follow_redirects(False).no_proxy()
+              .read_timeout(timedelta(seconds=30)).build())
+    async with client:
         slots = asyncio.Semaphore(concurrency)
 
         async def one(path):
-            async with slots, session.get(url + path, headers={"Accept": accept}) as answer:
-                await answer.read()
+            async with slots:
+                answer = await client.get(url + path).header("Accept", accept).build().send()
+                (await answer.bytes()).to_bytes()
                 if answer.status != 200:
                     raise SystemExit(f"{path}: HTTP {answer.status}")
 
@@ -252,7 +254,7 @@ print(time.monotonic() - started, usage.ru_utime + usage.ru_stime)
 
 
 def floor(url: str, paths: list[str], workdir: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of aiohttp alone (on uvloop, as retention) sending the
+    """(wall seconds, CPU seconds) of pyreqwest alone (on uvloop, as retention) sending the
     same request set at the same concurrency, reading each answer and nothing else: no
     retries, parsing, hashing, state or planning. What any client built on them costs at
     least (imports included)."""
@@ -338,8 +340,9 @@ def main() -> None:
                                   f"state_dir: {state}\nmax_deletions: 1000000\n")
                 cpu = registry.cpu()
                 wall, own_cpu = floor(registry.url, paths, work)
-                print(f"  aiohttp alone, the same set at concurrency {CONCURRENCY}: {wall:.2f} s "
-                      f"= {wall / seconds:.2f}x the limit\n    CPU: aiohttp {own_cpu:.2f} s "
+                print(f"  pyreqwest alone, the same set at concurrency {CONCURRENCY}: "
+                      f"{wall:.2f} s = {wall / seconds:.2f}x the limit\n    CPU: pyreqwest "
+                      f"{own_cpu:.2f} s "
                       f"({own_cpu / len(paths) * 1e3:.2f} ms a request), registry "
                       f"{registry.cpu() - cpu:.2f} s")
                 walls = {}

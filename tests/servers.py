@@ -438,8 +438,52 @@ def running(registry: Registry) -> Iterator[Registry]:
         registry.stop()
 
 
+def ca_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate it signed for ``host`` (CA:FALSE, as a CA
+    issues them): (CA certificate, server certificate, server key) PEM files."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "retention test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                       encipher_only=False, decipher_only=False),
+                         critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = workdir / "ca.crt", workdir / "tls.crt", workdir / "tls.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
+
+
 def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A CA-less self-signed certificate for ``host``: (certificate, key) PEM files."""
+    """A self-signed certificate for ``host``, marked as a CA (basicConstraints CA:TRUE, as
+    ``openssl req -x509`` and Docker's guide to a registry's own certificate make it):
+    (certificate, key) PEM files."""
     import ipaddress
 
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -232,7 +232,16 @@ def test_concurrency_limit_is_respected(registry, pusher: Pusher, proxy):
     assert active["max"] >= 2
 
 
+def _through_openssl(logs: list[dict]) -> bool:
+    return any(e["event"].startswith("server certificate is a CA certificate") for e in logs)
+
+
 def test_tls_verification(tmp_path: Path):
+    """A self-signed certificate marked as a CA (what ``openssl req -x509`` makes): rustls
+    refuses a CA certificate as a server's own, OpenSSL, Go and curl accept it, so such a
+    registry is spoken to through OpenSSL, verified against ca_file all the same."""
+    import structlog
+
     from tests.servers import self_signed
 
     cert, key = self_signed(tmp_path / "tls")
@@ -241,8 +250,31 @@ def test_tls_verification(tmp_path: Path):
         assert reg.url.startswith("https://")
         with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
             call(settings(reg.url), lambda c: c.catalog(), retry=FAST)
-        assert call(settings(reg.url, ca_file=cert), lambda c: c.catalog()) == []
+        with structlog.testing.capture_logs() as logs:
+            assert call(settings(reg.url, ca_file=cert), lambda c: c.catalog()) == []
+        assert _through_openssl(logs)
         assert call(settings(reg.url, insecure_skip_verify=True), lambda c: c.catalog()) == []
+    finally:
+        reg.stop()
+
+
+def test_tls_with_a_certificate_from_a_private_ca(tmp_path: Path):
+    """A server certificate issued by a private CA: trusted through ca_file (by rustls, no
+    fallback), refused without it and with another CA's file."""
+    import structlog
+
+    from tests.servers import ca_signed
+
+    ca, cert, key = ca_signed(tmp_path / "tls")
+    other_ca, _, _ = ca_signed(tmp_path / "other")
+    reg = start_registry(tmp_path / "r", tls=(cert, key))
+    try:
+        for ca_file in (None, other_ca):
+            with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
+                call(settings(reg.url, ca_file=ca_file), lambda c: c.catalog(), retry=FAST)
+        with structlog.testing.capture_logs() as logs:
+            assert call(settings(reg.url, ca_file=ca), lambda c: c.catalog()) == []
+        assert not _through_openssl(logs)
     finally:
         reg.stop()
 

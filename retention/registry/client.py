@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import random
 import re
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -107,16 +106,16 @@ class RegistryClient:
         self._observe = observe
         self._sleep = sleep
         self._slots = asyncio.Semaphore(settings.concurrency)
-        verify: ssl.SSLContext | bool = True
+        verify = True
         if settings.insecure_skip_verify:
             log.warning("tls verification disabled", registry=settings.name,
                         hint="use ca_file to trust a private CA instead")
             verify = False
-        elif settings.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(settings.ca_file))
         # Every request holds one of `concurrency` slots while it is sent and its body
         # read, so that many connections serve them all.
         self._http = HttpSession(settings.url, verify=verify, timeout=timeout,
+                                 ca_file=None if settings.insecure_skip_verify
+                                 else settings.ca_file,
                                  connections=settings.concurrency,
                                  user_agent=f"retention/{__version__}")
         self._auth = Authenticator(settings, entra=entra, send=self.send)

@@ -1,12 +1,12 @@
-"""The HTTP connection to one registry: aiohttp underneath, one request and one answer at a
-time above. Retries, authorization and what an answer means live in the client; this module
-only sends a request and reads its whole answer.
+"""The HTTP connection to one registry: pyreqwest (Rust's reqwest and hyper) underneath, one
+request and one answer at a time above. Retries, authorization and what an answer means live
+in the client; this module only sends a request and reads its whole answer.
 
-Why aiohttp and not httpx (docs/performance.md): a plan is thousands of small requests, and
-on a registry's own machine the CPU a request costs the client is CPU the registry does not
-get. Against the same docker-registry at 8 in flight, httpx 0.28 (pool sized to the
-concurrency, sniffio installed) used ~1.7 ms of CPU a request, httpx over an aiohttp
-transport ~0.85 ms, aiohttp alone ~0.3-0.45 ms (C parser, no per-request pool scan).
+Why pyreqwest (docs/performance.md): a plan is thousands of small requests, and on a
+registry's own machine the CPU a request costs the client is CPU the registry does not get.
+Against the same docker-registry at 8 in flight, httpx 0.28 used ~1.7 ms of CPU a request,
+aiohttp 3.x ~0.25 ms (C parser, but a Python connection, protocol and stream per request),
+pyreqwest ~0.15 ms (the HTTP/1.1 exchange, pooling and TLS in Rust, on a thread of its own).
 """
 
 from __future__ import annotations
@@ -14,29 +14,51 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+import structlog
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import PyreqwestError
+from pyreqwest.http import HeaderMap
+from pyreqwest.proxy import ProxyBuilder
 from yarl import URL
+
+log = structlog.get_logger("retention.registry")
 
 # A URL's user:password@ and its query, in an exception's message.
 _USERINFO = re.compile(r"(://)[^/\s'\"@]*@")
 _QUERY = re.compile(r"(://[^\s'\"?#]*)[?#][^\s'\"]*")
+# How rustls says that a certificate chain was not verified (UnknownIssuer, Expired,
+# NotValidForName...): retrying cannot fix trust.
+_UNTRUSTED = "invalid peer certificate"
+_CA_AS_SERVER = "CaUsedAsEndEntity"
+CONNECT_TIMEOUT = timedelta(seconds=10)
 
 
 def _safe(message: str) -> str:
-    """aiohttp's messages name whole URLs (the URL of a redirect, a connect timeout, an
-    answer it could not parse). A storage backend's signed URL carries its credential in
+    """An HTTP library's messages name whole URLs (the URL of a redirect, a connect timeout,
+    an answer it could not parse). A storage backend's signed URL carries its credential in
     the query (S3's X-Amz-Signature, Azure's sig=), which the log redactor does not know."""
     return _QUERY.sub(r"\1?[query removed]", _USERINFO.sub(r"\1", message))
 
 
-def _no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
+def _causes(exc: PyreqwestError) -> list[str]:
+    """reqwest's chain of causes, outermost first ("error sending request for url (...)",
+    "client error (Connect)", "tcp connect error", "Connection refused (os error 111)")."""
+    details = getattr(exc, "details", None)
+    causes = details.get("causes") if isinstance(details, dict) else None
+    found = [str(c.get("message")) for c in causes or () if isinstance(c, dict)]
+    return found or [str(exc.args[0]) if exc.args else type(exc).__name__]
+
+
+def _no_headers() -> HeaderMap:
+    return HeaderMap()
 
 
 class TransportError(Exception):
@@ -78,47 +100,149 @@ def same_origin(a: URL, b: URL) -> bool:
                                                            b.port)
 
 
-class HttpSession:
-    """Connections to a registry (and its token service), at most ``connections`` open.
+class _Rustls:
+    """Requests through pyreqwest: one client for each proxy (and one for none)."""
 
-    The aiohttp session is made on first use, inside the running event loop, as aiohttp
-    requires.
+    def __init__(self, *, verify: bool, ca_pem: bytes | None, timeout: timedelta,
+                 connections: int, user_agent: str):
+        self._verify = verify
+        self._ca_pem = ca_pem
+        self._timeout = timeout
+        self._connections = connections
+        self._user_agent = user_agent
+        self._clients: dict[str | None, Client] = {}
+
+    def _client(self, proxy: str | None) -> Client:
+        client = self._clients.get(proxy)
+        if client is None:
+            builder = (ClientBuilder()
+                       .max_connections(self._connections)
+                       .user_agent(self._user_agent)
+                       # Redirects are followed by HttpSession, hop by hop.
+                       .follow_redirects(False)
+                       # The DNS lookup too (reqwest bounds the whole connect): a resolver
+                       # gone quiet must not hang the run.
+                       .connect_timeout(CONNECT_TIMEOUT)
+                       # Each read, not the whole answer: a large blob that keeps coming is
+                       # not cut off, an answer that stops coming is.
+                       .read_timeout(self._timeout))
+            # Never the library's own reading of the environment: HttpSession chooses.
+            builder = builder.proxy(ProxyBuilder.all(proxy)) if proxy else builder.no_proxy()
+            if not self._verify:
+                builder = builder.danger_accept_invalid_certs(True)
+            elif self._ca_pem is not None:
+                builder = builder.add_root_certificate_pem(self._ca_pem)
+            client = self._clients[proxy] = builder.build()
+        return client
+
+    async def exchange(self, method: str, target: URL, headers: Mapping[str, str],
+                       content: bytes | None, proxy: str | None
+                       ) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            request = self._client(proxy).request(method, str(target)).headers(headers)
+            if content is not None:
+                request = request.body_bytes(content)
+            answer = await request.build().send()
+            return answer.status, answer.headers, (await answer.bytes()).to_bytes()
+        except PyreqwestError as exc:
+            causes = _causes(exc)
+            if any(_CA_AS_SERVER in c for c in causes):
+                raise _CaAsServerCertificate(" ".join(causes)) from None
+            # The first cause names the URL, which the caller's message names already.
+            message = "; ".join(c for c in causes if not c.startswith("error sending request")
+                                ) or "; ".join(causes)
+            raise TransportError(_safe(f"{type(exc).__name__}: {message}"),
+                                 untrusted_certificate=any(_UNTRUSTED in c for c in causes)
+                                 ) from None
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+
+class _CaAsServerCertificate(TransportError):
+    """rustls refused a CA certificate used as the server's own (CaUsedAsEndEntity)."""
+
+
+class _OpenSSL:
+    """Requests through aiohttp and Python's ssl (OpenSSL), for a server whose certificate
+    rustls refuses and OpenSSL, Go (docker, skopeo) and curl accept: a self-signed
+    certificate marked as a CA (basicConstraints CA:TRUE), which ``openssl req -x509``
+    writes by default and Docker's guide for a registry's self-signed certificate makes."""
+
+    def __init__(self, *, verify: bool, ca_file: Path | None, timeout: timedelta,
+                 connections: int, user_agent: str):
+        import aiohttp  # only for such a server
+
+        self._aiohttp = aiohttp
+        ssl_context: ssl.SSLContext | bool = verify
+        if verify and ca_file is not None:
+            # The system's store and ca_file, as rustls is given them.
+            ssl_context = ssl.create_default_context()
+            ssl_context.load_verify_locations(cafile=str(ca_file))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ssl=ssl_context),
+            # connect: the DNS lookup too, which sock_connect leaves unbounded.
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0,
+                                          sock_read=timeout.total_seconds()),
+            headers={"User-Agent": user_agent},
+            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        # aiohttp sends an "idempotent" request (DELETE among them) a second time, unasked,
+        # when its kept-alive connection drops before an answer: a DELETE whose answer was
+        # lost may have gone through. No public setting exists (aiohttp's own test client
+        # sets this attribute).
+        self._session._retry_connection = False
+
+    async def exchange(self, method: str, target: URL, headers: Mapping[str, str],
+                       content: bytes | None, proxy: str | None
+                       ) -> tuple[int, Mapping[str, str], bytes]:
+        aiohttp = self._aiohttp
+        try:
+            async with self._session.request(method, target, headers=headers, data=content,
+                                             allow_redirects=False, proxy=proxy) as answer:
+                return answer.status, answer.headers, await answer.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise TransportError(_safe(str(exc.certificate_error)),
+                                 untrusted_certificate=True) from None
+        except aiohttp.ClientSSLError as exc:
+            raise TransportError(_safe(f"TLS: {exc}"),
+                                 untrusted_certificate="CERTIFICATE_VERIFY_FAILED" in str(exc)
+                                 ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise TransportError(_safe(f"{type(exc).__name__}: {exc}")) from None
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpSession:
+    """Connections to a registry (and its token service, its storage), at most
+    ``connections`` requests in flight on each.
+
+    Requests go through pyreqwest (rustls). A server that presents a CA certificate as its
+    own, which rustls refuses, is spoken to through aiohttp and OpenSSL from then on.
+    Clients are made on first use, inside the running event loop.
     """
 
-    def __init__(self, base_url: str, *, verify: ssl.SSLContext | bool, timeout: float,
-                 connections: int, user_agent: str):
+    def __init__(self, base_url: str, *, verify: bool = True, ca_file: Path | None = None,
+                 timeout: float, connections: int, user_agent: str):
         self._base = base_url.rstrip("/")
         self._verify = verify
-        # connect: the DNS lookup too, which sock_connect (the TCP connect) leaves unbounded.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0,
-                                              sock_read=timeout)
+        self._ca_file = ca_file
+        self._timeout = timedelta(seconds=timeout)
         self._connections = connections
-        self._headers = {"User-Agent": user_agent}
-        self._session: aiohttp.ClientSession | None = None
-        # The proxy for each scheme://host, read from the environment once (as curl and
-        # httpx honour HTTP(S)_PROXY and NO_PROXY). aiohttp's trust_env would look them up
-        # on every request: 0.65 ms of CPU each, more than the request itself.
+        self._user_agent = user_agent
+        # Read now, as an SSLContext would load it: a missing file fails the start, not a
+        # request.
+        self._rustls = _Rustls(verify=verify, timeout=self._timeout, connections=connections,
+                               ca_pem=ca_file.read_bytes() if ca_file is not None else None,
+                               user_agent=user_agent)
+        self._openssl: _OpenSSL | None = None
+        self._openssl_origins: set[tuple[str, str, int | None]] = set()
+        # The proxy for each scheme://host, read from the environment once, as curl and
+        # httpx honour HTTP(S)_PROXY and NO_PROXY (urllib's reading of them).
         self._proxies: dict[tuple[str, str], str | None] = {}
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, ssl=self._verify),
-                timeout=self._timeout,
-                headers=self._headers,
-                # No cookies: the distribution API does not use them, and a jar costs
-                # CPU on every answer.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
-            # aiohttp sends an "idempotent" request (DELETE and PUT among them) a second
-            # time, unasked, when its kept-alive connection drops before an answer. A DELETE
-            # whose answer was lost may have gone through: the executor checks it (a HEAD)
-            # and journals it instead, and sends nothing again without re-confirming the
-            # manifest's tags. No public setting exists (aiohttp's own test client sets this
-            # attribute); tests/test_http.py fails if a DELETE is ever sent twice.
-            self._session._retry_connection = False
-        return self._session
 
     def _url(self, url: str | URL) -> URL:
         """A path is on the registry; an absolute URL (a token realm, a Link the client
@@ -138,6 +262,25 @@ class HttpSession:
             self._proxies[key] = proxy or None
         return self._proxies[key]
 
+    async def _exchange(self, method: str, target: URL, headers: Mapping[str, str],
+                        content: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+        origin = (target.scheme, (target.host or "").lower(), target.port)
+        proxy = self._proxy(target)
+        if origin not in self._openssl_origins:
+            try:
+                return await self._rustls.exchange(method, target, headers, content, proxy)
+            except _CaAsServerCertificate:
+                # Refused in the handshake, before the request was written: sending it again
+                # is safe, a DELETE included.
+                log.info("server certificate is a CA certificate; using OpenSSL for it",
+                         host=target.host, port=target.port)
+                self._openssl_origins.add(origin)
+        if self._openssl is None:
+            self._openssl = _OpenSSL(verify=self._verify, ca_file=self._ca_file,
+                                     timeout=self._timeout, connections=self._connections,
+                                     user_agent=self._user_agent)
+        return await self._openssl.exchange(method, target, headers, content, proxy)
+
     async def request(self, method: str, url: str | URL, *,
                       headers: Mapping[str, str] | None = None,
                       params: Mapping[str, Any] | None = None,
@@ -151,47 +294,47 @@ class HttpSession:
         (a registry reached directly may send blob reads to storage only a proxy reaches),
         and the Authorization header is dropped for good once a hop leaves the origin of
         the one before it (a storage backend must not receive the registry's credentials).
+
+        A request that was written is never sent again by the library (hyper re-sends only
+        a request that never left, on a kept-alive connection found closed): a DELETE whose
+        answer was lost may have gone through, which the executor checks with a HEAD.
         """
         sent = dict(headers or {})
+        hop_headers = sent
+        if data is not None:
+            content = urllib.parse.urlencode(data).encode()
+            hop_headers = {**sent, "Content-Type": "application/x-www-form-urlencoded"}
         try:
             target = self._url(url)
             if params:
                 target = target.update_query({k: str(v) for k, v in params.items()})
-            hop_headers = sent
             for _ in range(MAX_REDIRECTS + 1):
-                async with self._open().request(
-                        method, target, headers=hop_headers,
-                        data=data if data is not None else content, allow_redirects=False,
-                        proxy=self._proxy(target)) as answer:
-                    body = await answer.read()
-                    location = answer.headers.get("Location")
-                    if not (follow_redirects and method in ("GET", "HEAD")
-                            and answer.status in REDIRECTS and location):
-                        return Response(answer.status, body, answer.headers, answer.url, sent)
+                if target.user is not None or target.password is not None:
+                    # Credentials of the URL's own, beside (or instead of) ours: not sent.
+                    raise TransportError("a URL with a user or password in it")
+                status, answered, body = await self._exchange(method, target, hop_headers,
+                                                              content)
+                location = answered.get("Location")
+                if not (follow_redirects and method in ("GET", "HEAD")
+                        and status in REDIRECTS and location):
+                    return Response(status, body, answered, target, sent)
                 following = URL(location)
                 if following.scheme not in ("http", "https", ""):
                     raise TransportError(f"a redirect to a {following.scheme}: URL")
                 if not following.absolute:
-                    following = answer.url.join(following)
+                    following = target.join(following)
                 if not same_origin(following, target):
                     hop_headers = {k: v for k, v in hop_headers.items()
                                    if k.lower() != "authorization"}
                 target = following
             raise TransportError(f"more than {MAX_REDIRECTS} redirects")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise TransportError(_safe(str(exc.certificate_error)),
-                                 untrusted_certificate=True) from None
-        except aiohttp.ClientSSLError as exc:
-            raise TransportError(_safe(f"TLS: {exc}"),
-                                 untrusted_certificate="CERTIFICATE_VERIFY_FAILED" in str(exc)
-                                 ) from None
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            # ValueError: a URL that yarl cannot read (a realm, a redirect), or one with a
-            # user:password aiohttp will not send beside an Authorization header. No answer,
-            # as for a connection error: a RegistryError, not a crash of the whole run.
+        except (TimeoutError, ValueError) as exc:
+            # ValueError: a URL that yarl or reqwest cannot read (a realm, a redirect). No
+            # answer, as for a connection error: a RegistryError, not a crash of the run.
             raise TransportError(_safe(f"{type(exc).__name__}: {exc}")) from None
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._rustls.aclose()
+        if self._openssl is not None:
+            await self._openssl.aclose()
+            self._openssl = None
