@@ -23,7 +23,7 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
                    20, 30, 60, float("inf"))
 # A policy run takes tens of milliseconds (a small registry, cached facts) to hours (a full
 # scan of a large registry). Starting at 1 s made p90 of 0.2 s runs read 0.9 s (issue 15);
-# since the client moved to aiohttp, such runs take 20-50 ms.
+# since the client moved off httpx, such runs take 20-50 ms.
 RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200,
                1800, 3600, 5400, 7200, 10800, 14400, 21600, 28800, float("inf"))
 

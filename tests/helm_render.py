@@ -249,6 +249,11 @@ def materialize(rendered: Rendered, root: Path) -> Path:
             if key == "docker_config":
                 target.write_text(json.dumps({"auths": {netloc: {
                     "username": "stand-in", "password": "stand-in"}}}))
+            elif key == "ca_file":  # read as PEM certificates by `retention validate`
+                from tests.servers import ca_signed
+
+                ca, _, _ = ca_signed(root / "stand-in-ca")
+                target.write_bytes(ca.read_bytes())
             else:
                 target.write_text("stand-in\n")
             registry[key] = str(target)

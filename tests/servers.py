@@ -480,10 +480,11 @@ def ca_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]
     return ca_path, cert_path, key_path
 
 
-def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+def self_signed(workdir: Path, host: str = "127.0.0.1", *, san: bool = True
+                ) -> tuple[Path, Path]:
     """A self-signed certificate for ``host``, marked as a CA (basicConstraints CA:TRUE, as
     ``openssl req -x509`` and Docker's guide to a registry's own certificate make it):
-    (certificate, key) PEM files."""
+    (certificate, key) PEM files. ``san=False``: the host named in the CN only."""
     import ipaddress
 
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -494,10 +495,11 @@ def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
-                ipaddress.ip_address(host))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+    if san:  # without: the host in the CN only, as certificates made before 2017 often are
+        cert = cert.add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+            ipaddress.ip_address(host))]), critical=False)
+    cert = cert.sign(key, hashes.SHA256())
     workdir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

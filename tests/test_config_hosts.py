@@ -58,3 +58,28 @@ def test_a_host_names_one_registry(tmp_path):
         load_config(path)
     [problem] = exc.value.problems
     assert "registries a and b both have the host shared.example.com" in str(problem)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"not a certificate\n", "holds no PEM certificate"),
+    (b"\x30\x82\x01\x0a\x02\x82", "is not a PEM file (a DER certificate?"),
+    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+     "holds a certificate that cannot be read"),
+])
+def test_a_ca_file_that_is_not_pem_certificates_is_located(tmp_path, content, message):
+    """rustls skips what it cannot read in a CA file: without this check the mistake would
+    show only later, as "certificate not trusted"."""
+    (tmp_path / "ca.pem").write_bytes(content)
+    path = write(tmp_path, "  main:\n    url: https://r.example.com\n    ca_file: ca.pem\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    [problem] = exc.value.problems
+    assert "4:14: registries.main.ca_file:" in str(problem) and message in str(problem)
+
+
+def test_a_ca_file_of_pem_certificates_loads(tmp_path):
+    from tests.servers import ca_signed
+
+    ca, _, _ = ca_signed(tmp_path / "tls")
+    path = write(tmp_path, f"  main:\n    url: https://r.example.com\n    ca_file: {ca}\n")
+    assert load_config(path).registries["main"].ca_file == ca

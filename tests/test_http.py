@@ -14,6 +14,7 @@ import pytest
 from retention.config import Credentials, RegistrySettings, Secret
 from retention.errors import RegistryError
 from retention.registry.client import RegistryClient, RetryPolicy
+from retention.registry.http import HttpSession
 from retention.scanner import Scanner
 from tests.loopback import serving
 from tests.pusher import Pusher
@@ -416,3 +417,116 @@ def test_a_redirect_loop_is_a_connection_error_not_a_hang():
 
     with pytest.raises(RegistryError, match="more than 10 redirects"):
         asyncio.run(go())
+
+
+# -- review of the move to pyreqwest ----------------------------------------------------------
+
+
+def test_a_next_link_on_a_header_line_of_its_own_is_followed():
+    """rel="prev" and rel="next" as two Link header lines: reading only the first line would
+    end the listing after page 1, and what is on the later pages would look absent."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "last" not in request.url.params:
+            return httpx.Response(200, json={"repositories": ["a"]}, headers=[
+                ("Link", '</v2/_catalog?n=1000>; rel="prev"'),
+                ("Link", '</v2/_catalog?last=a&n=1000>; rel="next"')])
+        return httpx.Response(200, json={"repositories": ["b"]})
+
+    async def go() -> list[str]:
+        async with serving(handler) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url)) as client:
+            return await client.catalog()
+
+    assert asyncio.run(go()) == ["a", "b"]
+
+
+def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
+    """reqwest will not read such a value as text; it must end as this registry's error (the
+    repository unread), not a ValueError that ends the whole run."""
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 20\r\nLink: </v2/\xc3\xa9>; rel="next"'
+                     b'\r\n\r\n{"repositories": []}')
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(registry, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with RegistryClient(RegistrySettings(name="main",
+                                                       url=f"http://127.0.0.1:{port}"),
+                                      retry=FAST, sleep=_no_sleep) as client:
+                with pytest.raises(RegistryError, match="headers are not text"):
+                    await client.catalog()
+        finally:
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_request_holds_its_slot_until_it_ends():
+    """A request handed to reqwest goes on when its caller is cancelled (a shutdown's
+    cancellation) and the caller's slot is given back at once: reqwest's own limit
+    (max_connections) must hold the next request until it ends, so that never more than
+    `concurrency` requests are on their way."""
+    events: list[str] = []
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            line = head.split(b" ", 2)[0].decode()
+            events.append(f"{line} in")
+            if line == "DELETE":
+                await asyncio.sleep(1.0)
+            events.append(f"{line} out")
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async def go() -> None:
+        server = await asyncio.start_server(registry, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        settings = RegistrySettings(name="main", url=f"http://127.0.0.1:{port}",
+                                    concurrency=1)
+        try:
+            async with RegistryClient(settings, retry=FAST) as client:
+                deleting = asyncio.create_task(
+                    client.delete_manifest("r", "sha256:" + "a" * 64, retry=False))
+                await asyncio.sleep(0.3)  # on its way: the registry holds it for 1 s
+                deleting.cancel()
+                reading = asyncio.create_task(client.request("GET", "/v2/", scope=""))
+                with pytest.raises(asyncio.CancelledError):
+                    await deleting
+                await reading
+        finally:
+            server.close()
+
+    asyncio.run(go())
+    assert events == ["DELETE in", "DELETE out", "GET in", "GET out"]
+
+
+def test_bodies_and_lengths_come_as_sent():
+    """No Accept-Encoding is sent and nothing is decoded: a manifest is hashed as the
+    registry sent it, and a HEAD keeps its Content-Length."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding"))
+        return httpx.Response(200, content=b"{}", headers={"Content-Length": "2"})
+
+    async def go():
+        async with serving(handler) as url:
+            http = HttpSession(url, timeout=5, connections=2, user_agent="test")
+            try:
+                return (await http.request("GET", "/x"), await http.request("HEAD", "/x"))
+            finally:
+                await http.aclose()
+
+    got, head = asyncio.run(go())
+    assert seen == [None, None]
+    assert got.content == b"{}" and head.headers.get("content-length") == "2"

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
-from pyreqwest.http import HeaderMap
 from pyreqwest.proxy import ProxyBuilder
 from yarl import URL
 
@@ -57,8 +57,8 @@ def _causes(exc: PyreqwestError) -> list[str]:
     return found or [str(exc.args[0]) if exc.args else type(exc).__name__]
 
 
-def _no_headers() -> HeaderMap:
-    return HeaderMap()
+def _no_headers() -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict())
 
 
 class TransportError(Exception):
@@ -76,7 +76,7 @@ class Response:
 
     status_code: int
     content: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    headers: CIMultiDictProxy[str] = field(default_factory=_no_headers)
     url: URL = field(default_factory=URL)
     # The headers this request was sent with (the Authorization a 401 answered, say).
     request_headers: Mapping[str, str] = field(default_factory=dict)
@@ -125,7 +125,10 @@ class _Rustls:
                        .connect_timeout(CONNECT_TIMEOUT)
                        # Each read, not the whole answer: a large blob that keeps coming is
                        # not cut off, an answer that stops coming is.
-                       .read_timeout(self._timeout))
+                       .read_timeout(self._timeout)
+                       # Bodies exactly as sent (a manifest is hashed), and a HEAD's
+                       # Content-Length kept: no Accept-Encoding, no decoding.
+                       .gzip(False).brotli(False).zstd(False).deflate(False))
             # Never the library's own reading of the environment: HttpSession chooses.
             builder = builder.proxy(ProxyBuilder.all(proxy)) if proxy else builder.no_proxy()
             if not self._verify:
@@ -137,21 +140,39 @@ class _Rustls:
 
     async def exchange(self, method: str, target: URL, headers: Mapping[str, str],
                        content: bytes | None, proxy: str | None
-                       ) -> tuple[int, Mapping[str, str], bytes]:
+                       ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        # A request handed to reqwest goes on when this task is cancelled (a shutdown): it
+        # is not recalled, a DELETE included (journaled "deleting" before it is sent, so a
+        # restore finds it all the same). The client's own limit (max_connections) holds
+        # it in the count of requests on their way until it ends.
         try:
-            request = self._client(proxy).request(method, str(target)).headers(headers)
+            request = self._client(proxy).request(method, str(target))
+            try:
+                request = request.headers(headers)
+            except ValueError:
+                # Its text quotes the value, a token perhaps: not for a log.
+                raise TransportError("a request header value that cannot be sent (a control "
+                                     "character in it)") from None
             if content is not None:
                 request = request.body_bytes(content)
             answer = await request.build().send()
-            return answer.status, answer.headers, (await answer.bytes()).to_bytes()
+            body = (await answer.bytes()).to_bytes()
+            try:
+                answered = CIMultiDictProxy(CIMultiDict(answer.headers.items()))
+            except ValueError:
+                raise TransportError("an answer whose headers are not text (a value beyond "
+                                     "ASCII)") from None
+            return answer.status, answered, body
         except PyreqwestError as exc:
             causes = _causes(exc)
             if any(_CA_AS_SERVER in c for c in causes):
                 raise _CaAsServerCertificate(" ".join(causes)) from None
-            # The first cause names the URL, which the caller's message names already.
+            # The first cause names the URL, which the caller's message names already. The
+            # exception's class is left out: reqwest's kinds are coarse (a request written and
+            # then cut off comes as a ConnectError), the causes say what happened.
             message = "; ".join(c for c in causes if not c.startswith("error sending request")
                                 ) or "; ".join(causes)
-            raise TransportError(_safe(f"{type(exc).__name__}: {message}"),
+            raise TransportError(_safe(f"no answer: {message}"),
                                  untrusted_certificate=any(_UNTRUSTED in c for c in causes)
                                  ) from None
 
@@ -176,11 +197,14 @@ class _OpenSSL:
         import aiohttp  # only for such a server
 
         self._aiohttp = aiohttp
-        ssl_context: ssl.SSLContext | bool = verify
-        if verify and ca_file is not None:
-            # The system's store and ca_file, as rustls is given them.
+        ssl_context: ssl.SSLContext | bool = False
+        if verify:
+            # The system's store and ca_file, as rustls is given them; and, as rustls, Go and
+            # docker, no host name taken from a certificate's CN.
             ssl_context = ssl.create_default_context()
-            ssl_context.load_verify_locations(cafile=str(ca_file))
+            ssl_context.hostname_checks_common_name = False
+            if ca_file is not None:
+                ssl_context.load_verify_locations(cafile=str(ca_file))
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=ssl_context),
             # connect: the DNS lookup too, which sock_connect leaves unbounded.
@@ -196,7 +220,7 @@ class _OpenSSL:
 
     async def exchange(self, method: str, target: URL, headers: Mapping[str, str],
                        content: bytes | None, proxy: str | None
-                       ) -> tuple[int, Mapping[str, str], bytes]:
+                       ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         aiohttp = self._aiohttp
         try:
             async with self._session.request(method, target, headers=headers, data=content,
@@ -205,7 +229,7 @@ class _OpenSSL:
         except aiohttp.ClientConnectorCertificateError as exc:
             raise TransportError(_safe(str(exc.certificate_error)),
                                  untrusted_certificate=True) from None
-        except aiohttp.ClientSSLError as exc:
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise TransportError(_safe(f"TLS: {exc}"),
                                  untrusted_certificate="CERTIFICATE_VERIFY_FAILED" in str(exc)
                                  ) from None
@@ -263,7 +287,7 @@ class HttpSession:
         return self._proxies[key]
 
     async def _exchange(self, method: str, target: URL, headers: Mapping[str, str],
-                        content: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+                        content: bytes | None) -> tuple[int, CIMultiDictProxy[str], bytes]:
         origin = (target.scheme, (target.host or "").lower(), target.port)
         proxy = self._proxy(target)
         if origin not in self._openssl_origins:
@@ -279,7 +303,14 @@ class HttpSession:
             self._openssl = _OpenSSL(verify=self._verify, ca_file=self._ca_file,
                                      timeout=self._timeout, connections=self._connections,
                                      user_agent=self._user_agent)
-        return await self._openssl.exchange(method, target, headers, content, proxy)
+        try:
+            return await self._openssl.exchange(method, target, headers, content, proxy)
+        except TransportError as exc:
+            if exc.untrusted_certificate:
+                # Not trusted here either (anyone can present a CA certificate): rustls
+                # again next time.
+                self._openssl_origins.discard(origin)
+            raise
 
     async def request(self, method: str, url: str | URL, *,
                       headers: Mapping[str, str] | None = None,
