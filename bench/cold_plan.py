@@ -267,15 +267,17 @@ def floor(url: str, paths: list[str], workdir: Path) -> tuple[float, float]:
     return time.monotonic() - started, float(out.split()[1])
 
 
-def plan(config: Path) -> tuple[float, float, float, int]:
+def plan(config: Path, *, root: Path = ROOT) -> tuple[float, float, float, int]:
     """(wall seconds, CPU seconds, peak RSS MiB, exit code) of one `retention plan`
-    process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process, run from the source tree ``root``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     started = time.monotonic()
     proc = subprocess.Popen([*CLIENT_CPU, sys.executable, "-c",
                              "from retention.cli import run; run()", "plan", "--config",
                              str(config), "--output", "json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            # `python -c` puts the working directory first on sys.path.
+                            cwd=root)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -286,11 +288,11 @@ def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
     return Counter({k: after[k] - before[k] for k in after if after[k] - before[k] > 0})
 
 
-def byte_compile() -> None:
+def byte_compile(root: Path = ROOT) -> None:
     """Compile retention's modules as an install does (pip writes their .pyc files). Run
     from a source tree where PYTHONDONTWRITEBYTECODE is set, every `retention plan` would
     compile them all anew: 65 ms before its first request that no user's plan spends."""
-    compileall.compile_dir(ROOT / "retention", quiet=1)
+    compileall.compile_dir(root / "retention", quiet=1)
 
 
 def main() -> None:
@@ -304,10 +306,16 @@ def main() -> None:
                         "loop (list-tags + inspect per tag, xargs -P8) in each round")
     parser.add_argument("--pin", action="store_true", help="the registry on CPU 0, wrk, "
                         "retention and the peer on CPU 1 (each side its own core)")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT", help="also time a cold "
+                        "plan of another source tree (a git worktree of another commit) in "
+                        "each round, before or after this tree's in turn: a comparison in "
+                        "the same minutes, which this machine's drift does not skew")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     byte_compile()
+    if args.against is not None:
+        byte_compile(args.against.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "registry").mkdir()
@@ -360,6 +368,24 @@ def main() -> None:
                           f"    CPU: retention {own_cpu:.2f} s "
                           f"({own_cpu / total * 1e3:.2f} ms a request), registry "
                           f"{registry_cpu:.2f} s\n    {detail}")
+                if args.against is not None:
+                    other = work / f"retention-{rnd}-against.yaml"
+                    other.write_text(config.read_text().replace(
+                        f"state_dir: {state}", f"state_dir: {state}-against"))
+                    order = [ROOT, args.against.resolve()]
+                    if rnd % 2 == 0:
+                        order.reverse()
+                    for root in order:
+                        # Again this tree too, cold, next to the other (its first run above
+                        # came after the floor, not beside the other tree).
+                        shutil.rmtree(state if root == ROOT else f"{state}-against",
+                                      ignore_errors=True)
+                        cpu = registry.cpu()
+                        wall, own_cpu, _, code = plan(config if root == ROOT else other,
+                                                      root=root)
+                        print(f"  cold, {'this tree' if root == ROOT else root}: {wall:.2f} s "
+                              f"= {wall / seconds:.2f}x the limit, CPU {own_cpu:.2f} s, "
+                              f"registry {registry.cpu() - cpu:.2f} s, exit {code}")
                 if args.peer:
                     seconds_peer, inspected = peer(registry.url.split("//", 1)[1], images,
                                                    work)
