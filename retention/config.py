@@ -16,6 +16,7 @@ import yaml
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
 from retention.references import Hosts, normalize_host
+from retention.registry.tls import pem_problem
 from retention.secrets import Secret
 from retention.yamlnodes import Reader, compose_documents
 
@@ -397,7 +398,7 @@ def _registry(
         ca_file = base / ca
         if not ca_file.is_file():
             reader.error(fields["ca_file"], f"{what}.ca_file: {ca_file} is not a readable file")
-        elif (problem := _pem_certificates_problem(ca_file)) is not None:
+        elif (problem := pem_problem(ca_file.read_bytes())) is not None:
             reader.error(fields["ca_file"], f"{what}.ca_file: {ca_file} {problem}")
     insecure = False
     if "insecure_skip_verify" in fields:
@@ -447,25 +448,6 @@ def _check_hosts_unique(reader: Reader, node: yaml.MappingNode,
             if other_own != own:
                 reader.error(node, f"registries {other} and {settings.name} both have the "
                              f"host {host} (as URL or in aliases); a host names one registry")
-
-
-def _pem_certificates_problem(path: Path) -> str | None:
-    """Why ``path`` is not a file of PEM certificates, or None. Checked here because the
-    TLS library would skip what it cannot read and the failure would come later, as an
-    untrusted certificate."""
-    import ssl
-
-    try:
-        text = path.read_text("ascii")
-    except (OSError, UnicodeDecodeError):
-        return "is not a PEM file (a DER certificate? convert it: openssl x509 -inform der)"
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        return "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-    try:
-        ssl.create_default_context().load_verify_locations(cadata=text)
-    except ssl.SSLError as exc:
-        return f"holds a certificate that cannot be read ({exc.reason or exc})"
-    return None
 
 
 def _docker_config_credentials(

@@ -262,6 +262,31 @@ def test_tls_verification(tmp_path: Path):
         reg.stop()
 
 
+def test_both_tls_stacks_use_the_ca_file_as_read_at_the_start(tmp_path: Path):
+    """A mounted Secret may be rotated (or removed) while a run goes on: the OpenSSL
+    fallback, made at the first such server, uses the bytes read at the start, as rustls
+    does, instead of reading the file again (a FileNotFoundError ended the whole run)."""
+    import shutil
+
+    from tests.servers import self_signed
+
+    cert, key = self_signed(tmp_path / "tls")
+    mounted = tmp_path / "secret" / "ca.crt"
+    mounted.parent.mkdir()
+    shutil.copy(cert, mounted)
+    reg = start_registry(tmp_path / "r", tls=(cert, key))
+
+    async def go():
+        async with RegistryClient(settings(reg.url, ca_file=mounted), retry=FAST) as client:
+            mounted.unlink()
+            return await client.catalog(), bool(client._http._openssl_origins)
+
+    try:
+        assert asyncio.run(go()) == ([], True)
+    finally:
+        reg.stop()
+
+
 def _refused_and_stack(s: RegistrySettings) -> bool:
     """Refused as not trusted; then whether the host stayed on OpenSSL."""
     async def go():

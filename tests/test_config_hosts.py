@@ -77,9 +77,25 @@ def test_a_ca_file_that_is_not_pem_certificates_is_located(tmp_path, content, me
     assert "4:14: registries.main.ca_file:" in str(problem) and message in str(problem)
 
 
-def test_a_ca_file_of_pem_certificates_loads(tmp_path):
+@pytest.mark.parametrize("shape", ["as written", "bundle", "mozilla comments", "bom", "crlf",
+                                   "with its key"])
+def test_a_ca_file_of_pem_certificates_loads(tmp_path, shape):
+    """What CA files look like in the wild: bundles, Mozilla's UTF-8 comments, a
+    byte-order mark, CRLF line ends, a key beside the certificate."""
     from tests.servers import ca_signed
 
-    ca, _, _ = ca_signed(tmp_path / "tls")
-    path = write(tmp_path, f"  main:\n    url: https://r.example.com\n    ca_file: {ca}\n")
-    assert load_config(path).registries["main"].ca_file == ca
+    ca, _, key = ca_signed(tmp_path / "tls")
+    other, _, _ = ca_signed(tmp_path / "other")
+    pem = ca.read_bytes()
+    content = {
+        "as written": pem,
+        "bundle": pem + other.read_bytes(),
+        "mozilla comments": "# Issuer: CN=NetLock Arany (Class Gold) Főtanúsítvány\n".encode()
+                            + pem,
+        "bom": b"\xef\xbb\xbf" + pem,
+        "crlf": pem.replace(b"\n", b"\r\n"),
+        "with its key": key.read_bytes() + pem,
+    }[shape]
+    (tmp_path / "ca.pem").write_bytes(content)
+    path = write(tmp_path, "  main:\n    url: https://r.example.com\n    ca_file: ca.pem\n")
+    assert load_config(path).registries["main"].ca_file == tmp_path / "ca.pem"

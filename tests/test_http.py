@@ -441,6 +441,70 @@ def test_a_next_link_on_a_header_line_of_its_own_is_followed():
     assert asyncio.run(go()) == ["a", "b"]
 
 
+@pytest.mark.parametrize(("links", "expected"), [
+    (['</a>; rel="prev", </b?last=x&n=2>; rel="next"'], "/b?last=x&n=2"),
+    (['</a>; rel="prev"', '</b>; rel="next"'], "/b"),
+    (['</b?last=a,b&n=2>; rel="next"'], "/b?last=a,b&n=2"),
+    (['</b>; rel="next prev"'], "/b"),  # rel is a list of relation types
+    (['</b>; rel="prev next"'], "/b"),
+    (['</b>; title="x, y"; rel="next"'], "/b"),  # a comma inside a quoted value
+    (['</b>; title="x; y"; rel="next"'], "/b"),
+    (['</b>; REL=Next'], "/b"),
+    (["</b>; rel*=UTF-8''next"], "/b"),
+    (['</b>;\trel="next"'], "/b"),
+    (['</a>; title="rel=next"; rel="prev"'], None),
+    ([], None),
+])
+def test_next_link_reads_every_shape_rfc_8288_allows(links: list[str], expected: str | None):
+    """A rel="next" missed ends a listing after its first page, and what is on the later
+    pages looks absent (untagged, deletable)."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from retention.registry.client import next_link
+
+    assert next_link(CIMultiDictProxy(CIMultiDict([("Link", v) for v in links]))) == expected
+
+
+def test_a_link_header_that_cannot_be_read_fails_the_listing():
+    """Whether it names a next page is unknown: the listing is not taken as complete."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"tags": ["v1"], "name": "r"},
+                              headers={"Link": '</v2/r/tags/list?last=v1>; rel="next" junk'})
+
+    async def go() -> None:
+        async with serving(handler) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url)) as client:
+            with pytest.raises(RegistryError, match="a Link header that cannot be read"):
+                await client.tags("r")
+
+    asyncio.run(go())
+
+
+def test_a_header_beyond_ascii_that_nothing_reads_is_left_out():
+    """A proxy's own note in UTF-8 does not make every answer unreadable."""
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-Note: caf\xc3\xa9\r\n'
+                     b'\r\n{"repositories": ["a"]}')
+        await writer.drain()
+        writer.close()
+
+    async def go() -> list[str]:
+        server = await asyncio.start_server(registry, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with RegistryClient(RegistrySettings(name="main",
+                                                       url=f"http://127.0.0.1:{port}"),
+                                      retry=FAST, sleep=_no_sleep) as client:
+                return await client.catalog()
+        finally:
+            server.close()
+
+    assert asyncio.run(go()) == ["a"]
+
+
 def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
     """reqwest will not read such a value as text; it must end as this registry's error (the
     repository unread), not a ValueError that ends the whole run."""
@@ -459,7 +523,7 @@ def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
             async with RegistryClient(RegistrySettings(name="main",
                                                        url=f"http://127.0.0.1:{port}"),
                                       retry=FAST, sleep=_no_sleep) as client:
-                with pytest.raises(RegistryError, match="headers are not text"):
+                with pytest.raises(RegistryError, match="(?i)link header is not text"):
                     await client.catalog()
         finally:
             server.close()

@@ -12,7 +12,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -237,6 +237,13 @@ class RegistryClient:
         if self._observe is not None:
             self._observe(method, code, time.monotonic() - started)
 
+    def _next_link(self, response: Response, path: str) -> str | None:
+        try:
+            return next_link(response.headers)
+        except LinkError as exc:
+            raise RegistryError(f"GET {path}: {str(exc)[:300]}; the rest of the listing is "
+                                "not known", registry=self.settings.name) from None
+
     def next_page(self, response: Response, link: str) -> URL:
         """The URL of the next page. It must stay on the registry: the request carries
         credentials, which a Link header must not be able to send elsewhere."""
@@ -317,7 +324,7 @@ class RegistryClient:
                 raise self.failure(response, f"GET {path}" if page == 1 else
                                    f"GET {path} (page {page}: the listing is incomplete)")
             yield self._page_items(response, path, key, page)
-            link = next_link(response.headers)
+            link = self._next_link(response, path)
             if link is None:
                 return
             # The Link target carries its own query (n, last): use it as the registry wrote it.
@@ -489,7 +496,7 @@ class RegistryClient:
             except (ValueError, AttributeError, KeyError, TypeError):
                 raise RegistryError(f"GET {path}: the referrers answer is not an OCI index",
                                     registry=self.settings.name) from None
-            link = next_link(response.headers)
+            link = self._next_link(response, path)
             if link is None:
                 return found
             url = self.next_page(response, link)
@@ -593,18 +600,55 @@ def _path(url: str | URL) -> str:
     return urlsplit(url).path
 
 
-_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
+# RFC 8288: `<target>; param; param=value; param="quoted, value", <target>; ...`
+_LINK_TARGET = re.compile(r'\s*<([^>]*)>')
+_LINK_PARAM = re.compile(r'\s*;\s*([^\s=;,]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,]*)))?')
+_LINK_NEXT = re.compile(r'\s*,')
+
+
+class LinkError(ValueError):
+    """A Link header that cannot be read through: whether it names a next page is unknown."""
 
 
 def next_link(headers: CIMultiDictProxy[str]) -> str | None:
     """The target of rel="next" in the Link headers: all of them, since a registry (or a
-    proxy) may send rel="prev" and rel="next" on lines of their own, and reading only the
-    first would end a listing early, its later pages taken for absent."""
-    for m in _LINK.finditer(", ".join(headers.getall("link", ()))):
-        params = m.group(2).replace(" ", "").lower()
-        if 'rel="next"' in params or "rel=next" in params:
-            return m.group(1)
+    proxy) may send rel="prev" and rel="next" on lines of their own; rel is a list of
+    relation types ("next prev"). Raises LinkError when a header cannot be read through:
+    taking it for "no next page" would end a listing early, its later pages absent."""
+    # Every header read through first: a header with a rel="next" and then text that
+    # cannot be read is not known to say what it seems to.
+    links = [link for value in headers.getall("link", ()) for link in _links(value)]
+    for target, params in links:
+        relations = params.get("rel")
+        if relations is None and "rel*" in params:  # rel*=UTF-8''next
+            relations = params["rel*"].rpartition("'")[2]
+        if "next" in (relations or "").lower().split():
+            return target
     return None
+
+
+def _links(value: str) -> Iterator[tuple[str, dict[str, str]]]:
+    position = 0
+    while True:
+        target = _LINK_TARGET.match(value, position)
+        if target is None:
+            if value[position:].strip():
+                raise LinkError(f"a Link header that cannot be read: {value!r}")
+            return
+        params: dict[str, str] = {}
+        position = target.end()
+        while (param := _LINK_PARAM.match(value, position)) is not None:
+            quoted, bare = param.group(2), param.group(3)
+            text = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else (bare or "")
+            params.setdefault(param.group(1).lower(), text.strip())
+            position = param.end()
+        yield target.group(1), params
+        comma = _LINK_NEXT.match(value, position)
+        if comma is None:
+            if value[position:].strip():
+                raise LinkError(f"a Link header that cannot be read: {value!r}")
+            return
+        position = comma.end()
 
 
 def _retry_after(response: Response) -> float | None:

@@ -26,8 +26,11 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
+from pyreqwest.http import HeaderMap
 from pyreqwest.proxy import ProxyBuilder
 from yarl import URL
+
+from retention.registry.tls import pem_certificates
 
 log = structlog.get_logger("retention.registry")
 
@@ -157,12 +160,7 @@ class _Rustls:
                 request = request.body_bytes(content)
             answer = await request.build().send()
             body = (await answer.bytes()).to_bytes()
-            try:
-                answered = CIMultiDictProxy(CIMultiDict(answer.headers.items()))
-            except ValueError:
-                raise TransportError("an answer whose headers are not text (a value beyond "
-                                     "ASCII)") from None
-            return answer.status, answered, body
+            return answer.status, _text_headers(answer.headers), body
         except PyreqwestError as exc:
             causes = _causes(exc)
             if any(_CA_AS_SERVER in c for c in causes):
@@ -182,6 +180,33 @@ class _Rustls:
             await client.close()
 
 
+# The answer headers the client reads: one of them beyond ASCII makes the answer unreadable.
+_HEADERS_READ = frozenset({"link", "location", "docker-content-digest", "content-type",
+                           "content-length", "www-authenticate", "retry-after"})
+
+
+def _text_headers(headers: HeaderMap) -> CIMultiDictProxy[str]:
+    """The answer's headers. reqwest reads a value beyond ASCII as no text at all (a
+    ValueError): such a header is left out when nothing here reads it (a proxy's own note),
+    and makes the answer unreadable when something does (a TransportError, not a crash)."""
+    try:
+        return CIMultiDictProxy(CIMultiDict(headers.items()))
+    except ValueError:
+        pass
+    readable: CIMultiDict[str] = CIMultiDict()
+    for name in dict.fromkeys(headers.keys()):
+        try:
+            values = headers.getall(name)
+        except ValueError:
+            if name.lower() in _HEADERS_READ:
+                raise TransportError(f"an answer whose {name} header is not text (a value "
+                                     "beyond ASCII)") from None
+            continue
+        for value in values:
+            readable.add(name, value)
+    return CIMultiDictProxy(readable)
+
+
 class _CaAsServerCertificate(TransportError):
     """rustls refused a CA certificate used as the server's own (CaUsedAsEndEntity)."""
 
@@ -192,7 +217,7 @@ class _OpenSSL:
     certificate marked as a CA (basicConstraints CA:TRUE), which ``openssl req -x509``
     writes by default and Docker's guide for a registry's self-signed certificate makes."""
 
-    def __init__(self, *, verify: bool, ca_file: Path | None, timeout: timedelta,
+    def __init__(self, *, verify: bool, ca_pem: bytes | None, timeout: timedelta,
                  connections: int, user_agent: str):
         import aiohttp  # only for such a server
 
@@ -203,8 +228,8 @@ class _OpenSSL:
             # docker, no host name taken from a certificate's CN.
             ssl_context = ssl.create_default_context()
             ssl_context.hostname_checks_common_name = False
-            if ca_file is not None:
-                ssl_context.load_verify_locations(cafile=str(ca_file))
+            if ca_pem is not None:  # as read at the start, the bytes rustls was given
+                ssl_context.load_verify_locations(cadata=ca_pem.decode())
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=ssl_context),
             # connect: the DNS lookup too, which sock_connect leaves unbounded.
@@ -253,15 +278,14 @@ class HttpSession:
                  timeout: float, connections: int, user_agent: str):
         self._base = base_url.rstrip("/")
         self._verify = verify
-        self._ca_file = ca_file
         self._timeout = timedelta(seconds=timeout)
         self._connections = connections
         self._user_agent = user_agent
-        # Read now, as an SSLContext would load it: a missing file fails the start, not a
-        # request.
+        # Read once, now (a missing file fails the start, not a request), and given to both
+        # stacks as read: its certificates only (config checks there are some).
+        self._ca_pem = pem_certificates(ca_file.read_bytes()) if ca_file is not None else None
         self._rustls = _Rustls(verify=verify, timeout=self._timeout, connections=connections,
-                               ca_pem=ca_file.read_bytes() if ca_file is not None else None,
-                               user_agent=user_agent)
+                               ca_pem=self._ca_pem, user_agent=user_agent)
         self._openssl: _OpenSSL | None = None
         self._openssl_origins: set[tuple[str, str, int | None]] = set()
         # The proxy for each scheme://host, read from the environment once, as curl and
@@ -300,9 +324,14 @@ class HttpSession:
                          host=target.host, port=target.port)
                 self._openssl_origins.add(origin)
         if self._openssl is None:
-            self._openssl = _OpenSSL(verify=self._verify, ca_file=self._ca_file,
-                                     timeout=self._timeout, connections=self._connections,
-                                     user_agent=self._user_agent)
+            try:
+                self._openssl = _OpenSSL(verify=self._verify, ca_pem=self._ca_pem,
+                                         timeout=self._timeout,
+                                         connections=self._connections,
+                                         user_agent=self._user_agent)
+            except (ssl.SSLError, ValueError) as exc:
+                raise TransportError(f"TLS through OpenSSL: {exc}",
+                                     untrusted_certificate=True) from None
         try:
             return await self._openssl.exchange(method, target, headers, content, proxy)
         except TransportError as exc:
