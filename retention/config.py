@@ -396,9 +396,11 @@ def _registry(
     ca_file = None
     if "ca_file" in fields and (ca := text_of("ca_file")):
         ca_file = base / ca
-        if not ca_file.is_file():
-            reader.error(fields["ca_file"], f"{what}.ca_file: {ca_file} is not a readable file")
-        elif (problem := pem_problem(ca_file.read_bytes())) is not None:
+        try:
+            problem = pem_problem(ca_file.read_bytes())
+        except OSError:
+            problem = "is not a readable file"
+        if problem is not None:
             reader.error(fields["ca_file"], f"{what}.ca_file: {ca_file} {problem}")
     insecure = False
     if "insecure_skip_verify" in fields:

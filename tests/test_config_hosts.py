@@ -99,3 +99,12 @@ def test_a_ca_file_of_pem_certificates_loads(tmp_path, shape):
     (tmp_path / "ca.pem").write_bytes(content)
     path = write(tmp_path, "  main:\n    url: https://r.example.com\n    ca_file: ca.pem\n")
     assert load_config(path).registries["main"].ca_file == tmp_path / "ca.pem"
+
+
+def test_a_ca_file_that_is_missing_is_located(tmp_path):
+    path = write(tmp_path, "  main:\n    url: https://r.example.com\n    ca_file: nowhere.pem\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    [problem] = exc.value.problems
+    assert "4:14: registries.main.ca_file:" in str(problem)
+    assert "nowhere.pem is not a readable file" in str(problem)
