@@ -523,7 +523,7 @@ def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
             async with RegistryClient(RegistrySettings(name="main",
                                                        url=f"http://127.0.0.1:{port}"),
                                       retry=FAST, sleep=_no_sleep) as client:
-                with pytest.raises(RegistryError, match="(?i)link header is not text"):
+                with pytest.raises(RegistryError, match=r"(?i)link header is not text"):
                     await client.catalog()
         finally:
             server.close()
