@@ -1,10 +1,11 @@
 """The suite's in-memory registries (httpx-style handlers: request -> response) served over
 real HTTP on a loopback port, inside the test's own event loop.
 
-retention has one HTTP stack (aiohttp, retention/registry/http.py) and no way to plug
-another under it: the in-memory registries of the property tests reach it the way every
-registry does, through a socket. Running in the same event loop keeps what a handler does
-(set an asyncio.Event, move a tag between two requests) ordered with the client's awaits.
+retention's HTTP (pyreqwest, retention/registry/http.py) has no way to plug another
+transport under it: the in-memory registries of the property tests reach it the way every
+registry does, through a socket. Served (by aiohttp) in the test's event loop, what a
+handler does (set an asyncio.Event, move a tag between two requests) stays ordered with
+the client's awaits: reqwest's own thread only carries the bytes.
 """
 
 from __future__ import annotations

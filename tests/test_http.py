@@ -174,7 +174,7 @@ async def _no_sleep(_seconds: float) -> None:
 
 def test_a_signed_storage_url_stays_out_of_errors_and_logs():
     """A blob read is redirected to storage with a signed URL (S3's X-Amz-Signature, Azure's
-    sig=): its query is a credential. When storage answers with garbage, aiohttp's error
+    sig=): its query is a credential. When storage answers with garbage, the library's error
     names the whole URL; neither the RegistryError nor the retry log may carry it (the log
     redactor knows passwords and Authorization values, not signatures)."""
     import structlog
@@ -307,9 +307,9 @@ def test_a_connection_not_made_in_10_s_is_a_connection_error():
 
 
 def test_a_link_with_credentials_in_it_is_a_registry_error():
-    """A Link on the registry's origin with user:password@ in it: aiohttp refuses to send
-    such a URL along with an Authorization header (a ValueError, not a ClientError). It
-    must end as a RegistryError for the listing, not escape and crash the whole run."""
+    """A Link on the registry's origin with user:password@ in it: credentials of the URL's
+    own are never sent (beside ours or instead of them). It must end as a RegistryError for
+    the listing, not escape and crash the whole run."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.headers.get("authorization") is None:
@@ -349,7 +349,7 @@ def test_a_token_realm_yarl_cannot_read_is_a_registry_error():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "LocalHost"])
 def test_a_link_back_to_a_page_already_read_is_caught(host: str):
-    """Loop detection compares the URL aiohttp answered for (response.url) with the next
+    """Loop detection compares the URL answered for (response.url) with the next
     Link's target: both must be spelled alike, the first page's ?n= query included."""
 
     def handler(request: httpx.Request) -> httpx.Response:
