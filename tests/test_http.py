@@ -481,54 +481,39 @@ def test_a_link_header_that_cannot_be_read_fails_the_listing():
     asyncio.run(go())
 
 
-def test_a_header_beyond_ascii_that_nothing_reads_is_left_out():
-    """A proxy's own note in UTF-8 does not make every answer unreadable."""
+async def _catalog_answered_with(answer: bytes) -> list[str]:
+    """The catalog from a registry that answers every request with these exact bytes."""
 
     async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-Note: caf\xc3\xa9\r\n'
-                     b'\r\n{"repositories": ["a"]}')
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    async def go() -> list[str]:
-        server = await asyncio.start_server(registry, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            async with RegistryClient(RegistrySettings(name="main",
-                                                       url=f"http://127.0.0.1:{port}"),
-                                      retry=FAST, sleep=_no_sleep) as client:
-                return await client.catalog()
-        finally:
-            server.close()
+    server = await asyncio.start_server(registry, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RegistryClient(RegistrySettings(name="main", url=f"http://127.0.0.1:{port}"),
+                                  retry=FAST, sleep=_no_sleep) as client:
+            return await client.catalog()
+    finally:
+        server.close()
 
-    assert asyncio.run(go()) == ["a"]
+
+def test_a_header_beyond_ascii_that_nothing_reads_is_left_out():
+    """A proxy's own note in UTF-8 does not make every answer unreadable."""
+    answer = (b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-Note: caf\xc3\xa9\r\n'
+              b'\r\n{"repositories": ["a"]}')
+    assert asyncio.run(_catalog_answered_with(answer)) == ["a"]
 
 
 def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
     """reqwest will not read such a value as text; it must end as this registry's error (the
     repository unread), not a ValueError that ends the whole run."""
-
-    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 20\r\nLink: </v2/\xc3\xa9>; rel="next"'
-                     b'\r\n\r\n{"repositories": []}')
-        await writer.drain()
-        writer.close()
-
-    async def go() -> None:
-        server = await asyncio.start_server(registry, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            async with RegistryClient(RegistrySettings(name="main",
-                                                       url=f"http://127.0.0.1:{port}"),
-                                      retry=FAST, sleep=_no_sleep) as client:
-                with pytest.raises(RegistryError, match=r"(?i)link header is not text"):
-                    await client.catalog()
-        finally:
-            server.close()
-
-    asyncio.run(go())
+    answer = (b'HTTP/1.1 200 OK\r\nContent-Length: 20\r\nLink: </v2/\xc3\xa9>; rel="next"'
+              b'\r\n\r\n{"repositories": []}')
+    with pytest.raises(RegistryError, match=r"(?i)link header is not text"):
+        asyncio.run(_catalog_answered_with(answer))
 
 
 def test_a_cancelled_request_holds_its_slot_until_it_ends():

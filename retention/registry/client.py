@@ -107,16 +107,14 @@ class RegistryClient:
         self._observe = observe
         self._sleep = sleep
         self._slots = asyncio.Semaphore(settings.concurrency)
-        verify = True
-        if settings.insecure_skip_verify:
+        verify = not settings.insecure_skip_verify
+        if not verify:
             log.warning("tls verification disabled", registry=settings.name,
                         hint="use ca_file to trust a private CA instead")
-            verify = False
         # Every request holds one of `concurrency` slots while it is sent and its body
         # read, so that many connections serve them all.
         self._http = HttpSession(settings.url, verify=verify, timeout=timeout,
-                                 ca_file=None if settings.insecure_skip_verify
-                                 else settings.ca_file,
+                                 ca_file=settings.ca_file if verify else None,
                                  connections=settings.concurrency,
                                  user_agent=f"retention/{__version__}")
         self._auth = Authenticator(settings, entra=entra, send=self.send)

@@ -97,10 +97,13 @@ MAX_REDIRECTS = 10
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def same_origin(a: URL, b: URL) -> bool:
+def _origin(url: URL) -> tuple[str, str, int | None]:
     """Scheme, host (case aside) and port (the scheme's default when none is written)."""
-    return (a.scheme, (a.host or "").lower(), a.port) == (b.scheme, (b.host or "").lower(),
-                                                           b.port)
+    return url.scheme, (url.host or "").lower(), url.port
+
+
+def same_origin(a: URL, b: URL) -> bool:
+    return _origin(a) == _origin(b)
 
 
 class _Rustls:
@@ -233,7 +236,9 @@ class _OpenSSL:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=ssl_context),
             # connect: the DNS lookup too, which sock_connect leaves unbounded.
-            timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_connect=10.0,
+            timeout=aiohttp.ClientTimeout(total=None,
+                                          connect=CONNECT_TIMEOUT.total_seconds(),
+                                          sock_connect=CONNECT_TIMEOUT.total_seconds(),
                                           sock_read=timeout.total_seconds()),
             headers={"User-Agent": user_agent},
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
@@ -312,7 +317,7 @@ class HttpSession:
 
     async def _exchange(self, method: str, target: URL, headers: Mapping[str, str],
                         content: bytes | None) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        origin = (target.scheme, (target.host or "").lower(), target.port)
+        origin = _origin(target)
         proxy = self._proxy(target)
         if origin not in self._openssl_origins:
             try:
