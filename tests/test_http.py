@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from retention.config import Credentials, RegistrySettings, Secret
 from retention.errors import RegistryError
 from retention.registry.client import RegistryClient, RetryPolicy
-from retention.registry.http import HttpSession
+from retention.registry.http import HEADERS_READ, HttpSession, TransportError
 from retention.scanner import Scanner
 from tests.loopback import serving
 from tests.pusher import Pusher
@@ -233,12 +234,11 @@ def test_link_paging_when_the_configured_host_is_written_with_capitals():
 
 def test_a_link_naming_the_default_port_stays_on_the_registry():
     """https://registry.example and https://registry.example:443 are one origin."""
-    from yarl import URL
 
     from retention.registry.http import Response
 
     client = RegistryClient(RegistrySettings(name="main", url="https://registry.example"))
-    page = Response(200, url=URL("https://registry.example/v2/_catalog?n=1000"))
+    page = Response(200, sent_to="https://registry.example/v2/_catalog?n=1000")
     url = client.next_page(page, "https://registry.example:443/v2/_catalog?last=a&n=1000")
     assert url.host == "registry.example" and url.path == "/v2/_catalog"
 
@@ -479,6 +479,50 @@ def test_a_link_header_that_cannot_be_read_fails_the_listing():
                 await client.tags("r")
 
     asyncio.run(go())
+
+
+
+def test_a_registry_url_with_credentials_in_it_sends_nothing():
+    """A path on the registry is joined to its URL as text, without reading that URL each
+    time: a user:password@ in the registry's own URL must still keep every request from
+    leaving (those credentials beside ours, or instead of them)."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"repositories": ["a"]})
+
+    async def go() -> None:
+        async with serving(handler) as url:
+            session = HttpSession(url.replace("http://", "http://u:p@"), timeout=5,
+                                  connections=2, user_agent="test")
+            try:
+                with pytest.raises(TransportError, match="user or password"):
+                    await session.request("GET", "/v2/_catalog")
+                # The same URL, without them, is answered: the refusal was theirs.
+                plain = HttpSession(url, timeout=5, connections=2, user_agent="test")
+                assert (await plain.request("GET", "/v2/_catalog")).status_code == 200
+                await plain.aclose()
+            finally:
+                await session.aclose()
+
+    asyncio.run(go())
+    assert seen == ["/v2/_catalog"]
+
+
+def test_every_header_the_client_reads_is_kept():
+    """An answer through reqwest keeps only HEADERS_READ: a header read anywhere else in
+    retention would silently never be there."""
+    names = set()
+    for source in (Path(__file__).parent.parent / "retention").rglob("*.py"):
+        text = source.read_text()
+        # An answer's headers: response.headers, or headers handed on (next_link's); not
+        # the request_headers an answer carries.
+        names |= set(re.findall(
+            r"(?<![\w.])(?:response\.)?headers\.(?:get|getall)\(\s*\"([^\"]+)\"", text))
+    names = {n.lower() for n in names}
+    assert {"docker-content-digest", "link", "www-authenticate"} <= names  # the scan works
+    assert names <= set(HEADERS_READ)
 
 
 async def _catalog_answered_with(answer: bytes) -> list[str]:

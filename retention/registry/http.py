@@ -26,8 +26,8 @@ import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
-from pyreqwest.http import HeaderMap
 from pyreqwest.proxy import ProxyBuilder
+from pyreqwest.response import Response as PyResponse
 from yarl import URL
 
 from retention.registry.tls import pem_certificates
@@ -75,14 +75,19 @@ class TransportError(Exception):
 @dataclass(frozen=True, slots=True)
 class Response:
     """A whole answer: status, headers (case-insensitive), body, and the URL that gave it
-    (after redirects)."""
+    (after redirects), as it was sent."""
 
     status_code: int
     content: bytes = b""
     headers: CIMultiDictProxy[str] = field(default_factory=_no_headers)
-    url: URL = field(default_factory=URL)
+    sent_to: str = ""
     # The headers this request was sent with (the Authorization a 401 answered, say).
     request_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> URL:
+        """``sent_to`` as a URL (made when asked for: only a listing's pages need it)."""
+        return URL(self.sent_to, encoded=True)
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not."""
@@ -144,7 +149,7 @@ class _Rustls:
             client = self._clients[proxy] = builder.build()
         return client
 
-    async def exchange(self, method: str, target: URL, headers: Mapping[str, str],
+    async def exchange(self, method: str, target: str, headers: Mapping[str, str],
                        content: bytes | None, proxy: str | None
                        ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         # A request handed to reqwest goes on when this task is cancelled (a shutdown): it
@@ -152,7 +157,7 @@ class _Rustls:
         # restore finds it all the same). The client's own limit (max_connections) holds
         # it in the count of requests on their way until it ends.
         try:
-            request = self._client(proxy).request(method, str(target))
+            request = self._client(proxy).request(method, target)
             try:
                 request = request.headers(headers)
             except ValueError:
@@ -163,7 +168,7 @@ class _Rustls:
                 request = request.body_bytes(content)
             answer = await request.build().send()
             body = (await answer.bytes()).to_bytes()
-            return answer.status, _text_headers(answer.headers), body
+            return answer.status, _headers_read(answer), body
         except PyreqwestError as exc:
             causes = _causes(exc)
             if any(_CA_AS_SERVER in c for c in causes):
@@ -183,31 +188,26 @@ class _Rustls:
             await client.close()
 
 
-# The answer headers the client reads: one of them beyond ASCII makes the answer unreadable.
-_HEADERS_READ = frozenset({"link", "location", "docker-content-digest", "content-type",
-                           "content-length", "www-authenticate", "retry-after"})
+# The answer headers the client reads, and all an answer through reqwest keeps: a copy of
+# every header of every answer was a visible share of a cold plan's CPU.
+HEADERS_READ = ("link", "location", "docker-content-digest", "content-type", "content-length",
+                "www-authenticate", "retry-after")
 
 
-def _text_headers(headers: HeaderMap) -> CIMultiDictProxy[str]:
-    """The answer's headers. reqwest reads a value beyond ASCII as no text at all (a
-    ValueError): such a header is left out when nothing here reads it (a proxy's own note),
-    and makes the answer unreadable when something does (a TransportError, not a crash)."""
-    try:
-        return CIMultiDictProxy(CIMultiDict(headers.items()))
-    except ValueError:
-        pass
-    readable: CIMultiDict[str] = CIMultiDict()
-    for name in dict.fromkeys(headers.keys()):
+def _headers_read(answer: PyResponse) -> CIMultiDictProxy[str]:
+    """The answer's HEADERS_READ. reqwest reads a value beyond ASCII as no text at all (a
+    ValueError): in one of these, that makes the answer unreadable (a TransportError, not a
+    crash); anywhere else (a proxy's own note) it is never looked at."""
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name in HEADERS_READ:
         try:
-            values = headers.getall(name)
+            values = answer.get_header_all(name)
         except ValueError:
-            if name.lower() in _HEADERS_READ:
-                raise TransportError(f"an answer whose {name} header is not text (a value "
-                                     "beyond ASCII)") from None
-            continue
+            raise TransportError(f"an answer whose {name} header is not text (a value "
+                                 "beyond ASCII)") from None
         for value in values:
-            readable.add(name, value)
-    return CIMultiDictProxy(readable)
+            kept.add(name, value)
+    return CIMultiDictProxy(kept)
 
 
 class _CaAsServerCertificate(TransportError):
@@ -282,6 +282,8 @@ class HttpSession:
     def __init__(self, base_url: str, *, verify: bool = True, ca_file: Path | None = None,
                  timeout: float, connections: int, user_agent: str):
         self._base = base_url.rstrip("/")
+        self._base_url = URL(self._base, encoded=True)
+        self._base_origin = _origin(self._base_url)
         self._verify = verify
         self._timeout = timedelta(seconds=timeout)
         self._connections = connections
@@ -297,14 +299,19 @@ class HttpSession:
         # httpx honour HTTP(S)_PROXY and NO_PROXY (urllib's reading of them).
         self._proxies: dict[tuple[str, str], str | None] = {}
 
-    def _url(self, url: str | URL) -> URL:
-        """A path is on the registry; an absolute URL (a token realm, a Link the client
-        checked) is used as given, byte for byte."""
-        if isinstance(url, URL):
-            return url
-        if url.startswith(("http://", "https://")):
-            return URL(url, encoded=True)
-        return URL(self._base + url, encoded=True)
+    def _target(self, url: str | URL, params: Mapping[str, Any] | None) -> str | URL:
+        """Where a request goes. A path on the registry with no query to add stays text,
+        the registry's URL and the path joined (nearly all of a plan's requests: yarl's
+        reading of each was a visible share of a plan's CPU). An absolute URL (a token
+        realm, a Link the client checked) is used as given, byte for byte."""
+        if isinstance(url, str) and not params and not url.startswith(("http://", "https://")):
+            return self._base + url
+        if isinstance(url, str):
+            url = URL(url if url.startswith(("http://", "https://")) else self._base + url,
+                      encoded=True)
+        if params:
+            url = url.update_query({k: str(v) for k, v in params.items()})
+        return url
 
     def _proxy(self, url: URL) -> str | None:
         key = (url.scheme, url.host or "")
@@ -315,18 +322,25 @@ class HttpSession:
             self._proxies[key] = proxy or None
         return self._proxies[key]
 
-    async def _exchange(self, method: str, target: URL, headers: Mapping[str, str],
+    async def _exchange(self, method: str, target: str | URL, headers: Mapping[str, str],
                         content: bytes | None) -> tuple[int, CIMultiDictProxy[str], bytes]:
-        origin = _origin(target)
-        proxy = self._proxy(target)
+        """``target``: text is a URL on the registry (see _target)."""
+        if isinstance(target, str):
+            url, origin, text = self._base_url, self._base_origin, target
+        else:
+            url, origin, text = target, _origin(target), str(target)
+        if url.user is not None or url.password is not None:
+            # Credentials of the URL's own, beside (or instead of) ours: not sent.
+            raise TransportError("a URL with a user or password in it")
+        proxy = self._proxy(url)
         if origin not in self._openssl_origins:
             try:
-                return await self._rustls.exchange(method, target, headers, content, proxy)
+                return await self._rustls.exchange(method, text, headers, content, proxy)
             except _CaAsServerCertificate:
                 # Refused in the handshake, before the request was written: sending it again
                 # is safe, a DELETE included.
                 log.info("server certificate is a CA certificate; using OpenSSL for it",
-                         host=target.host, port=target.port)
+                         host=url.host, port=url.port)
                 self._openssl_origins.add(origin)
         if self._openssl is None:
             try:
@@ -338,7 +352,8 @@ class HttpSession:
                 raise TransportError(f"TLS through OpenSSL: {exc}",
                                      untrusted_certificate=True) from None
         try:
-            return await self._openssl.exchange(method, target, headers, content, proxy)
+            return await self._openssl.exchange(method, URL(text, encoded=True), headers,
+                                                content, proxy)
         except TransportError as exc:
             if exc.untrusted_certificate:
                 # Not trusted here either (anyone can present a CA certificate): rustls
@@ -370,25 +385,21 @@ class HttpSession:
             content = urllib.parse.urlencode(data).encode()
             hop_headers = {**sent, "Content-Type": "application/x-www-form-urlencoded"}
         try:
-            target = self._url(url)
-            if params:
-                target = target.update_query({k: str(v) for k, v in params.items()})
+            target = self._target(url, params)
             for _ in range(MAX_REDIRECTS + 1):
-                if target.user is not None or target.password is not None:
-                    # Credentials of the URL's own, beside (or instead of) ours: not sent.
-                    raise TransportError("a URL with a user or password in it")
                 status, answered, body = await self._exchange(method, target, hop_headers,
                                                               content)
                 location = answered.get("Location")
                 if not (follow_redirects and method in ("GET", "HEAD")
                         and status in REDIRECTS and location):
-                    return Response(status, body, answered, target, sent)
+                    return Response(status, body, answered, str(target), sent)
+                here = URL(target, encoded=True) if isinstance(target, str) else target
                 following = URL(location)
                 if following.scheme not in ("http", "https", ""):
                     raise TransportError(f"a redirect to a {following.scheme}: URL")
                 if not following.absolute:
-                    following = target.join(following)
-                if not same_origin(following, target):
+                    following = here.join(following)
+                if not same_origin(following, here):
                     hop_headers = {k: v for k, v in hop_headers.items()
                                    if k.lower() != "authorization"}
                 target = following
