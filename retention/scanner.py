@@ -288,8 +288,10 @@ class Scanner:
                     continue
                 facts[digest] = fact
                 pending.update(fact.children)
+            # Known to have no referrers API (distribution 2.8): no call per digest.
+            ask = referrers and self._client.has_referrers_api is not False
             found = await asyncio.gather(*(self._client.referrers(name, d) for d in batch
-                                           if d in facts and referrers))
+                                           if d in facts and ask))
             for digests in found:
                 # The registry's referrers API lists what it holds now.
                 confirmed.update(digests or ())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from retention import jsoncodec
 from retention.inuse import Sighting
 from retention.inventory import Blob, Inventory
 from retention.scanner import ManifestFacts, SeenManifest, SeenTimes
@@ -68,7 +69,7 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def _facts_to_json(f: ManifestFacts) -> str:
-    return json.dumps({
+    return jsoncodec.dumps({
         "media_type": f.media_type, "size": f.size,
         "blobs": [[b.digest, b.size] for b in f.blobs], "children": list(f.children),
         "subject": f.subject, "artifact_type": f.artifact_type,
@@ -78,11 +79,11 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "attestations": list(f.attestations),
         # Unparsed facts written since a schema 1 manifest's layers are read (see below).
         **({} if f.parsed else {"layers_read": True}),
-    }, separators=(",", ":"))
+    })
 
 
 def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
-    d = json.loads(text)
+    d = jsoncodec.loads(text)
     if d["children"] and "attestations" not in d:
         # Cached before attestations were told apart: read the index again, once, or its
         # BuildKit attestation would keep it undated forever.

@@ -454,6 +454,11 @@ class RegistryClient:
                                 registry=self.settings.name)
         return response.content
 
+    @property
+    def has_referrers_api(self) -> bool | None:
+        """Whether the registry answers the referrers API; None until it has been asked."""
+        return self._referrers_api
+
     async def referrers(self, repository: str, digest: str) -> list[str] | None:
         """Digests of manifests whose subject is ``digest``, through the referrers API.
 

@@ -11,7 +11,6 @@ pyreqwest ~0.15 ms (the HTTP/1.1 exchange, pooling and TLS in Rust, on a thread 
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
 import urllib.parse
@@ -30,6 +29,7 @@ from pyreqwest.proxy import ProxyBuilder
 from pyreqwest.response import Response as PyResponse
 from yarl import URL
 
+from retention import jsoncodec
 from retention.registry.tls import pem_certificates
 
 log = structlog.get_logger("retention.registry")
@@ -91,7 +91,7 @@ class Response:
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not."""
-        return json.loads(self.content)
+        return jsoncodec.loads(self.content)
 
     @property
     def text(self) -> str:

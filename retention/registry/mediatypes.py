@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from retention import jsoncodec
 from retention.inventory import Blob
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -84,7 +85,7 @@ def _descriptor(d: object, what: str) -> Blob:
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     """Parse a manifest body. Raises ManifestFormatError for schema 1 and anything malformed."""
     try:
-        doc = json.loads(body)
+        doc = jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestFormatError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -246,7 +247,7 @@ def is_attestation_descriptor(d: dict[str, object]) -> bool:
 def config_created(body: bytes) -> datetime | None:
     """The ``created`` time of an image config blob, or None."""
     try:
-        doc = json.loads(body)
+        doc = jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
     return parse_time(doc.get("created")) if isinstance(doc, dict) else None
