@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+from yarl import URL
 
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
@@ -328,6 +329,18 @@ def _check_kubeconfig(reader: Reader, node: yaml.Node, path: Path, context: str 
                      f"{', '.join(map(str, known)) or 'none'})")
 
 
+def _host_problem(url: str) -> str | None:
+    """What keeps the HTTP layer from reading the host and port of ``url``, or None."""
+    try:
+        if not urlsplit(url).hostname:
+            return "no host name in it"
+        urlsplit(url).port  # noqa: B018 (read for its ValueError: out of range, not a number)
+        URL(url)
+    except ValueError as exc:
+        return f"the host or port cannot be read ({exc})"
+    return None
+
+
 def _registry(
     reader: Reader, name: str, node: yaml.Node, base: Path, env: dict[str, str] | os._Environ
 ) -> RegistrySettings | None:
@@ -346,6 +359,12 @@ def _registry(
         elif parts.path.strip("/") or parts.query:
             reader.error(fields["url"], f"{what}.url must name only the registry, without a "
                          "path: retention adds /v2/ itself")
+        elif parts.username is not None or parts.password is not None:
+            # Never sent (the HTTP layer refuses such a URL): said now, not on every request.
+            reader.error(fields["url"], f"{what}.url must not carry a user or password: set "
+                         "username and password_file (or their _env) instead")
+        elif (problem := _host_problem(text)) is not None:
+            reader.error(fields["url"], f"{what}.url: {problem}")
         else:
             url = f"{parts.scheme}://{parts.netloc}"
 

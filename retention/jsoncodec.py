@@ -5,8 +5,10 @@ config and writes a facts record for every image, and the standard library's jso
 The outcome is the standard library's wherever the two differ: orjson refuses what json
 reads (a lone surrogate, NaN, a byte order mark), and that is then read by json; orjson
 cannot write a lone surrogate, and that is then written by json. Only an integer beyond 64
-bits reads differently (a float, not an int): no size or count is that large, and every
-reader here wants an int and takes anything else for a malformed document.
+bits (from 2**64 up, or below -2**63) reads differently, as a float, not an int: no size or
+count is that large, and every reader here wants an int and takes anything else for a
+malformed document. JSON nested too deeply for either is a ValueError, as any JSON that
+cannot be read.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(data)
+    except RecursionError:
+        # Nested deeper than Python's stack (orjson refuses beyond 1,024 levels): a
+        # document anyone who can push may write, and not one to end a run.
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def dumps(value: Any) -> str:

@@ -73,6 +73,28 @@ listen: 9090
                for x in lines)
 
 
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("https://registry.example:99999", "registries.main.url: the host or port cannot be read"),
+    ("https://registry.example:https", "registries.main.url: the host or port cannot be read"),
+    ("https://reg\\\\istry.example", "registries.main.url: the host or port cannot be read"),
+    ("https://:443", "registries.main.url: no host name in it"),
+    ("https://ci:s3cret@registry.example", "registries.main.url must not carry a user or "
+     "password"),
+])
+def test_a_registry_url_that_cannot_be_used_is_a_located_error(tmp_path: Path, url, message):
+    """Refused when the configuration is read, naming the line, instead of failing (or, for
+    a URL the HTTP layer cannot read, ending the run) at the first request."""
+    (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["x"]}\n'
+                                     'delete: [{untagged: true}]\n')
+    config = tmp_path / "retention.yaml"
+    config.write_text(f"registries:\n  main:\n    url: '{url}'\npolicies: p.yaml\n")
+    code, _, err = cli("validate", "--config", str(config))
+    assert code == 2
+    assert f"{config}:3:10: {message}" in err
+    assert "s3cret" not in err
+
+
 def test_secret_files_and_env(tmp_path: Path, monkeypatch):
     (tmp_path / "p.yaml").write_text('name: p\nrepositories: {include: ["x"]}\n'
                                      'delete: [{untagged: true}]\n')

@@ -28,7 +28,7 @@ from retention.scanner import Scanner
 from retention.secrets import Secret
 from tests.acr_emulator import AcrEmulator, EmulatorFault, FakeEntraCredential, TagEntry
 from tests.conftest import PASSWORD, USER
-from tests.pusher import Pusher
+from tests.pusher import OCI_CONFIG, OCI_MANIFEST, Pusher
 from tests.servers import Fault, paged_tags, set_link, start_registry
 from tests.test_acr import write_config as acr_config
 from tests.test_run_e2e import cli, deleted_digests, write_config
@@ -584,3 +584,33 @@ def test_acr_transient_404_on_the_reread_before_deleting_deletes_nothing(acr: Ac
     doc = json.loads(out.getvalue())
     assert deleted_digests(doc) == set()
     assert first in acr.repos["web"]
+
+
+def test_json_nested_too_deeply_keeps_its_image_and_the_run_goes_on(
+        tmp_path, registry, pusher: Pusher):
+    """A config blob is bytes the registry never reads, and distribution accepts a manifest
+    nested 3,000 deep (Go reads JSON to 10,000 levels): anyone who can push can write them.
+    Such JSON is unreadable (its image kept: unknown time, unknown content), never the end
+    of a run."""
+    deep = b"[" * 3000 + b"]" * 3000
+    config = pusher.blob("app", b'{"created": "' + OLD.encode() + b'", "x": ' + deep + b"}")
+    pusher.manifest("app", "pr-0", {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config[0], "size": config[1]},
+        "layers": []}, OCI_MANIFEST)
+    plain = pusher.image("app", "v1", created=OLD)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": OCI_CONFIG, "digest": plain.blobs[0][0],
+                                  "size": plain.blobs[0][1]},
+                       "layers": []}).encode()
+    pusher.manifest("app", "pr-2", body[:-1] + b', "x": ' + deep + b"}", OCI_MANIFEST)
+    old = pusher.image("app", "pr-3", created=OLD, layers=(b"other",))
+    config_path = write_config(tmp_path, registry.url, policy='name: p\nrepositories: '
+                               '{include: ["**"]}\ndelete: [{tags: ["pr-*"], '
+                               'older_than: 1d}]\n')
+    code, doc, _ = cli("run", "--config", str(config_path), "--output", "json")
+    assert code == 0, doc
+    assert deleted_digests(doc) == {old.digest}
+    for tag in ("pr-0", "v1", "pr-2"):
+        assert pusher.exists("app", tag)
+    assert not pusher.exists("app", "pr-3")

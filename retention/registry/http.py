@@ -282,8 +282,13 @@ class HttpSession:
     def __init__(self, base_url: str, *, verify: bool = True, ca_file: Path | None = None,
                  timeout: float, connections: int, user_agent: str):
         self._base = base_url.rstrip("/")
-        self._base_url = URL(self._base, encoded=True)
-        self._base_origin = _origin(self._base_url)
+        try:
+            self._base_url: URL | None = URL(self._base, encoded=True)
+        except ValueError:
+            # Refused at each request, as that registry's error (config refuses such a URL
+            # first): not here, where it would end a run for every registry.
+            self._base_url = None
+        self._base_origin = _origin(self._base_url) if self._base_url else None
         self._verify = verify
         self._timeout = timedelta(seconds=timeout)
         self._connections = connections
@@ -304,11 +309,11 @@ class HttpSession:
         the registry's URL and the path joined (nearly all of a plan's requests: yarl's
         reading of each was a visible share of a plan's CPU). An absolute URL (a token
         realm, a Link the client checked) is used as given, byte for byte."""
-        if isinstance(url, str) and not params and not url.startswith(("http://", "https://")):
+        absolute = isinstance(url, str) and url[:8].lower().startswith(("http://", "https://"))
+        if isinstance(url, str) and not params and not absolute:
             return self._base + url
         if isinstance(url, str):
-            url = URL(url if url.startswith(("http://", "https://")) else self._base + url,
-                      encoded=True)
+            url = URL(url if absolute else self._base + url, encoded=True)
         if params:
             url = url.update_query({k: str(v) for k, v in params.items()})
         return url
@@ -326,6 +331,8 @@ class HttpSession:
                         content: bytes | None) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """``target``: text is a URL on the registry (see _target)."""
         if isinstance(target, str):
+            if self._base_url is None:
+                raise TransportError("the registry's URL cannot be read (its host or port)")
             url, origin, text = self._base_url, self._base_origin, target
         else:
             url, origin, text = target, _origin(target), str(target)

@@ -191,8 +191,12 @@ def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
 
 
 def _read_as_go(text: bytes) -> Any:
-    """JSON as Go reads these keys; ValueError when Go could read it otherwise."""
-    return json.loads(text, object_pairs_hook=_strict_object)
+    """JSON as Go reads these keys; ValueError when Go could read it otherwise (or when it
+    is nested too deeply to read)."""
+    try:
+        return json.loads(text, object_pairs_hook=_strict_object)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def _layers(doc: Any) -> tuple[str, ...] | None:
@@ -227,7 +231,7 @@ def schema1_layers(body: bytes) -> tuple[str, ...] | None:
         for payload in _signed_payloads(body, doc):
             if _layers(_read_as_go(payload)) != layers:
                 return None
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+    except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError):
         return None
     return layers
 
