@@ -84,6 +84,10 @@ def _facts_to_json(f: ManifestFacts) -> str:
 
 def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
     d = jsoncodec.loads(text)
+    if not all(type(size) is int for _, size in d["blobs"]) or type(d["size"]) is not int:
+        # A size beyond 64 bits, which orjson reads as a float (jsoncodec): read the
+        # manifest again rather than count it wrong.
+        return None
     if d["children"] and "attestations" not in d:
         # Cached before attestations were told apart: read the index again, once, or its
         # BuildKit attestation would keep it undated forever.

@@ -52,6 +52,14 @@ def test_docker_manifest_list():
     assert parsed.children == ()
 
 
+
+def test_an_index_with_a_size_beyond_64_bits_is_read_as_json_reads_it():
+    """orjson reads such an integer as a float, which no descriptor accepts: the index would
+    be unparsed, and a child with a tag of its own would lose its index's protection."""
+    parsed = parse_manifest(body({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": D, "size": 2**64}]}), OCI_INDEX)
+    assert [(c.digest, c.size) for c in parsed.children] == [(D, 2**64)]
+
 @pytest.mark.parametrize(("raw", "why"), [
     (b"not json", "not JSON"),
     (b"[1, 2]", "not a JSON object"),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.cli import main
-from retention.inventory import Inventory, Manifest, Repository
+from retention.inventory import Blob, Inventory, Manifest, Repository
 from retention.scanner import ManifestFacts
 from retention.state import State
 from tests.pusher import Pusher
@@ -53,6 +53,20 @@ def test_facts_round_trip(tmp_path: Path):
     state.close()  # facts are written in batches, at the latest when the state closes
     assert State.open(tmp_path).get_facts("sha256:a") == facts
 
+
+def test_facts_with_a_size_beyond_64_bits_are_read_again_not_miscounted(tmp_path: Path):
+    """Written by json (orjson cannot), read back by orjson as a float: not cached, so the
+    manifest is read again, never counted with a size that is not its own."""
+    state = State.open(tmp_path)
+    huge = ManifestFacts("sha256:a", "application/vnd.oci.image.manifest.v1+json", 10,
+                         blobs=(Blob("sha256:b", 2**64),))
+    fine = ManifestFacts("sha256:c", "application/vnd.oci.image.manifest.v1+json", 10,
+                         blobs=(Blob("sha256:d", 2**63 - 1),))
+    state.put_facts(huge)
+    state.put_facts(fine)
+    assert state.get_facts("sha256:a") is None
+    assert state.get_facts("sha256:c") == fine
+    state.close()
 
 def test_facts_are_written_in_batches_before_the_state_closes(tmp_path: Path):
     """A long scan does not hold every fact in memory until it ends: each FACTS_BATCH are

@@ -88,6 +88,17 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         doc = jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestFormatError(f"not JSON: {exc}") from None
+    try:
+        return _parse_document(doc, content_type)
+    except ManifestFormatError:
+        # orjson reads an integer beyond 64 bits as a float, which no descriptor accepts:
+        # json's reading is the one that counts (an index left unparsed would no longer
+        # protect a tagged child of its own), so what orjson's did not make sense of is read
+        # again by json. Any other document reads the same in both.
+        return _parse_document(json.loads(body), content_type)
+
+
+def _parse_document(doc: Any, content_type: str | None) -> ParsedManifest:
     if not isinstance(doc, dict):
         raise ManifestFormatError("not a JSON object")
     declared = doc.get("mediaType")
