@@ -82,6 +82,8 @@ def test_refused_manifests(raw: bytes, why: str):
     ("2024-06-01T00:00:00.123456789Z", datetime(2024, 6, 1, 0, 0, 0, 123456, tzinfo=UTC)),
     ("2024-06-01T02:00:00+02:00", datetime(2024, 6, 1, 0, 0, tzinfo=UTC)),
     ("2024-06-01T00:00:00", None),  # no zone: ambiguous, unknown
+    ("0001-01-01T00:00:00+01:00", None),  # before the calendar begins, in UTC
+    ("9999-12-31T23:59:59-01:00", None),  # after it ends
     ("yesterday", None),
     ("", None),
     (None, None),
@@ -97,6 +99,26 @@ def test_config_created():
     assert config_created(b"garbage") is None
     assert config_created(b'{"created": "0001-01-01T00:00:00Z"}') == datetime(
         1, 1, 1, tzinfo=UTC)  # the planner treats times before 2000 as unknown
+    assert config_created(b'{"created": "0001-01-01T00:00:00+01:00"}') is None
+
+
+def test_json_orjson_reads_and_json_cannot_is_a_format_error():
+    """1,020 levels: orjson reads them (up to 1,023), Python's json does not. A manifest
+    that orjson's reading refuses is read again by json (for integers beyond 64 bits), and
+    that must not end the run with a RecursionError."""
+    deep = b"[" * 1020 + b"]" * 1020
+    with pytest.raises(ManifestFormatError, match="schemaVersion"):
+        parse_manifest(b'{"schemaVersion": 3, "x": ' + deep + b"}", None)
+
+
+@pytest.mark.parametrize("config_type", [["a", "b"], {"a": 1}, 1e400, 7])
+def test_a_config_media_type_that_is_not_text_names_no_type(config_type):
+    """Not one to end a run on (a list is unhashable), nor an artifact type to report."""
+    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                      "config": {"mediaType": config_type, "digest": D, "size": 2}})
+    parsed = parse_manifest(raw.replace("Infinity", "1e400").encode(), OCI_MANIFEST)
+    assert parsed.config_media_type is None and parsed.artifact_type is None
+    assert parsed.config is not None and parsed.config.digest == D
 
 
 def _buildkit_index(platform: dict | None, annotation: str | None) -> bytes:

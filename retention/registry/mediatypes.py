@@ -64,11 +64,12 @@ def parse_time(value: object) -> datetime | None:
         text = head + "." + rest[: min(digits, 6)].ljust(6, "0") + rest[digits:]
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return None  # a time without a zone is ambiguous: unknown
+        # At the calendar's edge (0001-01-01 east of UTC) there is no UTC time to give.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        return None  # a time without a zone is ambiguous: unknown
-    return parsed.astimezone(UTC)
 
 
 def _descriptor(d: object, what: str) -> Blob:
@@ -90,12 +91,17 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         raise ManifestFormatError(f"not JSON: {exc}") from None
     try:
         return _parse_document(doc, content_type)
-    except ManifestFormatError:
+    except ManifestFormatError as exc:
         # orjson reads an integer beyond 64 bits as a float, which no descriptor accepts:
         # json's reading is the one that counts (an index left unparsed would no longer
         # protect a tagged child of its own), so what orjson's did not make sense of is read
         # again by json. Any other document reads the same in both.
-        return _parse_document(json.loads(body), content_type)
+        try:
+            again = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # orjson reads 1,023 levels deep, json fewer: not one to end a run.
+            raise exc from None
+        return _parse_document(again, content_type)
 
 
 def _parse_document(doc: Any, content_type: str | None) -> ParsedManifest:
@@ -139,15 +145,17 @@ def _parse_document(doc: Any, content_type: str | None) -> ParsedManifest:
         if not isinstance(layers, list):
             raise ManifestFormatError("layers is not a list")
         config_blob = _descriptor(config, "config")
+        # Anything but text (a list, a number) names no type: not one to end a run on.
+        config_type = config.get("mediaType") if isinstance(config.get("mediaType"), str) \
+            else None
         return ParsedManifest(
             media_type=media_type,
             config=config_blob,
-            config_media_type=config.get("mediaType"),
+            config_media_type=config_type,
             layers=tuple(_descriptor(e, f"layers[{i}]") for i, e in enumerate(layers)),
             subject=subject,
             artifact_type=artifact_type or (
-                config.get("mediaType") if config.get("mediaType") not in IMAGE_CONFIGS else None
-            ),
+                config_type if config_type not in IMAGE_CONFIGS else None),
             created_annotation=created,
         )
     raise ManifestFormatError(f"unsupported media type {media_type!r}")
