@@ -332,9 +332,10 @@ def _check_kubeconfig(reader: Reader, node: yaml.Node, path: Path, context: str 
 def _host_problem(url: str) -> str | None:
     """What keeps the HTTP layer from reading the host and port of ``url``, or None."""
     try:
-        if not urlsplit(url).hostname:
+        parts = urlsplit(url)
+        if not parts.hostname:
             return "no host name in it"
-        urlsplit(url).port  # noqa: B018 (read for its ValueError: out of range, not a number)
+        parts.port  # noqa: B018 (read for its ValueError: out of range, not a number)
         URL(url)
     except ValueError as exc:
         return f"the host or port cannot be read ({exc})"

@@ -24,11 +24,16 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        pass
+        return json_loads(data)
+
+
+def json_loads(data: bytes | str, **options: Any) -> Any:
+    """The standard library's reading (``options`` are json.loads's), where its outcome
+    must be had exactly; ValueError when it is not JSON."""
     try:
-        return json.loads(data)
+        return json.loads(data, **options)
     except RecursionError:
-        # Nested deeper than Python's stack (orjson refuses beyond 1,024 levels): a
+        # Nested deeper than Python's stack (orjson refuses beyond 1,023 levels): a
         # document anyone who can push may write, and not one to end a run.
         raise ValueError("JSON nested too deeply to read") from None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,9 +96,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         # protect a tagged child of its own), so what orjson's did not make sense of is read
         # again by json. Any other document reads the same in both.
         try:
-            again = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            # orjson reads 1,023 levels deep, json fewer: not one to end a run.
+            again = jsoncodec.json_loads(body)
+        except (ValueError, UnicodeDecodeError):
             raise exc from None
         return _parse_document(again, content_type)
 
@@ -199,7 +197,7 @@ def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
     for signature in signatures:
         if not isinstance(signature, dict):
             raise ValueError("not a signature")
-        protected = json.loads(_b64url(signature.get("protected")))
+        protected = jsoncodec.json_loads(_b64url(signature.get("protected")))
         if not isinstance(protected, dict):
             raise ValueError("a protected header that is not an object")
         length, tail = protected.get("formatLength"), protected.get("formatTail")
@@ -212,10 +210,7 @@ def _signed_payloads(body: bytes, doc: dict[str, object]) -> list[bytes]:
 def _read_as_go(text: bytes) -> Any:
     """JSON as Go reads these keys; ValueError when Go could read it otherwise (or when it
     is nested too deeply to read)."""
-    try:
-        return json.loads(text, object_pairs_hook=_strict_object)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply to read") from None
+    return jsoncodec.json_loads(text, object_pairs_hook=_strict_object)
 
 
 def _layers(doc: Any) -> tuple[str, ...] | None:
@@ -250,7 +245,7 @@ def schema1_layers(body: bytes) -> tuple[str, ...] | None:
         for payload in _signed_payloads(body, doc):
             if _layers(_read_as_go(payload)) != layers:
                 return None
-    except (ValueError, UnicodeDecodeError, binascii.Error, RecursionError):
+    except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
     return layers
 
