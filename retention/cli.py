@@ -13,7 +13,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -22,42 +23,89 @@ from retention import __version__, eventloop, logs
 from retention.allowlist import unknown_host_pins
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
-from retention.inventory import Inventory, inventory_from_json, inventory_to_json
-from retention.policy import Policy, load_policies
+from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
+from retention.policy import Policy, load_policies, policy_warnings
 from retention.report import to_json, to_table
-from retention.runs import RunResult, collect, open_clients, plan_all, registries_of, run_pass
+from retention.runs import (
+    RunResult,
+    collect,
+    open_clients,
+    plan_all,
+    registries_of,
+    run_pass,
+    warn_mistakes,
+)
 from retention.schema import policy_schema
 from retention.setup import Setup, load_setup
 from retention.state import State
+from retention.statelock import state_lock
 
 OK, FAILED, INVALID = 0, 1, 2
 
 
+# Each command's help ends with an example and the exit codes, as kubectl's and terraform's
+# do: the reader of `--help` should not need the docs for the common case.
+_EXIT_CODES = ("exit codes: 0 success; 1 the run failed (registry errors, failed deletions, "
+               "max_deletions exceeded, the state unusable or locked); 2 invalid config, "
+               "policy, allowlist or usage")
+_EXAMPLES = {
+    "validate": "retention validate -c retention.yaml\n  retention validate policies/",
+    "plan": "retention plan -c retention.yaml --policy ci-builds -o json",
+    "run": "retention run -c retention.yaml --dry-run",
+    "inventory": "retention inventory -c retention.yaml -o json > inventory.json\n"
+                 "  retention plan -c retention.yaml --inventory inventory.json",
+    "in-use": "retention in-use -c retention.yaml -o json",
+    "restore": "retention restore -c retention.yaml --since 2h --dry-run\n"
+               "  retention restore -c retention.yaml --digest 3f5a0c1e9b7d",
+    "serve": "retention serve -c /etc/retention/retention.yaml",
+    "schema": "retention schema > policy.schema.json",
+    "completion": "source <(retention completion bash)\n"
+                  "  retention completion zsh > \"${fpath[1]}/_retention\"",
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CONFIG_ENV = "RETENTION_CONFIG"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="retention",
+        prog="retention", allow_abbrev=False,
         description="Keeps container registries at a sane size with YAML retention policies.",
+        epilog=_EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"retention {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-        p.add_argument("--config", required=required, type=Path, metavar="FILE",
-                       help="the retention.yaml to use")
+    def command(name: str, text: str, *, config: bool = True,
+                output: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, allow_abbrev=False,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=f"example:\n  {_EXAMPLES[name]}\n\n{_EXIT_CODES}")
+        if config:
+            p.add_argument("-c", "--config", type=Path, metavar="FILE",
+                           help=f"the retention.yaml to use (default: ${CONFIG_ENV}, else "
+                                "./retention.yaml)")
+            p.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL",
+                           help=f"log this and above ({', '.join(LOG_LEVELS)})")
+        if output:
+            p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                           help="table (default, for people) or json")
+        return p
 
-    p = sub.add_parser("validate", help="check config, policies and allowlist; never touches "
-                       "a registry")
-    with_config(p, required=False)
+    def with_wait(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait", action="store_true",
+                       help="wait for another process holding the state's lock, instead of "
+                            "exiting 1")
+
+    p = command("validate", "check config, policies and allowlist; never touches a registry",
+                output=True)
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="policy files or directories to check")
 
     for name, text in (("plan", "evaluate the policies and print the plan; never deletes"),
                        ("run", "one pass: deletes only in mode enforce without --dry-run")):
-        p = sub.add_parser(name, help=text)
-        with_config(p)
+        p = command(name, text, output=True)
         p.add_argument("--policy", action="append", metavar="NAME",
                        help="only this policy (repeatable)")
-        p.add_argument("--output", choices=("table", "json"), default="table")
         if name == "plan":
             p.add_argument("--inventory", type=Path, metavar="FILE",
                            help="plan offline on an inventory written by "
@@ -65,22 +113,18 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--dry-run", action="store_true",
                            help="plan and report, delete nothing, whatever the mode")
+            with_wait(p)
 
-    p = sub.add_parser("inventory", help="print what the registries hold, as the planner "
-                       "sees it")
-    with_config(p)
-    p.add_argument("--output", choices=("table", "json"), default="table")
+    p = command("inventory", "print what the registries hold, as the planner sees it",
+                output=True)
     p.add_argument("--registry", action="append", metavar="NAME",
                    help="only this registry (repeatable)")
 
-    p = sub.add_parser("in-use", help="print the images the configured Kubernetes clusters "
-                       "use, per cluster, namespace and workload")
-    with_config(p)
-    p.add_argument("--output", choices=("table", "json"), default="table")
+    command("in-use", "print the images the configured Kubernetes clusters use, per "
+            "cluster, namespace and workload", output=True)
 
-    p = sub.add_parser("restore", help="put back manifests retention deleted, from the "
-                       "journal")
-    with_config(p)
+    p = command("restore", "put back manifests retention deleted, from the journal",
+                output=True)
     p.add_argument("--since", metavar="DURATION",
                    help="what was deleted this long ago or less (e.g. 2h)")
     p.add_argument("--digest", action="append", metavar="D",
@@ -88,12 +132,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", action="append", metavar="NAME",
                    help="only what this policy deleted (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="say what would be put back")
-    p.add_argument("--output", choices=("table", "json"), default="table")
+    with_wait(p)
 
-    p = sub.add_parser("serve", help="run the daemon")
-    with_config(p)
-    sub.add_parser("schema", help="print the JSON Schema of policy files")
+    p = command("serve", "run the daemon")
+    with_wait(p)
+    command("schema", "print the JSON Schema of policy files", config=False)
+    p = command("completion", "print a shell completion script", config=False)
+    p.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def find_config(given: Path | None, *, required: bool = True) -> Path | None:
+    """Where the configuration is: --config/-c, else $RETENTION_CONFIG, else
+    ./retention.yaml (as kubectl finds its kubeconfig)."""
+    if given is not None:
+        return given
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    default = Path("retention.yaml")
+    if default.is_file():
+        return default
+    if not required:
+        return None
+    raise UsageError(f"no configuration: give -c FILE, set {CONFIG_ENV}, or run where "
+                     "retention.yaml is")
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
@@ -123,14 +186,43 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         return 130
 
 
+class _Output:
+    """stdout that a reader may close (`retention inventory | head`): the rest of the output
+    goes nowhere, quietly, and the command ends with its own exit code, as `git log | head`
+    does; not 1 for the reader's choice, nor 0 hiding a failed run."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def _gone(self) -> None:
+        self.closed_by_reader = True
+        # Python flushes stdout at exit too: point it at /dev/null so that is quiet as well.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 def run() -> None:
-    try:
-        code = main()
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`retention schema | head`): not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
+    out = _Output(sys.stdout)
+    code = main(stdout=out)  # type: ignore[arg-type]
+    out.flush()
     if threading.active_count() > 1:
         sys.exit(code)  # a thread still runs: the interpreter waits for it, as always
     # The command is done: its output is flushed and its state closed. Exiting without
@@ -143,7 +235,8 @@ def run() -> None:
 
 
 def _configure_logs(setup: Setup, err: TextIO, *, level: str) -> None:
-    fmt = "console" if err.isatty() else setup.config.log_format
+    # A log_format written in the config wins; unset, a terminal gets console lines.
+    fmt = setup.config.log_format or ("console" if err.isatty() else "json")
     logs.configure(fmt=fmt, stream=err, level=level, secrets=setup.secrets())
 
 
@@ -152,13 +245,19 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         json.dump(policy_schema(), out, indent=2)
         out.write("\n")
         return OK
+    if args.command == "completion":
+        from retention.completion import script
+
+        out.write(script(_parser(), args.shell))
+        return OK
     if args.command == "validate":
         return _validate(args, out, err)
+    args.config = find_config(args.config)
     setup = load_setup(args.config)
     # `run` is an audit trail (one event per deletion and per protected match, as the daemon
     # logs them); `plan` and `inventory` print their answer and log only what went wrong.
-    _configure_logs(setup, err, level="info" if args.command in ("run", "serve", "restore")
-                    else "warning")
+    _configure_logs(setup, err, level=args.log_level or (
+        "info" if args.command in ("run", "serve", "restore") else "warning"))
     if args.command == "inventory":
         return _inventory(setup, args, out)
     if args.command == "in-use":
@@ -166,35 +265,86 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return FAILED if eventloop.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
         return _plan(setup, args, out)
-    if args.command == "run":
-        return _run(setup, args, out)
-    if args.command == "restore":
-        return _restore(setup, args, out)
-    if args.command == "serve":
-        from retention.daemon import serve
+    if args.command in ("run", "restore", "serve"):
+        # One enforcing process per state (SPEC "Embedded state").
+        with state_lock(setup.config.state_dir, command=args.command, wait=args.wait,
+                        on_wait=lambda text: print(f"retention: {text}", file=err)):
+            if args.command == "run":
+                return _run(setup, args, out)
+            if args.command == "restore":
+                return _restore(setup, args, out)
+            from retention.daemon import serve
 
-        return serve(args.config, err=err)
+            return serve(args.config, err=err, log_level=args.log_level)
     raise AssertionError(args.command)
 
 
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policies = 0
-    if args.config is not None:
-        setup = load_setup(args.config)
-        policies += len(setup.policies)
-        registries = setup.config.registries.keys()
-        # A warning, not an error: the pin may be for a registry configured later.
-        for pin in unknown_host_pins(setup.allowlist, setup.config.hosts()):
-            print(f"{pin.source}: warning: allowlist entry for host {pin.host}, which no "
-                  "configured registry has (url or aliases): it protects nothing", file=err)
-    else:
-        registries = None
-    if args.paths:
-        policies += len(load_policies(args.paths, registries=registries))
-    elif args.config is None:
-        raise UsageError("validate needs --config FILE, policy paths, or both")
+    warnings: list[Problem] = []
+    problems: list[Problem] = []
+    config = find_config(args.config, required=not args.paths)
+    try:
+        if config is not None:
+            setup = load_setup(config)
+            policies += len(setup.policies)
+            registries = setup.config.registries.keys()
+            warnings.extend(setup_warnings(setup))
+        else:
+            registries = None
+        if args.paths:
+            loaded = load_policies(args.paths, registries=registries)
+            policies += len(loaded)
+            warnings.extend(policy_warnings(loaded))
+    except ConfigError as exc:
+        if args.output != "json":
+            raise
+        problems.extend(exc.problems)
+    if args.output == "json":
+        # For CI annotations: one record per problem, located (GitHub's ::error file=...).
+        def record(p: Problem, severity: str) -> dict[str, object]:
+            return {"severity": severity, "file": p.path, "line": p.line,
+                    "column": p.column, "message": p.message}
+        _print({"valid": not problems, "policies": policies if not problems else None,
+                "problems": [*(record(p, "error") for p in problems),
+                             *(record(w, "warning") for w in warnings)]}, out)
+        return INVALID if problems else OK
+    for warning in warnings:
+        print(f"{warning.path}:{warning.line}:{warning.column}: warning: {warning.message}",
+              file=err)
     print(f"ok: {policies} policies valid", file=out)
     return OK
+
+
+def setup_warnings(setup: Setup) -> list[Problem]:
+    """Mistakes that would silently do nothing, found without a registry: a pin for a host
+    no registry has; a policy whose patterns match none of a registry's listed
+    `repositories` (the registry's own listing is checked by plan, run and the daemon)."""
+    found = policy_warnings(setup.policies)
+    # A warning, not an error: the pin may be for a registry configured later.
+    for pin in unknown_host_pins(setup.allowlist, setup.config.hosts()):
+        path, line = _source(pin.source)
+        found.append(Problem(path, line, 1, f"allowlist entry for host {pin.host}, which no "
+                             "configured registry has (url or aliases): it protects nothing"))
+    for policy in setup.policies:
+        settings = setup.config.registries.get(policy.registry or "")
+        if (settings is not None and settings.repositories
+                and not any(policy.applies_to(r) for r in settings.repositories)):
+            found.append(_policy_problem(policy, "repositories match none of registry "
+                                         f"{settings.name}'s listed repositories: it does "
+                                         "nothing"))
+    return found
+
+
+def _source(source: str) -> tuple[str, int]:
+    """``path:line`` as written into pins and policies for messages."""
+    path, _, line = source.rpartition(":")
+    return (path, int(line)) if path and line.isdigit() else (source, 1)
+
+
+def _policy_problem(policy: Policy, message: str) -> Problem:
+    path, line = _source(policy.source)
+    return Problem(path, line, 1, f"policy {policy.name}: {message}")
 
 
 def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
@@ -219,11 +369,25 @@ def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
             for repo in inv.repositories:
                 state = f"  ERROR: {repo.error}" if repo.error else ""
                 print(f"  {repo.name}: {len(repo.manifests)} manifests{state}", file=out)
+                parents = {c: m.digest for m in repo.manifests for c in m.children}
+                present = {m.digest for m in repo.manifests}
                 for m in repo.manifests:
-                    tags_text = ",".join(m.tags + m.referrer_tags) or "<untagged>"
-                    print(f"    {m.digest[:19]}  {tags_text}", file=out)
+                    print(f"    {m.digest[:19]}  {_what(m, parents, present)}", file=out)
     failed = any(r.error for inv in inventories.values() for r in inv.repositories)
     return FAILED if failed else OK
+
+
+def _what(m: Manifest, parents: Mapping[str, str], present: AbstractSet[str]) -> str:
+    """Its tags; for an untagged manifest, what it is: a child of an index and a referrer
+    are not orphans, and `<untagged>` alone would read as one."""
+    tags = ",".join(m.tags + m.referrer_tags)
+    if tags:
+        return tags
+    if m.digest in parents:
+        return f"<untagged: child of {parents[m.digest][:19]}>"
+    if m.subject is not None and m.subject in present:
+        return f"<untagged: referrer of {m.subject[:19]}>"
+    return "<untagged: orphan>"
 
 
 def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
@@ -236,17 +400,26 @@ def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError([Problem(str(args.inventory), 1, 1,
                                        f"cannot read inventory: {exc}")]) from None
+        warn_mistakes(setup, policies, inventories)
         the_plan = plan_all(setup, inventories, policies, now=datetime.now(UTC))
         missing = [n for n in registries_of(policies) if n not in inventories]
         if missing:
             raise UsageError(f"{args.inventory} holds no inventory of registry "
                              f"{', '.join(missing)}")
+        problems: tuple[str, ...] = ()
     else:
-        the_plan = _pass(setup, policies, dry_run=True).plan
-    _print(to_json(the_plan, mode="dry-run") if args.output == "json" else
-           to_table(the_plan, mode="dry-run"), out)
-    failed = any(p.aborted or p.errors for p in the_plan.policies)
+        result = _pass(setup, policies, dry_run=True)
+        the_plan, problems = result.plan, _problems(result)
+    _print(to_json(the_plan, mode="dry-run", problems=problems) if args.output == "json" else
+           to_table(the_plan, mode="dry-run", problems=problems), out)
+    # Exit 1 wherever `run` would fail before deleting: a pull request's gate sees it.
+    failed = problems or any(p.aborted or p.errors for p in the_plan.policies)
     return FAILED if failed else OK
+
+
+def _problems(result: RunResult) -> tuple[str, ...]:
+    """What made a pass fail beyond single repositories and deletions."""
+    return (result.state_error,) if result.state_error else ()
 
 
 def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
@@ -255,10 +428,12 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     result = _pass(setup, policies, dry_run=dry_run)
     mode = "dry-run" if dry_run else "enforce"
     outcomes = result.report.outcomes
+    problems = _problems(result)
     _print(to_json(result.plan, mode=mode, outcomes=outcomes,
-                   run_errors=result.report.errors) if args.output == "json" else
+                   run_errors=result.report.errors, problems=problems)
+           if args.output == "json" else
            to_table(result.plan, mode=mode, outcomes=outcomes,
-                    run_errors=result.report.errors), out)
+                    run_errors=result.report.errors, problems=problems), out)
     return FAILED if result.failed else OK
 
 

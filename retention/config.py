@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import yaml
 from yarl import URL
 
-from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem
 from retention.references import Hosts, normalize_host
 from retention.registry.tls import pem_problem
@@ -79,7 +78,8 @@ class Config:
     max_deletions: int = 1000
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
-    log_format: str = "json"
+    # None: unset, json unless the output is a terminal; a written value always wins.
+    log_format: str | None = None
     in_use: InUseSettings | None = None
 
     @property
@@ -201,7 +201,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
 
     kwargs: dict[str, object] = {}
     if "mode" in top:
-        mode = reader.string(top["mode"], what="mode")
+        mode = reader.string(top["mode"], what="mode", expected="dry-run or enforce")
         if mode is not None and mode not in MODES:
             reader.error(top["mode"], f"mode must be dry-run or enforce, not {mode!r}")
         elif mode is not None:
@@ -209,11 +209,8 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
     if "schedule" in top and (cron := check_cron(reader, top["schedule"], what="schedule")):
         kwargs["schedule"] = cron
     for key in ("untagged_grace", "journal_keep"):
-        if key in top and (text := reader.string(top[key], what=key)) is not None:
-            try:
-                kwargs[key] = parse_duration(text)
-            except ValueError as exc:
-                reader.error(top[key], str(exc))
+        if key in top and (duration := reader.duration(top[key], what=key)) is not None:
+            kwargs[key] = duration
     if "max_deletions" in top:
         value = reader.integer(top["max_deletions"], what="max_deletions")
         if value is not None:
@@ -221,7 +218,8 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
     if "state_dir" in top and (state := path_of("state_dir")) is not None:
         kwargs["state_dir"] = state
     if "listen" in top:
-        text = reader.string(top["listen"], what="listen")
+        text = reader.string(top["listen"], what="listen",
+                             expected='host:port, like "0.0.0.0:9090"')
         if text is not None:
             host, sep, port = text.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -249,12 +247,9 @@ def _in_use(reader: Reader, node: yaml.Node, base: Path) -> InUseSettings | None
     if fields is None:
         return None
     keep_for = InUseSettings().keep_for
-    if "keep_for" in fields and (text := reader.string(fields["keep_for"],
-                                                       what="in_use.keep_for")) is not None:
-        try:
-            keep_for = parse_duration(text)
-        except ValueError as exc:
-            reader.error(fields["keep_for"], f"in_use.keep_for: {exc}")
+    if "keep_for" in fields and (duration := reader.duration(
+            fields["keep_for"], what="in_use.keep_for")) is not None:
+        keep_for = duration
     clusters: list[ClusterSettings] = []
     names: set[str] = set()
     items = reader.sequence(fields["clusters"], what="in_use.clusters") \
@@ -399,11 +394,18 @@ def _registry(
         except OSError as exc:
             reader.error(fields["password_file"], f"{what}.password_file: cannot read "
                          f"{base / pf}: {exc.strerror}")
+        except UnicodeDecodeError:
+            reader.error(fields["password_file"], f"{what}.password_file: {base / pf} is not "
+                         "UTF-8 text")
     credentials = None
+    # Which parts were written (a part written but unreadable is reported where it is
+    # written, not a second time as missing).
+    user_given = "username" in fields or "username_env" in fields
+    password_given = "password_file" in fields or "password_env" in fields
     if username is not None and password is not None:
         credentials = Credentials(username, Secret(password))
-    elif (username is None) != (password is None) and ("docker_config" not in fields):
-        missing = "password_file or password_env" if password is None else "username"
+    elif user_given != password_given and "docker_config" not in fields:
+        missing = "password_file or password_env" if not password_given else "username"
         reader.error(node, f"{what}: {missing} is missing; credentials need both parts")
     if "docker_config" in fields and (dc := text_of("docker_config")):
         if credentials is not None:

@@ -29,7 +29,7 @@ from retention import eventloop, logs
 from retention.allowlist import allowlist_files
 from retention.errors import ConfigError, RetentionError
 from retention.metrics import Metrics
-from retention.policy import Policy, policy_files
+from retention.policy import Policy, policy_dirs, policy_files
 from retention.runs import Connections, make_client, run_pass
 from retention.setup import Setup, load_setup
 from retention.state import State
@@ -55,8 +55,9 @@ class DaemonOptions:
 class Daemon:
     def __init__(self, config_path: Path, *, metrics: Metrics | None = None,
                  options: DaemonOptions | None = None, connections: Connections | None = None,
-                 err: TextIO | None = None):
+                 err: TextIO | None = None, log_level: str | None = None):
         self.config_path = config_path
+        self.log_level = log_level or "info"
         self.metrics = metrics or Metrics()
         self.options = options or DaemonOptions()
         self.connections = connections
@@ -86,7 +87,8 @@ class Daemon:
                 print(problem, file=self.err)
             print("retention: the configuration is invalid; not starting", file=self.err)
             return 2
-        self._redactor = logs.configure(fmt=setup.config.log_format, stream=self.err,
+        self._redactor = logs.configure(fmt=setup.config.log_format or "auto",
+                                        stream=self.err, level=self.log_level,
                                         secrets=setup.secrets())
         self.state = State.open(setup.config.state_dir)
         self._apply(setup)
@@ -132,8 +134,7 @@ class Daemon:
 
     def _watched(self, setup: Setup) -> list[Path]:
         files = [setup.config.path, *policy_files([setup.config.policies])]
-        if setup.config.policies.is_dir():
-            files.append(setup.config.policies)  # a new file changes the directory
+        files.extend(policy_dirs(setup.config.policies))  # a new file changes its directory
         if setup.config.allowlist is not None:
             files.extend(allowlist_files(setup.config.allowlist))
         return files
@@ -242,6 +243,8 @@ class Daemon:
             if setup else None
         if setup is None or state is None or policy is None:
             return
+        if state.unusable is not None:
+            state = self._reopen_state(setup, state)
         lock = self._locks.setdefault(name, asyncio.Lock())
         if lock.locked():
             log.warning("run skipped: the previous run of this policy is still going",
@@ -270,6 +273,18 @@ class Daemon:
             log.info("run finished", policy=name, outcome=result.policy_outcome(name),
                      planned=len(result.plan.actions), failed=summary.failed,
                      seconds=round(time.monotonic() - started, 3))
+
+    def _reopen_state(self, setup: Setup, state: State) -> State:
+        """The state database could not be used: try it again, so that runs succeed again
+        once an operator has moved the bad file aside (each run until then fails)."""
+        fresh = State.open(setup.config.state_dir)
+        if fresh.unusable is not None:
+            fresh.close()
+            return state
+        log.info("state usable again", path=str(fresh.path))
+        # The in-memory stand-in is left to runs still using it; nothing in it is durable.
+        self.state = fresh
+        return fresh
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -316,5 +331,6 @@ class Daemon:
         threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
 
 
-def serve(config_path: Path, *, err: TextIO | None = None) -> int:
-    return eventloop.run(Daemon(config_path, err=err).run())
+def serve(config_path: Path, *, err: TextIO | None = None, log_level: str | None = None
+          ) -> int:
+    return eventloop.run(Daemon(config_path, err=err, log_level=log_level).run())

@@ -8,6 +8,7 @@ they appear, and so are Authorization header values and token-like fields.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -77,7 +78,9 @@ def configure(
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    # NO_COLOR (no-color.org): set to anything non-empty, no colours, even on a terminal.
+    colors = stream.isatty() and not os.environ.get("NO_COLOR")
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=colors)
                      if fmt == "console" else structlog.processors.JSONRenderer())
     redactor = Redactor(secrets)
     shared = [
@@ -104,6 +107,10 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
     # One line per HTTP request is noise; retention logs what matters about requests.
-    for noisy in ("httpx", "httpcore"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # APScheduler's info lines ("Adding job tentatively", "Job ... executed successfully")
+    # were a third of the daemon's log and say nothing retention does not say itself.
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if level.lower() == "debug" else logging.WARNING)
     return redactor

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from retention.config import check_cron
-from retention.durations import format_duration, parse_duration
+from retention.durations import format_duration
 from retention.errors import ConfigError, Problem
 from retention.patterns import PatternError, PatternSet, compile_pattern
 from retention.yamlnodes import Reader, compose_documents, location
@@ -87,21 +87,46 @@ _KEEP_KEYS = {"tags": False, "newest": False, "younger_than": False}
 _DELETE_KEYS = {"tags": False, "untagged": False, "older_than": False, "untagged_for": False}
 
 
+def policy_warnings(policies: Iterable[Policy]) -> list[Problem]:
+    """What is valid but surely not meant: a keep rule `newest: 0` keeps nothing (a rule
+    that looks like a protection and is none)."""
+    found = []
+    for policy in policies:
+        path, _, line = policy.source.rpartition(":")
+        for rule in policy.keep:
+            if rule.newest == 0:
+                found.append(Problem(path or policy.source, int(line) if line.isdigit() else 1,
+                                     1, f"policy {policy.name}: keep rule {rule.number}: "
+                                     "newest: 0 keeps nothing; remove the rule or keep at "
+                                     "least 1"))
+    return found
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def policy_files(paths: Iterable[Path]) -> list[Path]:
-    """The files to read: each file given, and the *.yaml / *.yml files of each directory."""
+    """The files to read: each file given, and the *.yaml / *.yml files of each directory
+    and of its subdirectories (policies/team-a/ci.yaml is a team's own folder, not a file
+    to skip). Hidden files and folders (.git, an editor's .swp) are not read."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(
-                sorted(
-                    p for p in path.iterdir()
-                    if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
-                    and p.is_file()
-                )
-            )
+            out.extend(sorted(
+                p for p in path.rglob("*")
+                if p.suffix in (".yaml", ".yml") and not _hidden(p, path) and p.is_file()))
         else:
             out.append(path)
     return out
+
+
+def policy_dirs(path: Path) -> list[Path]:
+    """A policy directory and its subdirectories: a file added to any of them changes that
+    directory (the daemon watches them to see new files)."""
+    if not path.is_dir():
+        return []
+    return [path, *sorted(p for p in path.rglob("*") if p.is_dir() and not _hidden(p, path))]
 
 
 def load_policies(
@@ -185,14 +210,7 @@ def _patterns(reader: Reader, node: yaml.Node, *, what: str, required: bool) -> 
 
 
 def _duration(reader: Reader, node: yaml.Node, *, what: str) -> timedelta | None:
-    text = reader.string(node, what=what)
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        reader.error(node, f"{what}: {exc}")
-        return None
+    return reader.duration(node, what=what)
 
 
 def _policy(

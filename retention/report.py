@@ -49,7 +49,15 @@ def _status(policy: PolicyPlan, action: Action, outcomes: Mapping[OutcomeKey, Ou
 def _decision_json(d: Decision) -> dict[str, Any]:
     return {"policy": d.policy, "registry": d.registry, "repository": d.repository,
             "digest": d.digest, "tags": list(d.tags), "reason": d.reason,
-            "detail": d.detail, "matched": d.matched, "time_source": _source(d.time)}
+            "detail": d.detail, "matched": d.matched, "created": _created(d.time),
+            "time_source": _source(d.time)}
+
+
+def _created(time: ManifestTime | None) -> str | None:
+    """The time the rules measured (RFC 3339, UTC); None when it is unknown."""
+    if time is None or time.at is None:
+        return None
+    return time.at.isoformat().replace("+00:00", "Z")
 
 
 def _source(time: ManifestTime | None) -> str | None:
@@ -58,7 +66,9 @@ def _source(time: ManifestTime | None) -> str | None:
 
 
 def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None,
-            run_errors: Iterable[RunError] = ()) -> dict[str, Any]:
+            run_errors: Iterable[RunError] = (), problems: Iterable[str] = ()
+            ) -> dict[str, Any]:
+    """``problems``: what failed the whole pass (an unusable state database)."""
     actions, protected, kept, errors, aborted = [], [], [], [], []
     counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
     reclaimed = 0
@@ -74,7 +84,8 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
                 "policy": a.policy, "registry": a.registry, "repository": a.repository,
                 "digest": a.digest, "tags": list(a.tags), "media_type": a.media_type,
                 "reason": reason, "cascade_of": a.cascade_of, "bytes": freed,
-                "status": status, "time_source": _source(a.time),
+                "status": status, "created": _created(a.time),
+                "time_source": _source(a.time),
             })
         protected.extend(_decision_json(d) for d in p.protected)
         kept.extend(_decision_json(d) for d in p.kept)
@@ -84,6 +95,8 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
     # code is 1 for it, so the document says why.
     errors.extend({"policy": None, "registry": e.registry, "repository": e.repository,
                    "message": e.message} for e in run_errors)
+    errors.extend({"policy": None, "registry": None, "repository": None, "message": m}
+                  for m in problems)
     return {
         "mode": mode,
         "actions": actions,
@@ -92,6 +105,7 @@ def to_json(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | N
             "planned": len(actions),
             "deleted": counts[DELETED],
             "failed": counts[FAILED],
+            "skipped": counts[SKIPPED],
             "protected": len(protected),
             "reclaimable_bytes": plan.reclaimable_bytes,
             "reclaimed_bytes": reclaimed,
@@ -155,8 +169,64 @@ def columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
             for r in (header, *rows)]
 
 
+def _statuses(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None
+              ) -> dict[str, int]:
+    counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
+    for a in p.actions:
+        counts[_status(p, a, outcomes)[0]] += 1
+    return counts
+
+
+def _applied(outcomes: Mapping[OutcomeKey, Outcome] | None) -> bool:
+    """A run that sent DELETEs (or tried to) says what happened, not what was planned: "2
+    to delete" after both DELETEs failed would read as a success."""
+    return bool(outcomes)
+
+
+def _counts_text(counts: Mapping[str, int], *, applied: bool, held_back: int = 0) -> str:
+    parts = ([f"{counts[DELETED]} deleted", f"{counts[FAILED]} failed",
+              f"{counts[SKIPPED] - held_back} skipped"] if applied
+             else [f"{counts[PLANNED]} to delete"])
+    if applied and counts[PLANNED]:
+        parts.append(f"{counts[PLANNED]} not attempted")
+    if held_back:
+        parts.append(f"{held_back} held back")
+    return ", ".join(parts)
+
+
+def _done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
+    held = len(p.actions) if p.aborted else 0
+    return _counts_text(_statuses(p, outcomes), applied=_applied(outcomes), held_back=held)
+
+
+def _freed(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> int:
+    return sum(freed for a in p.actions
+               for status, _, freed in (_status(p, a, outcomes),) if status == DELETED)
+
+
+def _bytes_done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
+    if _applied(outcomes):
+        return f"{human_bytes(_freed(p, outcomes))} reclaimed"
+    return f"{human_bytes(p.reclaimable_bytes)} reclaimable"
+
+
+def _done_all(plan: Plan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
+    counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
+    held = 0
+    for p in plan.policies:
+        for status, n in _statuses(p, outcomes).items():
+            counts[status] += n
+        held += len(p.actions) if p.aborted else 0
+    applied = _applied(outcomes)
+    text = _counts_text(counts, applied=applied, held_back=held)
+    if applied:
+        return text + f", {human_bytes(sum(_freed(p, outcomes) for p in plan.policies))} " \
+            "reclaimed"
+    return text + f", {human_bytes(plan.reclaimable_bytes)} reclaimable"
+
+
 def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | None = None,
-             run_errors: Iterable[RunError] = ()) -> str:
+             run_errors: Iterable[RunError] = (), problems: Iterable[str] = ()) -> str:
     header = ("POLICY", "REPOSITORY", "DIGEST", "TAGS", "AGE", "SIZE", "DECISION", "REASON")
     rows: list[tuple[str, ...]] = []
     totals: list[str] = []
@@ -173,8 +243,8 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
                          f"{d.detail} ({d.matched} matched)"))
         for e in p.errors:
             rows.append((p.policy, e.repository, "-", "-", "-", "-", "error", e.message))
-        line = (f"{p.policy}: {len(p.actions)} to delete, {len(p.protected)} protected, "
-                f"{len(p.kept)} kept, {human_bytes(p.reclaimable_bytes)} reclaimable")
+        line = (f"{p.policy}: {_done(p, outcomes)}, {len(p.protected)} protected, "
+                f"{len(p.kept)} kept, {_bytes_done(p, outcomes)}")
         if p.errors:
             line += f", {len(p.errors)} repositories unreadable (nothing deleted there)"
         if p.aborted:
@@ -183,7 +253,7 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
     out = [f"mode: {mode}", *(columns(header, rows) or ["nothing matched a delete rule"])]
     out.append("")
     out.extend(totals or ["no policies"])
-    out.append(f"total: {len(plan.actions)} to delete, "
-               f"{human_bytes(plan.reclaimable_bytes)} reclaimable")
+    out.append(f"total: {_done_all(plan, outcomes)}")
     out.extend(f"error: {e}" for e in run_errors)  # what went wrong applying the plan
+    out.extend(f"error: {m}" for m in problems)
     return "\n".join(out) + "\n"

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from retention.allowlist import unknown_host_pins
 from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
 from retention.planner import RESTORED, Plan, only, plan
-from retention.policy import Policy
+from retention.policy import Policy, policy_warnings
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
 from retention.report import FAILED, outcome_key
@@ -119,6 +120,28 @@ def with_last_known(inventory: Inventory, state: State) -> Inventory:
     return replace(inventory, repositories=tuple(repos))
 
 
+def warn_mistakes(setup: Setup, policies: Iterable[Policy],
+                  inventories: Mapping[str, Inventory]) -> None:
+    """Mistakes that would silently do nothing, each run (SPEC "Commands"): a typo in an
+    include pattern plans nothing and looks like a clean registry; a pin for a host no
+    registry has protects nothing."""
+    policies = list(policies)
+    for p in policies:
+        inventory = inventories.get(p.registry or "")
+        if inventory is not None and not any(p.applies_to(r.name)
+                                             for r in inventory.repositories):
+            log.warning("policy matches no repository", policy=p.name, registry=p.registry,
+                        source=p.source, repositories=len(inventory.repositories),
+                        hint="check repositories.include and exclude against "
+                             "'retention inventory'")
+    for problem in policy_warnings(policies):
+        log.warning("policy does less than it seems", detail=str(problem))
+    for pin in unknown_host_pins(setup.allowlist, setup.config.hosts()):
+        log.warning("allowlist entry for an unknown host", entry=pin.source, host=pin.host,
+                    hint="no configured registry has this host (url or aliases): the entry "
+                         "protects nothing")
+
+
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
              *, now: datetime, in_use: InUse = NOTHING,
              restored: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
@@ -136,15 +159,28 @@ def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Itera
     return Plan(now=now, policies=tuple(merged))
 
 
+def state_problem(state: State) -> str | None:
+    """What a run that could not use its state database says (None when it could)."""
+    if state.unusable is None:
+        return None
+    return (f"{state.unusable}: nothing is deleted until it is fixed or moved aside "
+            "(a new one is then made)")
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     plan: Plan
     report: Report
     dry_run: bool
+    # Why the state database could not be used (the run then ran on one in memory and
+    # deleted nothing): a run that could not do its work is a failure, never a success
+    # that alerts cannot see (SPEC "Embedded state").
+    state_error: str | None = None
 
     @property
     def failed(self) -> bool:
-        return bool(self.report.failed or self.report.errors or self.report.interrupted
+        return bool(self.state_error or self.report.failed or self.report.errors
+                    or self.report.interrupted
                     or any(p.aborted or p.errors for p in self.plan.policies))
 
     def policy_outcome(self, name: str) -> str:
@@ -152,6 +188,8 @@ class RunResult:
         p = next(pp for pp in self.plan.policies if pp.policy == name)
         if p.aborted:
             return "aborted"
+        if self.state_error:
+            return "failure"
         outcomes = self.report.outcomes
         failed = any((o := outcomes.get(outcome_key(a))) is not None and
                      (o.status == FAILED or o.reason == SHUTTING_DOWN) for a in p.actions)
@@ -185,6 +223,7 @@ async def run_pass(
     async with open_clients(setup, registries, metrics=metrics,
                             connections=connections) as clients:
         inventories = await collect(clients, state, now=clock)
+        warn_mistakes(setup, policies, inventories)
         in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
                                    metrics=metrics)
         whole = plan_all(setup, inventories, settled.values(), now=clock(), in_use=in_use,
@@ -198,7 +237,7 @@ async def run_pass(
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,
                                 stop=stop).apply(the_plan, dry_run=dry_run,
                                                  inventories=inventories)
-    result = RunResult(the_plan, report, dry_run)
+    result = RunResult(the_plan, report, dry_run, state_error=state_problem(state))
     if metrics:
         elapsed = time.monotonic() - started
         for p in the_plan.policies:

@@ -12,9 +12,11 @@ import difflib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import yaml
 
+from retention.durations import parse_duration
 from retention.errors import Problem
 
 STR = "tag:yaml.org,2002:str"
@@ -22,22 +24,46 @@ INT = "tag:yaml.org,2002:int"
 FLOAT = "tag:yaml.org,2002:float"
 BOOL = "tag:yaml.org,2002:bool"
 NULL = "tag:yaml.org,2002:null"
+MERGE = "tag:yaml.org,2002:merge"
 
 _KIND = {INT: "an integer", FLOAT: "a number", BOOL: "a boolean", NULL: "null (no value)"}
+DURATION_EXPECTED = "a duration with its unit, such as 14d or 1d12h (s, m, h, d, w)"
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
 def compose_documents(text: str, path: str, problems: list[Problem]) -> list[yaml.Node]:
     """Every document of a YAML stream as nodes; a syntax error becomes a located problem."""
     try:
-        return [doc for doc in yaml.compose_all(text, Loader=yaml.SafeLoader) if doc is not None]
+        # An empty document (a trailing `---`, as many writers end a stream) holds nothing.
+        return [doc for doc in yaml.compose_all(text, Loader=yaml.SafeLoader)
+                if doc is not None and not _empty(doc)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problems.append(Problem(path, line, col, f"invalid YAML: {exc.problem or exc}"))
+        problems.append(Problem(path, line, col, _syntax_message(exc)))
     except yaml.YAMLError as exc:
         problems.append(Problem(path, 1, 1, f"invalid YAML: {exc}"))
     return []
+
+
+def _empty(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == NULL and node.value == ""
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+    """The parser's words, with what to do where they do not say it."""
+    problem = str(exc.problem or exc)
+    if "'\\t'" in problem or "\t" in problem:
+        return ("invalid YAML: a tab character; YAML indents with spaces only: replace the "
+                "tab with spaces")
+    if "expected <block end>" in problem and ("'-'" in problem
+                                              or "block sequence start" in problem):
+        return ("invalid YAML: a list item ('- ') not in line with the items or keys above "
+                "it; indent it as they are")
+    if "mapping values are not allowed here" in problem:
+        return ("invalid YAML: a 'key: value' where none can start (a key indented "
+                "differently from the ones above it, or an unquoted ': ' inside a value)")
+    return f"invalid YAML: {problem}"
 
 
 @dataclass(slots=True)
@@ -67,7 +93,15 @@ class Reader:
             return None
         out: dict[str, yaml.Node] = {}
         key_lines: dict[str, int] = {}
+        merged = False
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE:
+                # PyYAML merges `<<: *common` itself; composing, we see the key. Its keys
+                # would not be located or checked for duplicates: not supported, plainly.
+                self.error(key_node, f"{what}: merge keys (<<) are not supported; write the "
+                           "keys out (an anchor and alias of a whole value, &x and *x, work)")
+                merged = True
+                continue
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str) or key_node.tag != STR:
                 self.error(key_node, f"{what}: keys must be plain strings")
@@ -86,18 +120,24 @@ class Reader:
             key_lines[key] = key_node.start_mark.line + 1
             out[key] = value_node
         for key, required in allowed.items():
-            if required and key not in out:
+            if required and key not in out and not merged:
                 self.error(node, f"{what}: missing required key {key!r}")
         return out
 
-    def string(self, node: yaml.Node, *, what: str) -> str | None:
+    def string(self, node: yaml.Node, *, what: str, expected: str | None = None
+               ) -> str | None:
+        """A string. ``expected`` says what a right value looks like ("a duration such as
+        14d"): where quoting would not make the value right (``older_than: 14`` quoted is
+        still no duration), the message says that instead of "quote it"."""
         if not isinstance(node, yaml.ScalarNode):
-            self.error(node, f"{what} must be a string")
+            self.error(node, f"{what} must be {expected or 'a string'}")
             return None
         if node.tag != STR:
             kind = _KIND.get(node.tag, "something other than a string")
             if node.tag == NULL and node.value in ("", "~"):
                 self.error(node, f"{what} is empty; give a value")
+            elif expected is not None:
+                self.error(node, f"{what} must be {expected}, not {node.value}")
             else:
                 shown = _as_read(node)
                 self.error(
@@ -106,9 +146,20 @@ class Reader:
                     f"{shown}; quote it: \"{node.value}\"",
                 )
             return None
+        if node.style is None and node.end_mark.line > node.start_mark.line:
+            # A plain value over several lines is how YAML reads a list item indented one
+            # space more than the one above (`- a` then ` - b` is the one value "a - b").
+            self.error(node, f"{what}: an unquoted value that continues on line "
+                       f"{node.end_mark.line + 1} (a list item indented differently from "
+                       "the one above?); put it on one line, or quote it")
+            return None
         return node.value
 
     def integer(self, node: yaml.Node, *, what: str, minimum: int = 0) -> int | None:
+        if (isinstance(node, yaml.ScalarNode) and node.tag == INT
+                and node.value.startswith("-") and _DECIMAL.fullmatch(node.value[1:])):
+            self.error(node, f"{what} must be at least {minimum}, not {node.value}")
+            return None
         if (
             not isinstance(node, yaml.ScalarNode)
             or node.tag != INT
@@ -121,6 +172,16 @@ class Reader:
             self.error(node, f"{what} must be at least {minimum}")
             return None
         return value
+
+    def duration(self, node: yaml.Node, *, what: str) -> timedelta | None:
+        text = self.string(node, what=what, expected=DURATION_EXPECTED)
+        if text is None:
+            return None
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
 
     def boolean(self, node: yaml.Node, *, what: str) -> bool | None:
         # Only true/false: yes/no/on/off are YAML 1.1 booleans but YAML 1.2 strings, and a
