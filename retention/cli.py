@@ -25,6 +25,7 @@ from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
 from retention.policy import Policy, load_policies, policy_warnings
+from retention.progress import Progress
 from retention.report import to_json, to_table
 from retention.runs import (
     RunResult,
@@ -45,9 +46,11 @@ OK, FAILED, INVALID = 0, 1, 2
 
 # Each command's help ends with an example and the exit codes, as kubectl's and terraform's
 # do: the reader of `--help` should not need the docs for the common case.
-_EXIT_CODES = ("exit codes: 0 success; 1 the run failed (registry errors, failed deletions, "
-               "max_deletions exceeded, the state unusable or locked); 2 invalid config, "
-               "policy, allowlist or usage")
+_EXIT_CODES = """exit codes:
+  0  success
+  1  the run failed: a registry or cluster unreadable, a deletion failed, max_deletions
+     exceeded, the state database unusable or locked by another process
+  2  invalid config, policy, allowlist or usage"""
 _EXAMPLES = {
     "validate": "retention validate -c retention.yaml\n  retention validate policies/",
     "plan": "retention plan -c retention.yaml --policy ci-builds -o json",
@@ -70,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retention", allow_abbrev=False,
         description="Keeps container registries at a sane size with YAML retention policies.",
-        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{_EXIT_CODES}\n\nconfiguration: -c FILE, else ${CONFIG_ENV}, else "
+               "./retention.yaml",
     )
     parser.add_argument("--version", action="version", version=f"retention {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -259,18 +264,18 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _configure_logs(setup, err, level=args.log_level or (
         "info" if args.command in ("run", "serve", "restore") else "warning"))
     if args.command == "inventory":
-        return _inventory(setup, args, out)
+        return _inventory(setup, args, out, err)
     if args.command == "in-use":
         from retention.kube import print_in_use
         return FAILED if eventloop.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
-        return _plan(setup, args, out)
+        return _plan(setup, args, out, err)
     if args.command in ("run", "restore", "serve"):
         # One enforcing process per state (SPEC "Embedded state").
         with state_lock(setup.config.state_dir, command=args.command, wait=args.wait,
                         on_wait=lambda text: print(f"retention: {text}", file=err)):
             if args.command == "run":
-                return _run(setup, args, out)
+                return _run(setup, args, out, err)
             if args.command == "restore":
                 return _restore(setup, args, out)
             from retention.daemon import serve
@@ -347,12 +352,12 @@ def _policy_problem(policy: Policy, message: str) -> Problem:
     return Problem(path, line, 1, f"policy {policy.name}: {message}")
 
 
-def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     names = args.registry or sorted(setup.config.registries)
     unknown = [n for n in names if n not in setup.config.registries]
     if unknown:
         raise UsageError(f"no registry named {', '.join(unknown)} in {args.config}")
-    inventories = eventloop.run(_collect(setup, names))
+    inventories = eventloop.run(_collect(setup, names, err))
     if args.output == "json":
         json.dump({"format_version": 1,
                    "inventories": [inventory_to_json(inventories[n]) for n in names]},
@@ -390,7 +395,7 @@ def _what(m: Manifest, parents: Mapping[str, str], present: AbstractSet[str]) ->
     return "<untagged: orphan>"
 
 
-def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+def _plan(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policies = setup.select(args.policy)
     if args.inventory is not None:
         try:
@@ -408,7 +413,7 @@ def _plan(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
                              f"{', '.join(missing)}")
         problems: tuple[str, ...] = ()
     else:
-        result = _pass(setup, policies, dry_run=True)
+        result = _pass(setup, policies, dry_run=True, err=err)
         the_plan, problems = result.plan, _problems(result)
     _print(to_json(the_plan, mode="dry-run", problems=problems) if args.output == "json" else
            to_table(the_plan, mode="dry-run", problems=problems), out)
@@ -422,10 +427,10 @@ def _problems(result: RunResult) -> tuple[str, ...]:
     return (result.state_error,) if result.state_error else ()
 
 
-def _run(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
+def _run(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policies = setup.select(args.policy)
     dry_run = args.dry_run or not setup.config.enforce
-    result = _pass(setup, policies, dry_run=dry_run)
+    result = _pass(setup, policies, dry_run=dry_run, err=err)
     mode = "dry-run" if dry_run else "enforce"
     outcomes = result.report.outcomes
     problems = _problems(result)
@@ -473,19 +478,21 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     return FAILED if report.failed else OK
 
 
-def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool) -> RunResult:
+def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool, err: TextIO
+          ) -> RunResult:
     state = State.open(setup.config.state_dir)
     try:
-        return eventloop.run(run_pass(setup, policies, dry_run=dry_run, state=state))
+        return eventloop.run(run_pass(setup, policies, dry_run=dry_run, state=state,
+                                      progress=Progress.on(err)))
     finally:
         state.close()
 
 
-async def _collect(setup: Setup, names: list[str]) -> dict[str, Inventory]:
+async def _collect(setup: Setup, names: list[str], err: TextIO) -> dict[str, Inventory]:
     state = State.open(setup.config.state_dir)
     try:
         async with open_clients(setup, names) as clients:
-            return await collect(clients, state)
+            return await collect(clients, state, progress=Progress.on(err))
     finally:
         state.close()
 

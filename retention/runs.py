@@ -19,6 +19,7 @@ from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
 from retention.planner import RESTORED, Plan, only, plan
 from retention.policy import Policy, policy_warnings
+from retention.progress import Progress
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
 from retention.report import FAILED, outcome_key
@@ -82,14 +83,17 @@ async def open_clients(setup: Setup, names: Iterable[str], *, metrics: Metrics |
 
 
 async def collect(clients: Mapping[str, RegistryClient], state: State, *,
-                  now: Callable[[], datetime] = lambda: datetime.now(UTC)
-                  ) -> dict[str, Inventory]:
+                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                  progress: Progress | None = None) -> dict[str, Inventory]:
     """Scan each registry (at once: they are independent) and record what was seen (each
     repository as soon as it is read)."""
 
     async def one(name: str, client: RegistryClient) -> Inventory:
+        step = None if progress is None else (
+            lambda done, total: progress.step(f"{name}: repositories read", done, total))
         scanner = Scanner(client, cache=state, sightings=state,
-                          known_digests=lambda repo: state.known_digests(name, repo), clock=now)
+                          known_digests=lambda repo: state.known_digests(name, repo), clock=now,
+                          progress=step)
         return with_last_known(await scanner.scan(), state)
 
     names = list(clients)
@@ -209,6 +213,7 @@ async def run_pass(
     connections: Connections | None = None,
     stop: asyncio.Event | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Progress | None = None,
 ) -> RunResult:
     """Scan, plan and apply the given policies. Raises RegistryError when a registry cannot
     be scanned at all (unreachable, credentials refused)."""
@@ -222,7 +227,7 @@ async def run_pass(
     settled.update((p.name, p) for p in policies)
     async with open_clients(setup, registries, metrics=metrics,
                             connections=connections) as clients:
-        inventories = await collect(clients, state, now=clock)
+        inventories = await collect(clients, state, now=clock, progress=progress)
         warn_mistakes(setup, policies, inventories)
         in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
                                    metrics=metrics)

@@ -115,6 +115,7 @@ class Scanner:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         options: ScanOptions | None = None,
         sightings: Sightings | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ):
         """``known_digests(repo)`` yields digests seen there before (from the state), so
         manifests that lost their last tag are still found on registries that cannot list
@@ -127,6 +128,7 @@ class Scanner:
         the times it knows (untagged since, first seen). Without it they carry none."""
         self._client = client
         self._sightings = sightings
+        self._progress = progress  # (repositories read, of how many): for a terminal
         self._cache = cache or MemoryCache()
         self._known = known_digests or (lambda _repo: ())
         self._remembers = known_digests is not None
@@ -148,10 +150,16 @@ class Scanner:
         else:
             names = await self._client.catalog()
         gate = asyncio.Semaphore(self._options.parallel_repositories)
+        read = 0
 
         async def one(name: str) -> tuple[Repository, AuthenticationError | None]:
+            nonlocal read
             async with gate:
-                return await self._scan_one(name)
+                result = await self._scan_one(name)
+            read += 1
+            if self._progress is not None:
+                self._progress(read, len(names))
+            return result
 
         results = await asyncio.gather(*(one(n) for n in names))
         refused = [e for _, e in results if e is not None]

@@ -69,7 +69,7 @@ listen: 9090
     assert any(":6:7: mode must be dry-run or enforce" in x for x in lines)
     assert any(":7:16: max_deletions must be a whole number" in x for x in lines)
     assert any(":8:17:" in x and "invalid duration '1 day'" in x for x in lines)
-    assert any(":9:9: listen: the unquoted value 9090 is read by YAML as an integer" in x
+    assert any(':9:9: listen must be host:port, like "0.0.0.0:9090", not 9090' in x
                for x in lines)
 
 

@@ -96,10 +96,10 @@ def _orphan_after_second_run(tmp_path: Path, registry, pusher: Pusher, repo: str
     config.write_text(f"registries:\n  main: {{url: '{registry.url}'}}\npolicies: p.yaml\n"
                       "state_dir: state\nmode: enforce\nuntagged_grace: 0s\n")
 
-    def run() -> dict:
+    def run(expected: int = 0) -> dict:
         out, err = io.StringIO(), io.StringIO()
         assert main(["run", "--config", str(config), "--output", "json"], stdout=out,
-                    stderr=err) == 0, err.getvalue()
+                    stderr=err) == expected, err.getvalue()
         return json.loads(out.getvalue()) | {"stderr": err.getvalue()}
 
     assert run()["actions"] == []  # remembers latest -> first
@@ -109,10 +109,12 @@ def _orphan_after_second_run(tmp_path: Path, registry, pusher: Pusher, repo: str
         for suffix in ("-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
         db.write_bytes(b"this is not a database" * 100)
-    return run(), first.digest
+    # A run on an unusable state deletes nothing and fails (exit 1): never a success that
+    # no alert sees while the registry fills (SPEC "Embedded state").
+    return run(1 if corrupt else 0), first.digest
 
 
-def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, registry,
+def test_corrupt_state_fails_the_run_and_deletes_less(tmp_path: Path, registry,
                                                              pusher: Pusher):
     healthy, healthy_orphan = _orphan_after_second_run(tmp_path / "healthy", registry, pusher,
                                                        "healthy", corrupt=False)
@@ -125,9 +127,14 @@ def test_corrupt_state_falls_back_to_memory_and_deletes_less(tmp_path: Path, reg
     doc, orphan = _orphan_after_second_run(tmp_path / "corrupt", registry, pusher, "app",
                                            corrupt=True)
     assert "state unusable, running without it" in doc["stderr"]
-    # ... without it, the same orphan is unknown: nothing is deleted.
+    # ... without it, the same orphan is unknown: nothing is deleted, and the run says which
+    # file to fix.
     assert doc["actions"] == []
     assert pusher.exists("app", orphan)
+    db = tmp_path / "corrupt" / "state" / "retention.sqlite3"
+    assert [e["message"] for e in doc["errors"]] == [
+        f"the state database {db} is unusable (file is not a database): nothing is deleted "
+        "until it is fixed or moved aside (a new one is then made)"]
 
 
 def test_state_dir_that_is_a_file(tmp_path: Path):
