@@ -151,7 +151,8 @@ class Reader:
             # space more than the one above (`- a` then ` - b` is the one value "a - b").
             self.error(node, f"{what}: an unquoted value that continues on line "
                        f"{node.end_mark.line + 1} (a list item indented differently from "
-                       "the one above?); indent each item as the first one, or put the value on one line")
+                       "the one above?); indent each item as the first one, or put the "
+                       "value on one line")
             return None
         return node.value
 
