@@ -50,6 +50,12 @@ def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
         yield b.digest, b.size
 
 
+def stored_blobs(m: Manifest) -> Iterable[tuple[str, int]]:
+    """(digest, size) of each blob the registry stores for ``m``: its body, config and
+    layers (not its children: they are manifests of their own)."""
+    return _blobs(m)
+
+
 class Ledger:
     """References to each blob from the manifests still present in one registry: their own
     blobs, and the children (manifest bodies) each index lists.

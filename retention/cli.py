@@ -24,9 +24,11 @@ from retention.allowlist import unknown_host_pins
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
+from retention.kube import in_use_pass
+from retention.planner import Plan
 from retention.policy import Policy, load_policies, policy_warnings
 from retention.progress import Progress
-from retention.report import to_json, to_table
+from retention.report import columns, human_bytes, to_json, to_table
 from retention.runs import (
     RunResult,
     collect,
@@ -34,12 +36,14 @@ from retention.runs import (
     plan_all,
     registries_of,
     run_pass,
+    storage_of,
     warn_mistakes,
 )
 from retention.schema import policy_schema
 from retention.setup import Setup, load_setup
 from retention.state import State
 from retention.statelock import state_lock
+from retention.storage import RegistryStorage, RepositoryStorage
 
 OK, FAILED, INVALID = 0, 1, 2
 
@@ -124,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
                 output=True)
     p.add_argument("--registry", action="append", metavar="NAME",
                    help="only this registry (repeatable)")
+    p.add_argument("--summary", action="store_true",
+                   help="bytes per repository (unique, shared), orphans, and what the "
+                        "policies would reclaim, largest first")
+    p.add_argument("--top", type=int, metavar="N",
+                   help="with --summary: the N largest repositories, the rest summed")
 
     command("in-use", "print the images the configured Kubernetes clusters use, per "
             "cluster, namespace and workload", output=True)
@@ -357,6 +366,10 @@ def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO)
     unknown = [n for n in names if n not in setup.config.registries]
     if unknown:
         raise UsageError(f"no registry named {', '.join(unknown)} in {args.config}")
+    if args.top is not None and (not args.summary or args.top < 1):
+        raise UsageError("--top N goes with --summary, and N is at least 1")
+    if args.summary:
+        return _summary(setup, names, args, out, err)
     inventories = eventloop.run(_collect(setup, names, err))
     if args.output == "json":
         json.dump({"format_version": 1,
@@ -380,6 +393,69 @@ def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO)
                     print(f"    {m.digest[:19]}  {_what(m, parents, present)}", file=out)
     failed = any(r.error for inv in inventories.values() for r in inv.repositories)
     return FAILED if failed else OK
+
+
+def _summary(setup: Setup, names: list[str], args: argparse.Namespace, out: TextIO,
+             err: TextIO) -> int:
+    """Where the storage is: the figures of the storage metrics, per repository, with what
+    the current policies would reclaim there. It reads what `plan` reads, no more."""
+    policies = tuple(p for p in setup.policies if p.registry in names)
+
+    async def read() -> tuple[dict[str, Inventory], Plan]:
+        state = State.open(setup.config.state_dir)
+        try:
+            async with open_clients(setup, names) as clients:
+                inventories = await collect(clients, state, progress=Progress.on(err))
+                now = datetime.now(UTC)
+                in_use = await in_use_pass(setup.config, inventories, state, now=now)
+                return inventories, plan_all(setup, inventories, policies, now=now,
+                                             in_use=in_use, restored=state.restored_marks())
+        finally:
+            state.close()
+
+    inventories, the_plan = eventloop.run(read())
+    figures = storage_of(inventories, the_plan)
+    top = args.top
+    if args.output == "json":
+        _print({"registries": [_summary_json(figures[n], top) for n in names]}, out)
+    else:
+        for name in names:
+            out.write(_summary_table(figures[name], top))
+    failed = any(r.error for inv in inventories.values() for r in inv.repositories)
+    return FAILED if failed else OK
+
+
+def _shown(figures: RegistryStorage, top: int | None) -> list[RepositoryStorage]:
+    if top is None:
+        return list(figures.repositories)
+    head, rest = figures.top(top)
+    return [*head, *([rest] if rest is not None else [])]
+
+
+def _summary_json(figures: RegistryStorage, top: int | None) -> dict:
+    return {"registry": figures.registry, "bytes": figures.bytes,
+            "untagged_bytes": figures.untagged_bytes,
+            "repositories": [{"repository": r.repository, "manifests": r.manifests,
+                              "tags": r.tags, "orphans": r.orphans,
+                              "unique_bytes": r.unique_bytes, "shared_bytes": r.shared_bytes,
+                              "reclaimable_bytes": r.reclaimable_bytes}
+                             for r in _shown(figures, top)]}
+
+
+def _summary_table(figures: RegistryStorage, top: int | None) -> str:
+    rows = [(r.repository, str(r.manifests), str(r.tags), str(r.orphans),
+             human_bytes(r.unique_bytes), human_bytes(r.shared_bytes),
+             human_bytes(r.reclaimable_bytes)) for r in _shown(figures, top)]
+    rows.append(("total", str(sum(r.manifests for r in figures.repositories)),
+                 str(sum(r.tags for r in figures.repositories)),
+                 str(sum(r.orphans for r in figures.repositories)),
+                 human_bytes(sum(r.unique_bytes for r in figures.repositories)), "-",
+                 human_bytes(sum(r.reclaimable_bytes for r in figures.repositories))))
+    header = ("REPOSITORY", "MANIFESTS", "TAGS", "ORPHANS", "UNIQUE", "SHARED", "RECLAIMABLE")
+    lines = [f"registry {figures.registry}: {human_bytes(figures.bytes)} stored, "
+             f"{human_bytes(figures.untagged_bytes)} held only by orphans",
+             *columns(header, rows), ""]
+    return "\n".join(lines)
 
 
 def _what(m: Manifest, parents: Mapping[str, str], present: AbstractSet[str]) -> str:

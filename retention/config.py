@@ -81,6 +81,9 @@ class Config:
     # None: unset, json unless the output is a terminal; a written value always wins.
     log_format: str | None = None
     in_use: InUseSettings | None = None
+    # Repositories with retention_repository_bytes series of their own (the largest by
+    # unique bytes); the rest are summed as (other), so cardinality stays bounded.
+    repository_metrics_top: int = 50
 
     @property
     def enforce(self) -> bool:
@@ -103,6 +106,7 @@ _TOP_KEYS = {
     "state_dir": False,
     "listen": False,
     "log_format": False,
+    "repository_metrics_top": False,
     "in_use": False,
 }
 _IN_USE_KEYS = {"keep_for": False, "clusters": True}
@@ -215,6 +219,10 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         value = reader.integer(top["max_deletions"], what="max_deletions")
         if value is not None:
             kwargs["max_deletions"] = value
+    if "repository_metrics_top" in top:
+        value = reader.integer(top["repository_metrics_top"], what="repository_metrics_top")
+        if value is not None:
+            kwargs["repository_metrics_top"] = value
     if "state_dir" in top and (state := path_of("state_dir")) is not None:
         kwargs["state_dir"] = state
     if "listen" in top:

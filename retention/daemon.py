@@ -156,6 +156,7 @@ class Daemon:
         # Every counter of every configured policy at 0 from now, so increase() sees the
         # first failure after a start or after a reload added the policy (SPEC, Metrics).
         self.metrics.configure((p.name, p.registry) for p in setup.policies)
+        self.metrics.configure_registries(setup.config.registries)
         for cluster in setup.config.in_use.clusters if setup.config.in_use else ():
             self.metrics.in_use_read_failures.labels(cluster.name)  # exported at 0
         if self._redactor is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,6 +14,7 @@ from prometheus_client import (
 
 from retention.planner import PROTECTION_REASONS, Plan
 from retention.registry.client import Observer
+from retention.storage import OTHER, RegistryStorage, RepositoryStorage
 
 OUTCOMES = ("success", "failure", "aborted")
 
@@ -78,7 +79,23 @@ class Metrics:
         self.in_use_read_failures = Counter(
             "retention_in_use_read_failures", "Reads of a cluster that failed (the run then "
             "deletes nothing)", ["cluster"], registry=r)
+        self.registry_bytes = Gauge(
+            "retention_registry_bytes", "Bytes the registry stores for what retention read "
+            "(each blob once), at the latest inventory", ["registry"], registry=r)
+        self.repository_bytes = Gauge(
+            "retention_repository_bytes", "Bytes per repository at the latest inventory: "
+            "unique (no other repository references the blob) and shared; the largest "
+            "repositories by unique bytes, the rest summed as (other)",
+            ["registry", "repository", "kind"], registry=r)
+        self.untagged_bytes = Gauge(
+            "retention_untagged_bytes", "What deleting every orphan would free, at the latest "
+            "inventory", ["registry"], registry=r)
+        self.inventory_timestamp = Gauge(
+            "retention_inventory_timestamp_seconds", "When the latest inventory was read",
+            ["registry"], registry=r)
         self._configured: dict[str, str | None] = {}  # policy -> registry, as exported
+        # registry -> the repository label values exported for it (the top N changes).
+        self._repositories: dict[str, set[str]] = {}
 
     def configure(self, policies: Iterable[tuple[str, str | None]]) -> None:
         """Export every series whose labels are known from the configuration, at 0, from now.
@@ -105,6 +122,42 @@ class Metrics:
                 self.runs.labels(policy, outcome)
             self.run_duration.labels(policy)
         self._configured = wanted
+
+    def configure_registries(self, names: Iterable[str]) -> None:
+        """Every registry's storage series at 0 until its first inventory (SPEC, Metrics);
+        those of registries no longer configured are dropped."""
+        wanted = set(names)
+        for gauge in (self.registry_bytes, self.untagged_bytes, self.inventory_timestamp):
+            for family in gauge.collect():
+                for sample in family.samples:
+                    if sample.labels["registry"] not in wanted:
+                        gauge.remove(sample.labels["registry"])
+            for name in wanted:
+                gauge.labels(name)
+        for name in set(self._repositories) - wanted:
+            self._set_repositories(name, {})
+
+    def record_storage(self, storage: RegistryStorage, *, at: float, top: int) -> None:
+        """One inventory's storage figures. Cardinality stays bounded: ``top`` repositories
+        by unique bytes have series of their own, the rest one (other) pair."""
+        self.registry_bytes.labels(storage.registry).set(storage.bytes)
+        self.untagged_bytes.labels(storage.registry).set(storage.untagged_bytes)
+        self.inventory_timestamp.labels(storage.registry).set(at)
+        head, rest = storage.top(top)
+        shown = {r.repository: r for r in head}
+        if rest is not None:
+            shown[OTHER] = rest
+        self._set_repositories(storage.registry, shown)
+
+    def _set_repositories(self, registry: str,
+                          shown: Mapping[str, RepositoryStorage]) -> None:
+        for gone in self._repositories.get(registry, set()) - set(shown):
+            for kind in ("unique", "shared"):
+                self.repository_bytes.remove(registry, gone, kind)
+        for name, r in shown.items():
+            self.repository_bytes.labels(registry, name, "unique").set(r.unique_bytes)
+            self.repository_bytes.labels(registry, name, "shared").set(r.shared_bytes)
+        self._repositories[registry] = set(shown)
 
     def _forget(self, **match: str) -> None:
         """Drop the series whose labels include all of ``match``, whatever set them."""

@@ -26,6 +26,7 @@ from retention.report import FAILED, outcome_key
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
+from retention.storage import RegistryStorage, reclaimable_by_repository, storage
 
 if TYPE_CHECKING:
     # Only a type here: prometheus_client is imported by those who make Metrics (the
@@ -171,6 +172,25 @@ def state_problem(state: State) -> str | None:
             "(a new one is then made)")
 
 
+def storage_of(inventories: Mapping[str, Inventory], plan: Plan) -> dict[str, RegistryStorage]:
+    """Each registry's storage, with what ``plan`` (of every policy) would reclaim in each
+    repository."""
+    out = {}
+    for name, inventory in inventories.items():
+        reclaimable = reclaimable_by_repository(
+            (a.repository, a.bytes) for p in plan.policies
+            if p.registry == name and not p.aborted for a in p.actions)
+        out[name] = storage(inventory, reclaimable=reclaimable)
+    return out
+
+
+def record_storage(metrics: Metrics, setup: Setup, inventories: Mapping[str, Inventory],
+                   plan: Plan) -> None:
+    for name, figures in storage_of(inventories, plan).items():
+        metrics.record_storage(figures, at=inventories[name].collected_at.timestamp(),
+                               top=setup.config.repository_metrics_top)
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     plan: Plan
@@ -239,6 +259,7 @@ async def run_pass(
                               for d in p.protected if d.reason == RESTORED})
         if metrics:
             metrics.record_plan(the_plan)
+            record_storage(metrics, setup, inventories, whole)
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,
                                 stop=stop).apply(the_plan, dry_run=dry_run,
                                                  inventories=inventories)
