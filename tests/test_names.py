@@ -5,15 +5,17 @@ real registry, through the fault-injecting proxy where an answer must be odd."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
 
 import pytest
 
-from retention.config import load_config
-from retention.errors import ConfigError
+from retention.config import RegistrySettings, load_config
+from retention.errors import ConfigError, RegistryError
 from retention.names import is_digest, is_repository, is_tag
+from retention.registry.client import RegistryClient
 from tests.acr_emulator import AcrEmulator, TagEntry
 from tests.pusher import Pusher
 from tests.servers import Fault, FaultProxy, Registry
@@ -259,3 +261,33 @@ def test_restore_pushes_only_where_a_journal_row_may_lead(tmp_path, registry: Re
     assert pusher.tags("other") == ["v1", "v2", "v3", "v4"]
     for p in images.values():
         assert not pusher.exists("web", p.digest)
+
+
+
+def test_the_client_puts_no_name_outside_its_grammar_into_a_url(proxy: FaultProxy):
+    """The one place paths are made: whatever a caller passes (a plan file, a journal row, a
+    manifest's descriptor), nothing is sent for a name outside its grammar."""
+
+    async def go() -> list[str]:
+        refused = []
+        async with RegistryClient(RegistrySettings(name="main", url=proxy.url)) as client:
+            calls = [client.tags("ci/./app"), client.head_manifest("ci/%61pp", "latest"),
+                     client.get_manifest("ci/app", "../../x/manifests/latest"),
+                     client.delete_manifest("ci/app", "latest"),
+                     client.delete_manifest("ci/app", f"md5:x/../../y/manifests/{HEX}"),
+                     client.get_blob("CI/app", f"sha256:{HEX}"),
+                     client.blob_exists("ci/app", f"sha256:{HEX.upper()}"),
+                     client.put_manifest("ci\\app", "v1", b"{}", "application/json")]
+            for call in calls:
+                try:
+                    await call
+                except RegistryError as exc:
+                    refused.append(str(exc))
+        return refused
+
+    refused = asyncio.run(go())
+    assert len(refused) == 8, refused
+    assert "'ci/./app' is not a canonical repository name" in refused[0]
+    assert "'latest' is not a digest (OCI grammar): /v2/ci/app/manifests/... by it is never " \
+           "requested" in refused[3]
+    assert proxy.requests == []

@@ -281,9 +281,9 @@ class RegistryClient:
             raise RegistryError(f"{not_canonical(repository)}: it is never requested",
                                 registry=self.settings.name)
         if reference and not (is_reference(reference) if tag_ok else is_digest(reference)):
-            raise RegistryError(f"{reference[:200]!r} is not a {'tag or ' * tag_ok}digest: "
-                                f"{kind} of {repository} by it are never requested",
-                                registry=self.settings.name)
+            raise RegistryError(f"{reference[:200]!r} is not a {'tag or ' * tag_ok}digest "
+                                f"(OCI grammar): {api}/{repository}/{kind}/... by it is never "
+                                "requested", registry=self.settings.name)
         return "/".join(p for p in (api, repository, kind, reference) if p)
 
     # -- API --------------------------------------------------------------------------------
