@@ -14,7 +14,7 @@ from retention.references import (
     Hosts,
     normalize_host,
     normalize_repository,
-    parse_reference,
+    read_reference,
 )
 
 _BARE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -59,7 +59,14 @@ class Allowlist:
 
 
 def parse_entry(text: str, *, hosts: Hosts = NO_HOSTS, source: str = "") -> Pin | None:
-    """One allowlist line (comment stripped) as a Pin; None when it is not a pinned digest.
+    """One allowlist line (comment stripped) as a Pin; None when it is not a pinned digest."""
+    pin = read_entry(text, hosts=hosts, source=source)
+    return pin if isinstance(pin, Pin) else None
+
+
+def read_entry(text: str, *, hosts: Hosts = NO_HOSTS, source: str = "") -> Pin | str:
+    """One allowlist line (comment stripped) as a Pin; else why it is not one (a sentence,
+    empty when there is nothing more to say than "not a pinned digest").
 
     A tag before the digest (``repo:v1@sha256:...``) is ignored: the digest is what is
     pinned. Hosts are normalised and a registry's aliases resolved to its URL host, so the
@@ -68,9 +75,12 @@ def parse_entry(text: str, *, hosts: Hosts = NO_HOSTS, source: str = "") -> Pin 
         text = text[len(PULLABLE_PREFIX):]
     if _BARE.fullmatch(text):
         return Pin(text, source=source)
-    ref = parse_reference(text, default_host=None)
-    if ref is None or ref.digest is None or not _BARE.fullmatch(ref.digest):
-        return None
+    ref = read_reference(text, default_host=None)
+    if isinstance(ref, str):
+        # Say what is wrong: `ci/./app@sha256:...` looks like a pin of ci/app, and is not.
+        return ref
+    if ref.digest is None or not _BARE.fullmatch(ref.digest):
+        return ""
     host = hosts.canonical_host(ref.host) if ref.host is not None else None
     return Pin(ref.digest, repository=ref.repository, host=host, source=source)
 
@@ -103,13 +113,14 @@ def load_allowlist(path: Path | None, *, hosts: Hosts = NO_HOSTS) -> Allowlist:
             text = raw.split("#", 1)[0].strip()
             if not text:
                 continue
-            pin = parse_entry(text, hosts=hosts, source=f"{file}:{number}")
-            if pin is None:
+            pin = read_entry(text, hosts=hosts, source=f"{file}:{number}")
+            if not isinstance(pin, Pin):
                 col = len(raw) - len(raw.lstrip()) + 1
+                why = f" ({pin})" if pin else ""
                 problems.append(Problem(
                     str(file), number, col,
-                    f"not a pinned digest: {text!r}; write sha256:<64 hex>, repo@sha256:<hex>, "
-                    "host/repo@sha256:<hex>, host/repo:tag@sha256:<hex> or "
+                    f"not a pinned digest: {text!r}{why}; write sha256:<64 hex>, "
+                    "repo@sha256:<hex>, host/repo@sha256:<hex>, host/repo:tag@sha256:<hex> or "
                     "docker-pullable://host/repo@sha256:<hex>",
                 ))
                 continue

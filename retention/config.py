@@ -15,6 +15,7 @@ import yaml
 from yarl import URL
 
 from retention.errors import ConfigError, Problem
+from retention.names import is_repository, not_canonical
 from retention.references import Hosts, normalize_host
 from retention.registry.tls import pem_problem
 from retention.secrets import Secret
@@ -439,9 +440,16 @@ def _registry(
     token_hosts = tuple(v for v, _ in reader.strings(fields["token_hosts"],
                                                     what=f"{what}.token_hosts")) \
         if "token_hosts" in fields else ()
-    repositories = tuple(v for v, _ in reader.strings(fields["repositories"],
-                                                     what=f"{what}.repositories")) \
-        if "repositories" in fields else ()
+    repositories: list[str] = []
+    if "repositories" in fields:
+        for repository, repo_node in reader.strings(fields["repositories"],
+                                                    what=f"{what}.repositories"):
+            # Written as the registry will read it: excludes, pins and in-use compare this
+            # very string, and a name the URL normalises would be read (and deleted) elsewhere.
+            if is_repository(repository):
+                repositories.append(repository)
+            else:
+                reader.error(repo_node, f"{what}.repositories: {not_canonical(repository)}")
     concurrency = 8
     if "concurrency" in fields:
         concurrency = reader.integer(fields["concurrency"], what=f"{what}.concurrency",
@@ -458,7 +466,7 @@ def _registry(
         return None
     return RegistrySettings(
         name=name, url=url, type=rtype, credentials=credentials, ca_file=ca_file,
-        insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=repositories,
+        insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=tuple(repositories),
         concurrency=concurrency, aliases=tuple(aliases),
     )
 

@@ -12,19 +12,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from retention.names import is_digest, is_repository, is_tag, not_canonical
+
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _DEFAULT_PORTS = (":443", ":80")
 PULLABLE_PREFIX = "docker-pullable://"
 
-# The reference grammar of distribution/reference, slightly relaxed where runtimes are
-# (uppercase hosts are normalised rather than refused).
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+# The reference grammar of distribution/reference (names, tags and digests from
+# retention.names), slightly relaxed where runtimes are (uppercase hosts are normalised
+# rather than refused).
 _HOST = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
                    r"(?::[0-9]+)?")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +67,23 @@ def parse_reference(text: str, *, default_host: str | None = DOCKER_HUB) -> Refe
     ``default_host`` is the host of a reference that names none: Docker Hub for what a
     container runtime pulls, None for an allowlist entry meant for any registry.
     """
+    parsed = read_reference(text, default_host=default_host)
+    return parsed if isinstance(parsed, Reference) else None
+
+
+def read_reference(text: str, *, default_host: str | None = DOCKER_HUB) -> Reference | str:
+    """As :func:`parse_reference`, with the reason (a sentence) instead of None."""
     text = text.strip()
     if text.startswith(PULLABLE_PREFIX):
         text = text[len(PULLABLE_PREFIX):]
     name, at, digest = text.partition("@")
-    if at and not _DIGEST.fullmatch(digest):
-        return None
+    if at and not is_digest(digest):
+        return f"{digest!r} is not a digest"
     host: str | None = None
     first, slash, rest = name.partition("/")
     if slash and _splits_host(first):
         if not _HOST.fullmatch(first):
-            return None
+            return f"{first!r} is not a host name"
         host, name = first, rest
     # A colon after the last slash starts the tag (a colon before it was a port).
     tag = None
@@ -86,10 +91,10 @@ def parse_reference(text: str, *, default_host: str | None = DOCKER_HUB) -> Refe
     colon_at = name.rfind(":")
     if colon_at > slash_at:
         name, tag = name[:colon_at], name[colon_at + 1:]
-        if not _TAG.fullmatch(tag):
-            return None
-    if not _PATH.fullmatch(name):
-        return None
+        if not is_tag(tag):
+            return f"{tag!r} is not a tag"
+    if not is_repository(name):
+        return not_canonical(name)
     if host is None and default_host is not None:
         host = default_host
     host = normalize_host(host) if host is not None else None

@@ -23,8 +23,10 @@ from typing import Any
 
 import structlog
 
+from retention.config import RegistrySettings
 from retention.errors import RegistryError
 from retention.inventory import referrer_tag_subject
+from retention.names import is_digest, is_repository, is_tag, not_canonical
 from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import columns, human_age, tags_text
@@ -175,6 +177,32 @@ def decide(items: Mapping[Key, Item], present: Mapping[Key, bool],
     return bad
 
 
+def refusal(entry: JournalEntry | None, registry: str, repository: str,
+            settings: RegistrySettings | None) -> str | None:
+    """Why nothing may be pushed where a journal row leads (a sentence), or None.
+
+    The journal is a file on disk: a row edited (or written by another version) could name
+    a registry that is not configured, a repository name a URL normalises into another
+    repository (``ci/./app``), or a repository the registry's explicit list leaves out; or
+    carry a tag or digest outside its grammar, which would go into a PUT's URL."""
+    if settings is None:
+        return f"registry {registry} is not in the configuration"
+    if not is_repository(repository):
+        return f"{not_canonical(repository)}: nothing is pushed there"
+    if settings.repositories and repository not in settings.repositories:
+        return (f"repository {repository} is not in registry {registry}'s repositories in "
+                "the configuration: nothing is pushed there")
+    if entry is None:
+        return None
+    if not is_digest(entry.digest):
+        return f"the journal names {entry.digest[:200]!r}, which is not a digest"
+    bad = next((t for t in entry.tags if not is_tag(t)), None)
+    if bad is not None:
+        return (f"the journal names tag {bad[:200]!r}, which is not a tag (OCI grammar): "
+                "nothing is pushed")
+    return None
+
+
 def push_order(items: Mapping[Key, Item], keys: Iterable[Key]) -> list[Key]:
     """``keys`` ordered so that children come before their index and subjects before their
     referrers; otherwise in journal order."""
@@ -253,15 +281,18 @@ class Restorer:
         return RestoreReport(dry_run, ordered)
 
     async def _check(self, items: Mapping[Key, Item]) -> _Checked:
-        """Is each item (and what it needs) in the registry now; are its blobs."""
+        """Is each item (and what it needs) in the registry now; are its blobs. An item whose
+        journal row may not lead a push (see ``refusal``) is not asked about at all."""
         checked = _Checked({}, {}, {}, {})
         needs = {(k[0], k[1], d) for k, item in items.items() for _, d in item.needs()}
         for key in [*items, *sorted(needs - items.keys())]:
             client = self._clients.get(key[0])
-            if client is None:
+            why = refusal(items[key].entry if key in items else None, key[0], key[1],
+                          client.settings if client is not None else None)
+            if client is None or why is not None:
                 checked.present[key] = False
-                if key in items:
-                    checked.unusable[key] = f"registry {key[0]} is not in the configuration"
+                if key in items and why is not None:
+                    checked.unusable[key] = why
                 continue
             try:
                 checked.present[key] = await client.head_manifest(key[1], key[2]) is not None

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from retention.errors import RegistryError
+from retention.names import is_digest, is_tag
 from retention.registry.client import RegistryClient
 from retention.registry.mediatypes import parse_time
 
@@ -42,9 +43,26 @@ def _delete_enabled(entry: dict[str, Any]) -> bool:
     return attributes.get("deleteEnabled", True) is True
 
 
+class _OutsideGrammar(ValueError):
+    """A listed tag or digest that must not go into a URL path."""
+
+
 def _digest(value: Any) -> str:
-    if not isinstance(value, str) or ":" not in value:
+    # It names the manifest in the plan and goes into a DELETE's URL: the OCI grammar only.
+    if not isinstance(value, str):
         raise ValueError(f"not a digest: {value!r}")
+    if not is_digest(value):
+        raise _OutsideGrammar(f"the listing names {value[:200]!r}, which is not a digest")
+    return value
+
+
+def _tag(value: Any) -> str:
+    # Restore pushes a journaled tag by name, into a URL.
+    if not isinstance(value, str):
+        raise ValueError(f"not a tag: {value!r}")
+    if not is_tag(value):
+        raise _OutsideGrammar(f"the listing names {value[:200]!r}, which is not a tag "
+                              "(OCI grammar)")
     return value
 
 
@@ -69,7 +87,7 @@ class AcrApi:
         """Every manifest of the repository. ``missing_ok``: a 404 to the first request is
         an empty repository (the scan, which met it in the catalog moments ago); otherwise
         it raises, so that a transient 404 never reads as "nothing is there"."""
-        path = f"/acr/v1/{repository}/_manifests"
+        path = self._client.path(repository, "_manifests", api="/acr/v1")
         out = []
         async for page in self._pages(path, "manifests", missing_ok=missing_ok,
                                       scope=f"repository:{repository}:metadata_read"):
@@ -77,33 +95,33 @@ class AcrApi:
                 try:
                     out.append(AcrManifest(
                         digest=_digest(entry["digest"]),
-                        tags=tuple(str(t) for t in entry.get("tags") or ()),
+                        tags=tuple(_tag(t) for t in entry.get("tags") or ()),
                         media_type=str(entry.get("mediaType") or ""),
                         size=int(entry.get("imageSize") or 0),
                         created=parse_time(entry.get("createdTime")),
                         delete_enabled=_delete_enabled(entry),
                     ))
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    raise self._garbled(path) from None
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise self._garbled(path, exc) from None
         return out
 
     async def tags(self, repository: str) -> list[AcrTag]:
-        path = f"/acr/v1/{repository}/_tags"
+        path = self._client.path(repository, "_tags", api="/acr/v1")
         out = []
         async for page in self._pages(path, "tags",
                                       scope=f"repository:{repository}:metadata_read"):
             for entry in page:
                 try:
-                    out.append(AcrTag(str(entry["name"]), _digest(entry["digest"]),
+                    out.append(AcrTag(_tag(entry["name"]), _digest(entry["digest"]),
                                       _delete_enabled(entry)))
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    raise self._garbled(path) from None
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise self._garbled(path, exc) from None
         return out
 
     async def manifest_tags(self, repository: str, digest: str) -> set[str] | None:
         """The tags on one manifest now (one request, whatever the repository's size);
         None when the manifest is gone."""
-        path = f"/acr/v1/{repository}/_manifests/{digest}"
+        path = self._client.path(repository, "_manifests", digest, api="/acr/v1")
         response = await self._client.request(
             "GET", path, scope=f"repository:{repository}:metadata_read")
         if response.status_code == 404:
@@ -129,15 +147,19 @@ class AcrApi:
             raise
         return not manifests
 
-    def _garbled(self, path: str) -> RegistryError:
+    def _garbled(self, path: str, exc: Exception) -> RegistryError:
+        if isinstance(exc, _OutsideGrammar):
+            return RegistryError(f"GET {path}: {exc}; the listing is not trusted",
+                                 registry=self._client.settings.name)
         return RegistryError(f"GET {path}: an entry of the answer is not the expected JSON",
                              registry=self._client.settings.name)
 
     async def delete_repository(self, repository: str) -> bool:
+        path = self._client.path(repository, api="/acr/v1")
         response = await self._client.request(
-            "DELETE", f"/acr/v1/{repository}", scope=f"repository:{repository}:delete")
+            "DELETE", path, scope=f"repository:{repository}:delete")
         if response.status_code in (200, 202, 204):
             return True
         if response.status_code == 404:
             return False
-        raise self._client.failure(response, f"DELETE /acr/v1/{repository}")
+        raise self._client.failure(response, f"DELETE {path}")

@@ -30,6 +30,7 @@ from retention.errors import (
     ManifestLockedError,
     RegistryError,
 )
+from retention.names import is_digest, is_reference, is_repository, is_tag, not_canonical
 from retention.registry.auth import Authenticator
 from retention.registry.entra import EntraExchange
 from retention.registry.http import HttpSession, Response, TransportError, same_origin
@@ -269,6 +270,22 @@ class RegistryClient:
                              registry=self.settings.name, status=response.status_code,
                              retry_after=_retry_after(response))
 
+    def path(self, repository: str, kind: str = "", reference: str = "", *,
+             tag_ok: bool = False, api: str = "/v2") -> str:
+        """``{api}/{repository}/{kind}/{reference}``, made only of names in their grammars:
+        a name the URL normalises (``ci/./app``, ``ci/%61pp``, a tag ``../../x/manifests/y``)
+        reaches another repository than the one the plan, excludes and pins name. Raises
+        RegistryError, and nothing is sent. ``reference``: a digest, or with ``tag_ok`` a
+        tag or a digest."""
+        if not is_repository(repository):
+            raise RegistryError(f"{not_canonical(repository)}: it is never requested",
+                                registry=self.settings.name)
+        if reference and not (is_reference(reference) if tag_ok else is_digest(reference)):
+            raise RegistryError(f"{reference[:200]!r} is not a {'tag or ' * tag_ok}digest "
+                                f"(OCI grammar): {api}/{repository}/{kind}/... by it is never "
+                                "requested", registry=self.settings.name)
+        return "/".join(p for p in (api, repository, kind, reference) if p)
+
     # -- API --------------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -366,10 +383,17 @@ class RegistryClient:
         return sorted(set(names))
 
     async def tags(self, repository: str) -> list[str]:
+        path = self.path(repository, "tags/list")
         tags: list[str] = []
-        async for page in self.pages(f"/v2/{repository}/tags/list", "tags",
-                                     scope=_pull(repository), missing_ok=True):
-            tags.extend(self._strings(page, f"GET /v2/{repository}/tags/list"))
+        async for page in self.pages(path, "tags", scope=_pull(repository), missing_ok=True):
+            tags.extend(self._strings(page, f"GET {path}"))
+        # Each tag goes into a URL path next: one outside the OCI grammar makes the whole
+        # listing untrusted (the repository unreadable), not just that tag unread.
+        bad = next((t for t in tags if not is_tag(t)), None)
+        if bad is not None:
+            raise RegistryError(f"GET {path}: the listing names {bad[:200]!r}, which is not a "
+                                "tag (OCI grammar); the listing is not trusted",
+                                registry=self.settings.name)
         return sorted(set(tags))
 
     def _strings(self, items: list[Any], what: str) -> list[str]:
@@ -380,14 +404,14 @@ class RegistryClient:
 
     async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
         """Resolve a tag (or digest) to a digest; None when it does not exist (any more)."""
-        path = f"/v2/{repository}/manifests/{reference}"
+        path = self.path(repository, "manifests", reference, tag_ok=True)
         response = await self.request("HEAD", path, scope=_pull(repository),
                                       headers={"Accept": ACCEPT})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise self.failure(response, f"HEAD {path}")
-        digest = response.headers.get("docker-content-digest")
+        digest = self._digest_header(response, f"HEAD {path}")
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         size = int(response.headers.get("content-length") or 0)
         if not digest:
@@ -403,7 +427,7 @@ class RegistryClient:
         the registry's Docker-Content-Digest when fetched by tag (a cold scan reads each tag
         once, body and digest in one answer). Schema 1 is the exception, its bytes never
         hash to its digest: it is returned under the registry's digest, never parsed."""
-        path = f"/v2/{repository}/manifests/{reference}"
+        path = self.path(repository, "manifests", reference, tag_ok=True)
         response = await self.request("GET", path, scope=_pull(repository),
                                       headers={"Accept": ACCEPT})
         if response.status_code == 404:
@@ -426,7 +450,7 @@ class RegistryClient:
             return FetchedManifest(reference, media_type, body)
         # By tag: the digest the registry names must be that of the bytes it sent, or the
         # body would be cached (forever) as the facts of another digest.
-        answered = response.headers.get("docker-content-digest")
+        answered = self._digest_header(response, f"GET {path}")
         if answered and answered != computed:
             if media_type in SCHEMA1:
                 return FetchedManifest(answered, media_type, body)
@@ -438,7 +462,7 @@ class RegistryClient:
     async def get_blob(self, repository: str, digest: str, *,
                        max_bytes: int = MAX_CONFIG_BYTES) -> bytes | None:
         """A small blob (an image config). None when missing or larger than max_bytes."""
-        path = f"/v2/{repository}/blobs/{digest}"
+        path = self.path(repository, "blobs", digest)
         # Redirects lead to storage backends (S3, Azure blob); our Authorization header is
         # dropped when a redirect leaves the registry's origin.
         response = await self.request("GET", path, scope=_pull(repository),
@@ -476,7 +500,7 @@ class RegistryClient:
         return await self._referrers(repository, digest)
 
     async def _referrers(self, repository: str, digest: str) -> list[str] | None:
-        path = f"/v2/{repository}/referrers/{digest}"
+        path = self.path(repository, "referrers", digest)
         found: list[str] = []
         url: str | URL = path
         while True:
@@ -514,7 +538,7 @@ class RegistryClient:
 
         ``retry=False``: one attempt (a 429 or 503 raises RegistryError with its status):
         the executor re-confirms the manifest's tags before it tries again."""
-        path = f"/v2/{repository}/manifests/{digest}"
+        path = self.path(repository, "manifests", digest)
         response = await self.request("DELETE", path, scope=f"repository:{repository}:delete",
                                       retry=retry)
         if response.status_code in (200, 202):
@@ -548,7 +572,7 @@ class RegistryClient:
         Returns its digest, verified: the registry's Docker-Content-Digest must be the
         sha256 of the bytes sent (a registry that rewrote them would hand back another
         manifest than the one journaled)."""
-        path = f"/v2/{repository}/manifests/{reference}"
+        path = self.path(repository, "manifests", reference, tag_ok=True)
         response = await self.request("PUT", path, scope=f"repository:{repository}:pull,push",
                                       headers={"Content-Type": media_type}, content=body)
         if response.status_code not in (200, 201):
@@ -562,7 +586,7 @@ class RegistryClient:
 
     async def blob_exists(self, repository: str, digest: str) -> bool:
         """HEAD the blob: False only on 404 (the garbage collector took it)."""
-        path = f"/v2/{repository}/blobs/{digest}"
+        path = self.path(repository, "blobs", digest)
         response = await self.request("HEAD", path, scope=_pull(repository),
                                       follow_redirects=True)
         if response.status_code == 200:
@@ -570,6 +594,16 @@ class RegistryClient:
         if response.status_code == 404:
             return False
         raise self.failure(response, f"HEAD {path}")
+
+    def _digest_header(self, response: Response, what: str) -> str | None:
+        """The answer's Docker-Content-Digest; RegistryError when it is there and not a
+        digest: it would name the manifest in the plan, and go into a DELETE's URL."""
+        digest = response.headers.get("docker-content-digest")
+        if digest and not is_digest(digest):
+            raise RegistryError(f"{what}: the registry names the manifest {digest[:200]!r}, "
+                                "which is not a digest; its answers are not trusted",
+                                registry=self.settings.name)
+        return digest
 
     def _locked(self, response: Response) -> bool:
         """A refusal about this manifest, not about deletion on the whole registry.
