@@ -419,3 +419,21 @@ def test_a_request_credential_for_another_origin_is_refused():
         auth.headers("", "http://reg.example.com/v2/")
     with pytest.raises(RegistryError):
         auth.headers("", "https://u:p@reg.example.com/v2/")
+
+
+def test_a_token_hosts_entry_that_is_not_a_host_is_a_config_error(tmp_path: Path):
+    """A URL in token_hosts would never match a realm's host: its credentials would be
+    refused with the operator believing them allowed. Said at load, with file:line:col."""
+    from retention.errors import ConfigError
+
+    (tmp_path / "p.yaml").write_text("name: p\nrepositories: {include: ['**']}\n"
+                                     "delete: [{untagged: true}]\n")
+    config = tmp_path / "retention.yaml"
+    config.write_text("registries:\n  main:\n    url: https://reg.example.com\n"
+                      "    token_hosts: [auth.example.com:8443, \"https://auth.docker.io\"]\n"
+                      "policies: p.yaml\nstate_dir: state\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    (problem,) = info.value.problems
+    assert (problem.line, problem.column) == (4, 42)
+    assert "'https://auth.docker.io' is not a host name" in problem.message
