@@ -437,9 +437,18 @@ def _registry(
     if "insecure_skip_verify" in fields:
         insecure = bool(reader.boolean(fields["insecure_skip_verify"],
                                        what=f"{what}.insecure_skip_verify"))
-    token_hosts = tuple(v for v, _ in reader.strings(fields["token_hosts"],
-                                                    what=f"{what}.token_hosts")) \
-        if "token_hosts" in fields else ()
+    token_hosts: list[str] = []
+    if "token_hosts" in fields:
+        for entry, entry_node in reader.strings(fields["token_hosts"],
+                                                what=f"{what}.token_hosts"):
+            # Matched against a token realm's host and port: a URL here would never match,
+            # and its credentials would be refused with no clue why.
+            if not _ALIAS.fullmatch(entry):
+                reader.error(entry_node, f"{what}.token_hosts: {entry!r} is not a host name "
+                             "(write host, or host:port for a port not the scheme's own; "
+                             "without scheme or path)")
+            else:
+                token_hosts.append(entry)
     repositories: list[str] = []
     if "repositories" in fields:
         for repository, repo_node in reader.strings(fields["repositories"],
@@ -466,7 +475,8 @@ def _registry(
         return None
     return RegistrySettings(
         name=name, url=url, type=rtype, credentials=credentials, ca_file=ca_file,
-        insecure_skip_verify=insecure, token_hosts=token_hosts, repositories=tuple(repositories),
+        insecure_skip_verify=insecure, token_hosts=tuple(token_hosts),
+        repositories=tuple(repositories),
         concurrency=concurrency, aliases=tuple(aliases),
     )
 

@@ -48,6 +48,8 @@ def basic_registry(tmp_path: Path) -> Iterator[Registry]:
 def token_server(tmp_path: Path) -> Iterator[TokenServer]:
     server = TokenServer(users={USER: PASSWORD}, workdir=tmp_path / "token")
     server.realm = server.start()
+    # host:port: another port than the registry's, so token_hosts must name it.
+    server.netloc = server.realm.split("/")[2]
     yield server
     server.stop()
 

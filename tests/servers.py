@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -317,6 +318,19 @@ def set_link(link: str | None) -> Rewrite:
     return rewrite
 
 
+def set_realm(realm: str) -> Rewrite:
+    """Makes a 401's bearer challenge name ``realm``: a forged answer, or a registry sending
+    its clients to a token service of its choosing."""
+
+    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+        headers = {k: re.sub(r'realm="[^"]*"', lambda _: f'realm="{realm}"', v)
+                   if k.lower() == "www-authenticate" else v for k, v in headers.items()}
+        return status, headers, body
+
+    return rewrite
+
+
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
         "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -352,7 +366,8 @@ class FaultProxy:
                     return fault
         return None
 
-    def start(self) -> str:
+    def start(self, *, tls: tuple[Path, Path] | None = None) -> str:
+        """``tls``: (certificate, key); the proxy then serves HTTPS (to plain-HTTP upstream)."""
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -421,8 +436,72 @@ class FaultProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str  # with its query
+    headers: dict[str, str]
+    body: bytes
+
+
+class Recorder:
+    """A host that is not the registry: keeps every request it receives (method, path,
+    headers, body) and answers 401, with a bearer challenge naming its own ``/token`` when
+    ``challenge`` is set. Where a leaked credential would land, to see that none does."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, challenge: bool = False):
+        self.host, self.port, self.challenge = host, port, challenge
+        self.received: list[Received] = []
+        self.url = ""
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                recorder.received.append(Received(self.command, self.path,
+                                                  dict(self.headers.items()), body))
+                payload = b'{"errors":[{"code":"UNAUTHORIZED","message":"recorded"}]}'
+                self.send_response(401)
+                if recorder.challenge:
+                    self.send_header("WWW-Authenticate",
+                                     f'Bearer realm="{recorder.url}/token",service="recorder"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://{self.host}:{self._server.server_address[1]}"
+        return self.url
 
     def stop(self) -> None:
         if self._server:

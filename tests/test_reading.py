@@ -201,11 +201,12 @@ def test_endless_link_chain_is_capped(registry, pusher: Pusher, proxy, monkeypat
 # -- 3. one repository's 403 fails that repository only -----------------------------------
 
 
-def _token_config(tmp_path: Path, url: str) -> Path:
+def _token_config(tmp_path: Path, url: str, token_host: str) -> Path:
     config = write_config(tmp_path, url)
     (tmp_path / "pw").write_text(PASSWORD)
     config.write_text(config.read_text().replace(
-        f"url: {url}", f"url: {url}\n    username: {USER}\n    password_file: pw"))
+        f"url: {url}", f"url: {url}\n    username: {USER}\n    password_file: pw\n"
+        f"    token_hosts: [\"{token_host}\"]"))
     return config
 
 
@@ -226,7 +227,7 @@ def test_refused_scope_on_one_repository_fails_only_that_one(tmp_path, token_reg
     secret = _push_with_token(token_server, token_registry.url, "secret/app", "pr-1")
     token_server.denied = {"secret/app"}
     token_server.deny_mode = deny_mode
-    config = _token_config(tmp_path, token_registry.url)
+    config = _token_config(tmp_path, token_registry.url, token_server.netloc)
     code, doc, _err = cli("run", "--config", str(config), "--output", "json")
     assert code == 1, doc
     assert isinstance(doc, dict), doc  # the document is printed
@@ -247,7 +248,7 @@ def test_refused_on_every_repository_is_a_registry_wide_error(tmp_path, token_re
     _push_with_token(token_server, token_registry.url, "a/app", "pr-1")
     _push_with_token(token_server, token_registry.url, "b/app", "pr-1")
     token_server.denied = {"a/app", "b/app"}
-    config = _token_config(tmp_path, token_registry.url)
+    config = _token_config(tmp_path, token_registry.url, token_server.netloc)
     code, out, err = cli("run", "--config", str(config), "--output", "json")
     assert code == 1
     assert "registry 'main'" in err and "lacks permission" in err
@@ -355,7 +356,8 @@ def test_token_realm_throttled_is_retried(token_registry, token_server, tmp_path
         try:
             sleeps: list[float] = []
             s = RegistrySettings(name="main", url=reg.url,
-                                 credentials=Credentials(USER, Secret(PASSWORD)))
+                                 credentials=Credentials(USER, Secret(PASSWORD)),
+                                 token_hosts=(realm_proxy.url.split("/")[2],))
             assert _run(lambda c: c.catalog(), s, sleeps=sleeps) == []
             assert sleeps == [2.0, 2.0]
         finally:

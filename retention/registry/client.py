@@ -153,7 +153,7 @@ class RegistryClient:
         auth_retried = False
         while True:
             response = await self.send(
-                method, url, headers={**(headers or {}), **self._auth.headers(scope)},
+                method, url, headers={**(headers or {}), **self._auth.headers(scope, url)},
                 params=params, follow_redirects=follow_redirects, retry=retry, content=content)
             if response.status_code == 401:
                 if auth_retried:

@@ -77,7 +77,9 @@ class EntraExchange:
                            scope: str) -> tuple[str, float]:
         """(access token, lifetime in seconds) for ``scope``. ``send`` is the registry
         client's request path: ACR throttles /oauth2/token and /oauth2/exchange (429 with
-        Retry-After) like every other endpoint, and those are retried the same way."""
+        Retry-After) like every other endpoint, and those are retried the same way. It is
+        also where the Authenticator checks each URL before a token goes to it (the exchange
+        URL is made here, from the realm): nothing here sends elsewhere."""
         for attempt in (1, 2):
             refresh = await self._refresh_token(send, realm=realm, service=service)
             response = await self._post(send, realm, {
@@ -104,6 +106,8 @@ class EntraExchange:
     async def _post(self, send: Send, url: str, form: dict[str, str]) -> Response:
         try:
             return await send("POST", url, data=form)
+        except AuthenticationError:
+            raise  # the URL refused before anything was sent: its own message says why
         except RegistryError as exc:
             detail = str(exc).removeprefix(f"registry {self._registry!r}: ")
             raise AuthenticationError(f"ACR's token service is unreachable: {detail}",
