@@ -88,7 +88,8 @@ async def collect(clients: Mapping[str, RegistryClient], state: State, *,
 
     async def one(name: str, client: RegistryClient) -> Inventory:
         scanner = Scanner(client, cache=state, sightings=state,
-                          known_digests=lambda repo: state.known_digests(name, repo), clock=now)
+                          known_digests=lambda repo: state.known_digests(name, repo),
+                          last_tags=lambda repo: state.last_tags(name, repo), clock=now)
         return with_last_known(await scanner.scan(), state)
 
     names = list(clients)
