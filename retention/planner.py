@@ -18,7 +18,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 from retention.accounting import freed_bytes
@@ -124,9 +124,9 @@ class Options:
     allowlist: Allowlist = field(default_factory=lambda: Allowlist.of(()))
     # (registry, repository) -> {digest: why}: what Kubernetes runs (retention.inuse).
     in_use: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
-    # (registry, repository, digest) put back by `retention restore` and not yet shown in a
-    # plan: each is protected once, so it is never deleted again unannounced.
-    restored: frozenset[tuple[str, str, str]] = frozenset()
+    # (registry, repository, digest) put back by `retention restore` -> when its hold ends
+    # (restored_hold after the restore): protected until then, whatever plans come between.
+    restored: Mapping[tuple[str, str, str], datetime] = field(default_factory=dict)
 
 
 def plan(
@@ -400,11 +400,13 @@ class _Deciding:
                     self.kept.append(self.decision(digest, policy, "keep", detail))
             elif (saved := self.protection(digest)) is not None:
                 self.protect(digest, *saved)
-            elif (self.registry, self.view.repo.name, digest) in self.options.restored:
+            elif (until := self.options.restored.get(
+                    (self.registry, self.view.repo.name, digest))) is not None \
+                    and self.now < until:
                 self.protect(digest, RESTORED, (
-                    "put back by `retention restore`; protected in this one plan. It keeps "
-                    "its original time, so the next run deletes it again unless it is pinned "
-                    "(allowlist) or a keep rule matches it"))
+                    f"put back by `retention restore`; held until {_instant(until)} "
+                    "(restored_hold). It keeps its original time, so a run after that deletes "
+                    "it again unless it is pinned (allowlist) or a keep rule matches it"))
             else:
                 self.doomed[digest] = None
                 self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted
@@ -589,6 +591,10 @@ def parents_first(actions: Iterable[_Ordered]) -> list[_Ordered]:
                 waiting.append(a)
         pending = waiting
     return out + pending
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _short(digest: str) -> str:

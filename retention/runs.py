@@ -16,7 +16,7 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
-from retention.planner import RESTORED, Plan, only, plan
+from retention.planner import Plan, only, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
@@ -122,13 +122,14 @@ def with_last_known(inventory: Inventory, state: State) -> Inventory:
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
              *, now: datetime, in_use: InUse = NOTHING,
-             restored: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
+             restored: Mapping[tuple[str, str, str], datetime] | None = None) -> Plan:
     """One plan over every registry, each policy planned against its own registry."""
     by_registry: dict[str, list[Policy]] = {}
     for p in policies:
         if p.registry is not None:
             by_registry.setdefault(p.registry, []).append(p)
-    options = replace(setup.planner_options(), in_use=in_use.protected, restored=restored)
+    options = replace(setup.planner_options(), in_use=in_use.protected,
+                      restored=restored or {})
     parts = [plan(inventories[name], chosen, now=now, options=options)
              for name, chosen in sorted(by_registry.items()) if name in inventories]
     merged = sorted((pp for part in parts for pp in part.policies), key=lambda pp: pp.policy)
@@ -188,12 +189,14 @@ async def run_pass(
         inventories = await collect(clients, state, now=clock)
         in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
                                    metrics=metrics)
-        whole = plan_all(setup, inventories, settled.values(), now=clock(), in_use=in_use,
-                         restored=state.restored_marks())
+        now = clock()
+        # A restored manifest is held for restored_hold after its restore, measured in time:
+        # plans, dry runs and runs in between use none of it up.
+        hold = setup.config.restored_hold
+        restored = {key: at + hold for key, at in state.restored_since(now - hold).items()}
+        whole = plan_all(setup, inventories, settled.values(), now=now, in_use=in_use,
+                         restored=restored)
         the_plan = only(whole, [p.name for p in policies], inventories)
-        # A restored manifest is protected in one plan; once shown, policies decide again.
-        state.clear_restored({(d.registry, d.repository, d.digest) for p in the_plan.policies
-                              for d in p.protected if d.reason == RESTORED})
         if metrics:
             metrics.record_plan(the_plan)
         report = await Executor(clients, state=state, metrics=metrics, clock=clock,
