@@ -300,7 +300,8 @@ def test_digest_prefixes_as_the_tables_print_them(tmp_path, registry: Registry,
         assert code == 2 and why in err and "Traceback" not in err, (text, err)
 
 
-def test_an_ambiguous_prefix_and_an_unknown_policy_are_usage_errors(tmp_path):
+def test_an_ambiguous_prefix_and_an_unknown_policy_are_usage_errors(tmp_path,
+                                                                      registry: Registry):
     state = State.open(tmp_path / "state")
     now = datetime.now(UTC)
     for digest in ("sha256:" + "ab" * 6 + "1" * 52, "sha256:" + "ab" * 6 + "2" * 52):
@@ -309,16 +310,19 @@ def test_an_ambiguous_prefix_and_an_unknown_policy_are_usage_errors(tmp_path):
                                     media_type=OCI_MANIFEST, body=b"{}")
         state.journal_end(entry, status="deleted")
     state.close()
-    config = write_config(tmp_path, "http://127.0.0.1:9", policy=PR)
+    config = write_config(tmp_path, registry.url, policy=PR)
     code, _, err = restore(config, "--digest", "ab" * 6)
     assert code == 2 and "ambiguous" in err and "sha256:abababababab" in err
-    code, _, err = restore(config, "--digest", "ab" * 6 + "1", "--dry-run")
-    assert code == 0 or "ambiguous" not in err  # one more digit tells them apart
+    # One more digit tells them apart: the restore goes ahead (and finds the made-up
+    # manifest's blobs missing: exit 1, not a usage error).
+    code, doc, err = restore(config, "--digest", "ab" * 6 + "1", "--dry-run")
+    assert code == 1 and "ambiguous" not in err
+    assert [e["digest"] for e in doc["entries"]] == ["sha256:" + "ab" * 6 + "1" * 52]
     code, _, err = restore(config, "--since", "1h", "--policy", "nope")
     assert code == 2 and "no policy named 'nope'" in err and "gone, p" in err
     # A policy no longer configured that deleted something is still one to restore from.
-    code, _, err = restore(config, "--since", "1h", "--policy", "gone", "--dry-run")
-    assert "no policy named" not in err
+    code, doc, err = restore(config, "--since", "1h", "--policy", "gone", "--dry-run")
+    assert code == 1 and "no policy named" not in err and len(doc["entries"]) == 2
 
 
 def test_restore_through_the_oci_api_on_acr(acr: AcrEmulator, tmp_path):  # noqa: F811
