@@ -10,7 +10,6 @@ import argparse
 import atexit
 import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -142,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="DURATION",
                    help="what was deleted this long ago or less (e.g. 2h)")
     p.add_argument("--digest", action="append", metavar="D",
-                   help="this deleted digest, sha256:<hex> (repeatable)")
+                   help="this deleted digest: sha256:<hex>, or its first 12 or more hex "
+                        "digits as the tables print them (repeatable)")
     p.add_argument("--policy", action="append", metavar="NAME",
                    help="only what this policy deleted (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="say what would be put back")
@@ -518,8 +518,6 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     return FAILED if result.failed else OK
 
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
 
 def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     from retention import restore
@@ -532,9 +530,6 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
             since = parse_duration(args.since)
         except ValueError as exc:
             raise UsageError(f"--since: {exc}") from None
-    bad = [d for d in args.digest or () if not _DIGEST.fullmatch(d)]
-    if bad:
-        raise UsageError(f"--digest takes a whole sha256:<64 hex> digest, not {bad[0]!r}")
     state = State.open(setup.config.state_dir)
     if state.path is None:
         raise UsageError("restore reads the journal in state_dir: set state_dir in "
@@ -542,10 +537,15 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
 
     async def go() -> restore.RestoreReport:
         async with open_clients(setup, sorted(setup.config.registries)) as clients:
-            return await restore.restore(clients, state, since=since, digests=args.digest or (),
-                                         policies=args.policy or (), dry_run=args.dry_run)
+            return await restore.restore(clients, state, since=since, digests=digests,
+                                         policies=args.policy or (), dry_run=args.dry_run,
+                                         hold=setup.config.restored_hold)
 
     try:
+        # Before any registry is asked: a digest or policy that names nothing is a mistake
+        # to be told about, not an empty restore.
+        digests = restore.resolve_digests(state, args.digest or ())
+        restore.check_policies(state, args.policy or (), (p.name for p in setup.policies))
         report = eventloop.run(go())
     finally:
         state.close()

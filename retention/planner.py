@@ -6,6 +6,9 @@ and otherwise deleted, pulling its children and referrers along (cascades). Prot
 depend on what survives (``index-child``, ``referrer``) are settled by a fixed point, so a
 deletion can never leave a surviving index without its child or a surviving image without
 its signature.
+
+Settlement is here; when a manifest was made is read in ``manifest_times``, which manifests a
+rule matches (and how `newest` ranks them) in ``ranking``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ from typing import NamedTuple, TypeVar
 from retention.accounting import freed_bytes
 from retention.allowlist import Allowlist
 from retention.durations import format_duration
-from retention.inventory import Inventory, Manifest, Repository
+from retention.inventory import Inventory, Manifest
+from retention.manifest_times import ManifestTime, RepoView
 from retention.patterns import PatternSet
-from retention.policy import DeleteRule, KeepRule, Policy
-
-# Reproducible builds write 1970 or 1980; no image was built before 2000.
-PLAUSIBLE_SINCE = datetime(2000, 1, 1, tzinfo=UTC)
+from retention.policy import KeepRule, Policy
+from retention.ranking import TagSets, delete_matches, keep_matches, rank_tagged
 
 PINNED = "pinned"
 IN_USE = "in-use"
@@ -39,30 +41,6 @@ UNKNOWN_MEDIA_TYPE = "unknown-media-type"
 RESTORED = "restored"
 PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
                       UNKNOWN_MEDIA_TYPE, RESTORED)
-
-# Where a manifest's time comes from (JSON `time_source`).
-PUSHED = "pushed"  # the registry's push time (ACR)
-CREATED = "created"  # the image config's `created`
-ANNOTATION = "annotation"  # org.opencontainers.image.created
-CHILDREN = "children"  # an index: its newest platform child
-FIRST_SEEN = "first-seen"  # when retention first saw the digest in the repository
-TIME_SOURCES = (PUSHED, CREATED, ANNOTATION, CHILDREN, FIRST_SEEN)
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestTime:
-    """A manifest's effective time and where it came from (SPEC "Time of a manifest")."""
-
-    at: datetime | None = None  # None: unknown (first seen in this very run, or state lost)
-    source: str | None = None  # one of TIME_SOURCES; None when unknown
-
-    @property
-    def dated(self) -> bool:
-        """From the registry, the config, the annotation or the children: not by sight."""
-        return self.source not in (None, FIRST_SEEN)
-
-
-UNKNOWN = ManifestTime()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +124,9 @@ class Options:
     allowlist: Allowlist = field(default_factory=lambda: Allowlist.of(()))
     # (registry, repository) -> {digest: why}: what Kubernetes runs (retention.inuse).
     in_use: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
-    # (registry, repository, digest) put back by `retention restore` and not yet shown in a
-    # plan: each is protected once, so it is never deleted again unannounced.
-    restored: frozenset[tuple[str, str, str]] = frozenset()
+    # (registry, repository, digest) put back by `retention restore` -> when its hold ends
+    # (restored_hold after the restore): protected until then, whatever plans come between.
+    restored: Mapping[tuple[str, str, str], datetime] = field(default_factory=dict)
 
 
 def plan(
@@ -208,8 +186,8 @@ def _plan(inventory: Inventory, policies: Sequence[Policy], *, now: datetime,
     ordered = sorted(policies, key=lambda p: p.name)
     # Rules are described once, not once per manifest they decide.
     describe = {rule: rule.describe() for p in ordered for rule in (*p.keep, *p.delete)}
-    # And each rule's tag patterns judge each distinct tag set once (see _TagSets).
-    tag_sets = {rule.tags: _TagSets(rule.tags) for p in ordered
+    # And each rule's tag patterns judge each distinct tag set once (see TagSets).
+    tag_sets = {rule.tags: TagSets(rule.tags) for p in ordered
                 for rule in (*p.keep, *p.delete) if rule.tags is not None}
     errors: dict[str, list[RepositoryError]] = defaultdict(list)
     settled: list[_Deciding] = []
@@ -222,7 +200,7 @@ def _plan(inventory: Inventory, policies: Sequence[Policy], *, now: datetime,
                 errors[p.name].append(
                     RepositoryError(p.name, inventory.registry, repo.name, repo.error))
             continue
-        view = _RepoView.of(repo, now)  # built once, shared by every policy
+        view = RepoView.of(repo, now)  # built once, shared by every policy
         deciding = _Deciding.start(inventory, applying, view, now=now, options=options,
                                    describe=describe, tag_sets=tag_sets)
         if deciding is not None:
@@ -293,207 +271,7 @@ class _Parts:
     emptied: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------
-# One repository, seen once: times, tags, parents and referrers, shared by every policy.
-
-
-@dataclass(slots=True)
-class _RepoView:
-    repo: Repository
-    by_digest: dict[str, Manifest]
-    time: dict[str, ManifestTime]
-    parents: dict[str, list[str]]  # child digest -> indexes referencing it
-    referrers: dict[str, list[str]]  # subject digest -> its referrers
-    has_unparsed: bool
-    attested: dict[str, list[str]] = field(default_factory=dict)  # attestation -> its indexes
-
-    @classmethod
-    def of(cls, repo: Repository, now: datetime) -> _RepoView:
-        by_digest = {m.digest: m for m in repo.manifests}
-        parents: dict[str, list[str]] = defaultdict(list)
-        referrers: dict[str, list[str]] = defaultdict(list)
-        attested: dict[str, list[str]] = defaultdict(list)
-        for m in repo.manifests:
-            for child in m.children:
-                parents[child].append(m.digest)
-            for attestation in m.attestations:
-                attested[attestation].append(m.digest)
-            if m.subject is not None and m.subject != m.digest:
-                referrers[m.subject].append(m.digest)
-        view = cls(repo, by_digest, {}, parents, referrers,
-                   any(not m.parsed for m in repo.manifests), attested)
-        time, nothing_waits = view.time, frozenset()
-        for digest in sorted(by_digest):  # by digest: the listing order never matters
-            if digest not in time:  # not already timed as an index's child
-                time[digest] = view._own_time(by_digest[digest], now, nothing_waits)
-        return view
-
-    def _time_of(self, digest: str, now: datetime, path: frozenset[str]) -> ManifestTime:
-        if digest in self.time:
-            return self.time[digest]
-        m = self.by_digest.get(digest)
-        if m is None or digest in path:
-            return UNKNOWN  # a missing child, or a cycle: nothing is known of it here
-        value = self._own_time(m, now, path)
-        self.time[digest] = value
-        return value
-
-    def _own_time(self, m: Manifest, now: datetime, path: frozenset[str]) -> ManifestTime:
-        """SPEC "Time of a manifest", first usable source wins. ``path``: the manifests
-        whose time waits on this one's; a manifest's own digest joins it only when its time
-        depends on others (most have a time of their own: no set is built for them)."""
-        if (pushed := _plausible(m.pushed, now)) is not None:
-            return ManifestTime(pushed, PUSHED)
-        # Most manifests are no index: no list built for them.
-        platform = [c for c in m.children if c not in m.attestations] if m.children else None
-        if platform:
-            # An index is as new as its newest platform child, when every one of them has
-            # a time of its own; attestations have none and do not count.
-            within = path | {m.digest}
-            times = [self._time_of(c, now, within) for c in platform]
-            if all(t.dated for t in times):
-                return ManifestTime(max(t.at for t in times if t.at is not None), CHILDREN)
-        if (created := _plausible(m.created, now)) is not None:
-            return ManifestTime(created, CREATED)
-        if (annotated := _plausible(m.annotated, now)) is not None:
-            return ManifestTime(annotated, ANNOTATION)
-        indexes = self.attested.get(m.digest)
-        if indexes:
-            # An attestation (no time of its own) goes and stays with its index: it is as
-            # old. With several indexes, the newest decides; one unknown makes it unknown. A
-            # manifest with a time of its own keeps it, whatever an index says of it.
-            within = path | {m.digest}
-            times = [self._time_of(i, now, within) for i in indexes]
-            if any(t.at is None for t in times):
-                return UNKNOWN
-            return max(times, key=lambda t: t.at or PLAUSIBLE_SINCE)
-        # No usable time of its own (none, reproducible 1970/1980, or in the future): when
-        # retention first saw it, which is never before its real push, so an age is never
-        # overstated. First seen in this very run: unknown.
-        if (seen := _plausible(m.first_seen, now)) is not None:
-            return ManifestTime(seen, FIRST_SEEN)
-        return UNKNOWN
-
-
-def _plausible(value: datetime | None, now: datetime) -> datetime | None:
-    if value is None or value < PLAUSIBLE_SINCE or value > now:
-        return None
-    return value
-
-
-def _age(time: ManifestTime | None, now: datetime) -> timedelta | None:
-    return None if time is None or time.at is None else now - time.at
-
-
-# ---------------------------------------------------------------------------------------
-
-
-class _TagSets:
-    """What one rule's tag patterns say of whole tag sets, remembered for one plan.
-
-    The same tag sets recur on many manifests and across repositories (CI names tags after
-    branches and build numbers): each is judged once, not once per manifest and rule. The
-    answer is exactly that of matching tag by tag; bounded like PatternSet's own memo.
-    """
-
-    __slots__ = ("_any", "_every", "_patterns")
-
-    def __init__(self, patterns: PatternSet) -> None:
-        self._patterns = patterns
-        self._any: dict[tuple[str, ...], bool] = {}
-        self._every: dict[tuple[str, ...], bool] = {}
-
-    def any(self, tags: tuple[str, ...]) -> bool:
-        """Some tag matches."""
-        found = self._any.get(tags)
-        if found is None:
-            found = any(self._patterns.matches(t) for t in tags)
-            _remember(self._any, tags, found)
-        return found
-
-    def every(self, tags: tuple[str, ...]) -> bool:
-        """There are tags, and every one of them matches."""
-        found = self._every.get(tags)
-        if found is None:
-            found = bool(tags) and all(self._patterns.matches(t) for t in tags)
-            _remember(self._every, tags, found)
-        return found
-
-
-def _remember(memo: dict[tuple[str, ...], bool], tags: tuple[str, ...], found: bool) -> None:
-    if len(memo) >= 65536:
-        memo.clear()  # bounded: a registry whose every tag is new gains nothing from it
-    memo[tags] = found
-
-
-def _keep_matches(rule: KeepRule, view: _RepoView, now: datetime,
-                  tag_sets: _TagSets | None, ranked: Sequence[tuple[Manifest, bool]]) -> set[str]:
-    """``tag_sets``: the rule's tags, judged (None when the rule names none); ``ranked``:
-    _ranked(view), needed only by a `newest` rule."""
-    manifests = view.repo.manifests
-    if rule.newest is not None:
-        # Dated and undated manifests are ranked apart, N of each: a reproducible build
-        # timed by first sight must not push a release with a real date out, nor the other
-        # way round.
-        dated: list[Manifest] = []
-        undated: list[Manifest] = []
-        for m, is_dated in ranked:
-            if tag_sets is None or tag_sets.any(m.tags):
-                (dated if is_dated else undated).append(m)
-        chosen = dated[: rule.newest] + undated[: rule.newest]
-    elif tag_sets is not None:
-        chosen = [m for m in manifests if tag_sets.any(m.tags)]
-    else:
-        chosen = list(manifests)
-    if rule.younger_than is not None:
-        limit = rule.younger_than
-        chosen = [
-            m for m in chosen
-            if (age := _age(view.time[m.digest], now)) is None or age < limit
-        ]
-    return {m.digest for m in chosen}
-
-
-def _ranked(view: _RepoView) -> list[tuple[Manifest, bool]]:
-    """The tagged manifests of ``view``, newest first (unknown times rank as newest, ties
-    broken by digest), each with whether its time is dated. Sorted once per repository for
-    every `newest` rule of every policy: a rule with tags keeps this order (the sort is
-    stable) by filtering it."""
-    pool = [m for m in view.repo.manifests if m.tags]
-    pool.sort(key=lambda m: _rank_key(view.time[m.digest], m.digest))
-    return [(m, view.time[m.digest].dated) for m in pool]
-
-
-def _rank_key(time: ManifestTime, digest: str) -> tuple[int, float, str]:
-    # Manifests first seen in one run share that time: the digest orders them.
-    return (0, 0.0, digest) if time.at is None else (1, -time.at.timestamp(), digest)
-
-
-def _delete_matches(rule: DeleteRule, m: Manifest, view: _RepoView, now: datetime,
-                    tag_sets: _TagSets | None) -> bool:
-    """``tag_sets``: the rule's tags, judged (None when the rule names none)."""
-    if tag_sets is not None:
-        # Deleting by digest removes every tag: all of them must be meant to go.
-        if not tag_sets.every(m.tags):
-            return False
-    elif rule.untagged:
-        if m.tags or m.digest in view.parents:
-            return False
-        if m.subject is not None and m.subject in view.by_digest:
-            return False
-        if rule.untagged_for is not None:
-            # Never seen untagged before this run: untagged for no time at all.
-            since = m.untagged_since or now
-            if now - since < rule.untagged_for:
-                return False
-    if rule.older_than is not None:
-        age = _age(view.time[m.digest], now)
-        if age is None or age <= rule.older_than:
-            return False
-    return True
-
-
-def _pinned_closure(inventory: Inventory, view: _RepoView, allowlist: Allowlist) -> set[str]:
+def _pinned_closure(inventory: Inventory, view: RepoView, allowlist: Allowlist) -> set[str]:
     """Pinned digests, with the children and referrers of each, transitively."""
     pinned = {
         d for d in view.by_digest
@@ -512,7 +290,7 @@ def _pinned_closure(inventory: Inventory, view: _RepoView, allowlist: Allowlist)
 
 
 def _intrinsic_protection(
-    m: Manifest, view: _RepoView, pinned: set[str], now: datetime, options: Options,
+    m: Manifest, view: RepoView, pinned: set[str], now: datetime, options: Options,
     *, registry: str = "",
 ) -> tuple[str, str] | None:
     """A protection that holds whatever else is deleted: (reason, sentence) or None."""
@@ -545,7 +323,7 @@ class _Deciding:
 
     registry: str
     policies: list[Policy]
-    view: _RepoView
+    view: RepoView
     now: datetime
     options: Options
     describe: Mapping[object, str]
@@ -562,9 +340,9 @@ class _Deciding:
     root: dict[str, str] = field(default_factory=dict)  # digest -> the direct match behind it
 
     @classmethod
-    def start(cls, inventory: Inventory, policies: list[Policy], view: _RepoView, *,
+    def start(cls, inventory: Inventory, policies: list[Policy], view: RepoView, *,
               now: datetime, options: Options, describe: Mapping[object, str],
-              tag_sets: Mapping[PatternSet, _TagSets]) -> _Deciding | None:
+              tag_sets: Mapping[PatternSet, TagSets]) -> _Deciding | None:
         # Each policy's delete rules in order, with their tags judged (looked up once here,
         # not once per manifest).
         deleting = [(p.name, [(r, None if r.tags is None else tag_sets[r.tags], describe[r])
@@ -574,19 +352,19 @@ class _Deciding:
             m = view.by_digest[digest]
             for name, rules in deleting:
                 for rule, judged, described in rules:  # the first delete rule that matches
-                    if _delete_matches(rule, m, view, now, judged):
+                    if delete_matches(rule, m, view, now, judged):
                         matched.setdefault(digest, {})[name] = described
                         break
         if not matched:
             return None
         kept_by: dict[str, tuple[str, KeepRule]] = {}
         # Not kept in the view: the ranking is needed only while keep rules are matched.
-        ranked = _ranked(view) if any(r.newest is not None for p in policies
+        ranked = rank_tagged(view) if any(r.newest is not None for p in policies
                                       for r in p.keep) else []
         for p in policies:
             for rule in p.keep:
                 judged = None if rule.tags is None else tag_sets[rule.tags]
-                for digest in _keep_matches(rule, view, now, judged, ranked):
+                for digest in keep_matches(rule, view, now, judged, ranked):
                     kept_by.setdefault(digest, (p.name, rule))
         deciding = cls(inventory.registry, policies, view, now, options, describe, matched,
                        kept_by, _pinned_closure(inventory, view, options.allowlist))
@@ -622,11 +400,13 @@ class _Deciding:
                     self.kept.append(self.decision(digest, policy, "keep", detail))
             elif (saved := self.protection(digest)) is not None:
                 self.protect(digest, *saved)
-            elif (self.registry, self.view.repo.name, digest) in self.options.restored:
+            elif (until := self.options.restored.get(
+                    (self.registry, self.view.repo.name, digest))) is not None \
+                    and self.now < until:
                 self.protect(digest, RESTORED, (
-                    "put back by `retention restore`; protected in this one plan. It keeps "
-                    "its original time, so the next run deletes it again unless it is pinned "
-                    "(allowlist) or a keep rule matches it"))
+                    f"put back by `retention restore`; held until {_instant(until)} "
+                    "(restored_hold). It keeps its original time, so a run after that deletes "
+                    "it again unless it is pinned (allowlist) or a keep rule matches it"))
             else:
                 self.doomed[digest] = None
                 self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted
@@ -811,6 +591,10 @@ def parents_first(actions: Iterable[_Ordered]) -> list[_Ordered]:
                 waiting.append(a)
         pending = waiting
     return out + pending
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _short(digest: str) -> str:

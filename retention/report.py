@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from retention.planner import FIRST_SEEN, Action, Decision, ManifestTime, Plan, PolicyPlan
+from retention.manifest_times import FIRST_SEEN, ManifestTime
+from retention.planner import Action, Decision, Plan, PolicyPlan
 
 if TYPE_CHECKING:  # the executor imports this module
     from retention.executor import RunError

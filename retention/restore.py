@@ -16,15 +16,17 @@ by someone on purpose, and is reported (``tag-moved``), never moved back.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from retention.config import RegistrySettings
-from retention.errors import RegistryError
+from retention.durations import format_duration
+from retention.errors import RegistryError, UsageError
 from retention.inventory import referrer_tag_subject
 from retention.names import is_digest, is_repository, is_tag, not_canonical
 from retention.registry.client import RegistryClient
@@ -66,12 +68,16 @@ class Result:
     entry: JournalEntry
     status: str
     detail: str
+    # When its hold ends (restored_hold after the restore): until then every policy leaves
+    # it (`restored`). None: not restored.
+    held_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
     dry_run: bool
     results: tuple[Result, ...]
+    hold: timedelta = timedelta(days=7)  # restored_hold
 
     @property
     def failed(self) -> bool:
@@ -240,10 +246,12 @@ class _Checked:
 
 class Restorer:
     def __init__(self, clients: Mapping[str, RegistryClient], *, state: State,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 hold: timedelta = timedelta(days=7)):
         self._clients = clients
         self._state = state
         self._clock = clock
+        self._hold = hold  # restored_hold
 
     async def apply(self, items: Mapping[Key, Item], *, dry_run: bool) -> RestoreReport:
         checked = await self._check(items)
@@ -278,7 +286,7 @@ class Restorer:
                      repository=r.entry.repository, digest=r.entry.digest,
                      tags=list(r.entry.tags), policy=r.entry.policy, status=r.status,
                      detail=r.detail, dry_run=dry_run)
-        return RestoreReport(dry_run, ordered)
+        return RestoreReport(dry_run, ordered, self._hold)
 
     async def _check(self, items: Mapping[Key, Item]) -> _Checked:
         """Is each item (and what it needs) in the registry now; are its blobs. An item whose
@@ -396,19 +404,61 @@ class Restorer:
         return back, moved
 
     def _end(self, restore: int, results: dict[Key, Result], result: Result) -> None:
+        at = self._clock()
+        if result.status in (RESTORED, TAG_MOVED):
+            result = replace(result, held_until=at + self._hold)
         results[_key(result.entry)] = result
-        self._state.restore_end(restore, status=result.status, detail=result.detail,
-                                at=self._clock())
+        self._state.restore_end(restore, status=result.status, detail=result.detail, at=at)
 
 
 async def restore(clients: Mapping[str, RegistryClient], state: State, *,
                   since: timedelta | None, digests: Collection[str] = (),
                   policies: Collection[str] = (), dry_run: bool,
-                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> RestoreReport:
+                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                  hold: timedelta = timedelta(days=7)) -> RestoreReport:
     """Select from the journal (deleted within ``since``, or one of ``digests``; only
-    ``policies``' deletions when given) and put back what can be."""
+    ``policies``' deletions when given) and put back what can be, each held (``restored``)
+    for ``hold`` (restored_hold)."""
     items = plan_restore(state, since=since, digests=digests, policies=policies, now=clock())
-    return await Restorer(clients, state=state, clock=clock).apply(items, dry_run=dry_run)
+    return await Restorer(clients, state=state, clock=clock, hold=hold).apply(
+        items, dry_run=dry_run)
+
+
+_DIGEST_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+SHORTEST_PREFIX = 12  # hex digits, as the tables print a digest
+
+
+def resolve_digests(state: State, texts: Iterable[str]) -> list[str]:
+    """The journaled digest each of ``texts`` names: a whole digest or a prefix of at least
+    12 hex digits, with or without ``sha256:``, as the tables print them. A text that is
+    neither, that names no journaled digest or more than one is a UsageError."""
+    digests: list[str] = []
+    for text in texts:
+        match = _DIGEST_PREFIX.fullmatch(text)
+        if match is None:
+            raise UsageError(f"--digest takes a digest, sha256:<64 hex>, or the first "
+                             f"{SHORTEST_PREFIX} or more of its hex digits as the tables "
+                             f"print them, not {text!r}")
+        found = state.journaled_digests(f"sha256:{match.group(1)}")
+        if not found:
+            raise UsageError(f"--digest {text}: the journal holds no deleted digest that "
+                             "starts so (deletions older than journal_keep are forgotten)")
+        if len(found) > 1:
+            raise UsageError(f"--digest {text} is ambiguous: it starts {len(found)} journaled "
+                             f"digests ({', '.join(_short(d) for d in found[:3])}"
+                             f"{', ...' if len(found) > 3 else ''}); give more digits")
+        digests.append(found[0])
+    return list(dict.fromkeys(digests))
+
+
+def check_policies(state: State, names: Iterable[str], configured: Iterable[str]) -> None:
+    """A UsageError for a --policy that neither the configuration nor the journal names (a
+    policy removed since it deleted something is still one to restore from)."""
+    known = set(configured) | state.journal_policies()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--policy: no policy named {unknown[0]!r} in the configuration or "
+                         f"the journal; known: {', '.join(sorted(known)) or 'none'}")
 
 
 def plan_restore(state: State, *, since: timedelta | None, digests: Collection[str],
@@ -428,7 +478,8 @@ def _entry_json(r: Result) -> dict[str, Any]:
     e = r.entry
     return {"registry": e.registry, "repository": e.repository, "digest": e.digest,
             "tags": list(e.tags), "media_type": e.media_type, "policy": e.policy,
-            "deleted_at": e.at.isoformat(), "status": r.status, "detail": r.detail}
+            "deleted_at": e.at.isoformat(), "status": r.status, "detail": r.detail,
+            "held_until": r.held_until.isoformat() if r.held_until else None}
 
 
 def summary(report: RestoreReport) -> dict[str, int]:
@@ -443,7 +494,24 @@ def summary(report: RestoreReport) -> dict[str, int]:
 def to_json(report: RestoreReport) -> dict[str, Any]:
     return {"mode": "dry-run" if report.dry_run else "restore",
             "entries": [_entry_json(r) for r in report.results],
-            "summary": summary(report)}
+            "summary": summary(report), "restored_hold": format_duration(report.hold)}
+
+
+def hold_note(report: RestoreReport) -> str | None:
+    """What protects a restored manifest, until when, and how to keep it for good."""
+    ends = [r.held_until for r in report.results if r.held_until is not None]
+    hold = format_duration(report.hold)
+    for_good = ("To keep one for good, pin its digest in the allowlist or add a keep rule "
+                "that matches it; after the hold it is decided by the policies again, by its "
+                "original time.")
+    if report.dry_run and any(r.status == PLANNED for r in report.results):
+        return (f"A restore holds each manifest it puts back for restored_hold ({hold}): "
+                f"every policy leaves it (`restored`) until then. {for_good}")
+    if not ends:
+        return None
+    return (f"Restored manifests are held for restored_hold ({hold}): every policy leaves "
+            f"them (`restored`) until {min(ends).astimezone(UTC):%Y-%m-%d %H:%M:%SZ}; plans "
+            f"and dry runs do not use the hold up. {for_good}")
 
 
 def to_table(report: RestoreReport, *, now: datetime) -> str:
@@ -463,5 +531,7 @@ def to_table(report: RestoreReport, *, now: datetime) -> str:
                f"{s['tag_moved']} restored with a tag left alone, "
                f"{s['not_restorable']} not restorable, {s['failed']} failed"
                + (f", {s['planned']} planned" if report.dry_run else ""))
+    if (note := hold_note(report)) is not None:
+        out.append(note)
     return "\n".join(out) + "\n"
 

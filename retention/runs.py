@@ -17,7 +17,7 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
-from retention.planner import RESTORED, Plan, only, plan
+from retention.planner import Plan, only, plan
 from retention.policy import Policy, policy_warnings
 from retention.progress import Progress
 from retention.registry.client import RegistryClient, RetryPolicy
@@ -93,7 +93,8 @@ async def collect(clients: Mapping[str, RegistryClient], state: State, *,
         step = None if progress is None else (
             lambda done, total: progress.step(f"{name}: repositories read", done, total))
         scanner = Scanner(client, cache=state, sightings=state,
-                          known_digests=lambda repo: state.known_digests(name, repo), clock=now,
+                          known_digests=lambda repo: state.known_digests(name, repo),
+                          last_tags=lambda repo: state.last_tags(name, repo), clock=now,
                           progress=step)
         return with_last_known(await scanner.scan(), state)
 
@@ -149,13 +150,14 @@ def warn_mistakes(setup: Setup, policies: Iterable[Policy],
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
              *, now: datetime, in_use: InUse = NOTHING,
-             restored: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
+             restored: Mapping[tuple[str, str, str], datetime] | None = None) -> Plan:
     """One plan over every registry, each policy planned against its own registry."""
     by_registry: dict[str, list[Policy]] = {}
     for p in policies:
         if p.registry is not None:
             by_registry.setdefault(p.registry, []).append(p)
-    options = replace(setup.planner_options(), in_use=in_use.protected, restored=restored)
+    options = replace(setup.planner_options(), in_use=in_use.protected,
+                      restored=restored or {})
     parts = [plan(inventories[name], chosen, now=now, options=options)
              for name, chosen in sorted(by_registry.items()) if name in inventories]
     merged = sorted((pp for part in parts for pp in part.policies), key=lambda pp: pp.policy)
@@ -251,12 +253,14 @@ async def run_pass(
         warn_mistakes(setup, policies, inventories)
         in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
                                    metrics=metrics)
-        whole = plan_all(setup, inventories, settled.values(), now=clock(), in_use=in_use,
-                         restored=state.restored_marks())
+        now = clock()
+        # A restored manifest is held for restored_hold after its restore, measured in time:
+        # plans, dry runs and runs in between use none of it up.
+        hold = setup.config.restored_hold
+        restored = {key: at + hold for key, at in state.restored_since(now - hold).items()}
+        whole = plan_all(setup, inventories, settled.values(), now=now, in_use=in_use,
+                         restored=restored)
         the_plan = only(whole, [p.name for p in policies], inventories)
-        # A restored manifest is protected in one plan; once shown, policies decide again.
-        state.clear_restored({(d.registry, d.repository, d.digest) for p in the_plan.policies
-                              for d in p.protected if d.reason == RESTORED})
         if metrics:
             metrics.record_plan(the_plan)
             record_storage(metrics, setup, inventories, whole)

@@ -112,6 +112,7 @@ class Scanner:
         *,
         cache: FactsCache | None = None,
         known_digests: Callable[[str], Iterable[str]] | None = None,
+        last_tags: Callable[[str], Mapping[str, str]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         options: ScanOptions | None = None,
         sightings: Sightings | None = None,
@@ -123,6 +124,10 @@ class Scanner:
         one GET per tag. Without it, any repository may be in ``cache``, so each tag gets a
         HEAD first.
 
+        ``last_tags(repo)``: tag -> digest as the last complete read saw them (the state).
+        A tag there that the listing no longer shows is looked up before the manifest it
+        named may count as untagged (see _dropped_tags).
+
         ``sightings``: each repository read completely is recorded there as soon as it is
         read (in the time the registry spends answering the others), and its manifests carry
         the times it knows (untagged since, first seen). Without it they carry none."""
@@ -132,6 +137,7 @@ class Scanner:
         self._cache = cache or MemoryCache()
         self._known = known_digests or (lambda _repo: ())
         self._remembers = known_digests is not None
+        self._last_tags = last_tags or (lambda _repo: {})
         self._clock = clock
         self._options = options or ScanOptions()
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
@@ -192,6 +198,7 @@ class Scanner:
             return await self._scan_acr_repository(self._acr, name)
         client = self._client
         tags = await client.tags(name)
+        await self._dropped_tags(name, tags)
         # Bodies read by tag, by digest, until their facts are made (then dropped).
         bodies: dict[str, FetchedManifest] = {}
         tags_of: dict[str, list[str]] = {}
@@ -235,6 +242,8 @@ class Scanner:
         manifests, tags = await asyncio.gather(acr.manifests(name, missing_ok=True),
                                                acr.tags(name))
         listing = {m.digest: m for m in manifests}
+        await self._dropped_tags(name, {t.name for t in tags}.union(
+            *(m.tags for m in manifests)))
         locked_by_tag = {t.digest for t in tags if not t.delete_enabled}
         facts: dict[str, ManifestFacts] = {}
         await self._resolve(name, set(listing), facts, set(), set(listing), referrers=False)
@@ -245,6 +254,25 @@ class Scanner:
         locked = {d for d in facts if d not in listing or not listing[d].delete_enabled
                   or d in locked_by_tag}
         return self._repository(name, facts, tags_of, pushed=pushed, locked=locked)
+
+    async def _dropped_tags(self, name: str, listed: Iterable[str]) -> None:
+        """Raise when a tag the last read saw is missing from this listing and still
+        resolves: the listing is incomplete, and the manifest the tag names would look
+        untagged, an orphan to delete. distribution 3.1 on S3 drops from tags/list a tag
+        that is a prefix of another (distribution/distribution#4891). Only the missing tags
+        are looked up (a HEAD each); one that answers 404 was really removed."""
+        missing = sorted(self._last_tags(name).keys() - set(listed))
+        if not missing:
+            return
+        heads = await asyncio.gather(*(self._client.head_manifest(name, t) for t in missing))
+        resolving = [t for t, h in zip(missing, heads, strict=True) if h is not None]
+        if resolving:
+            more = f" (and {len(resolving) - 1} more)" if len(resolving) > 1 else ""
+            raise RegistryError(
+                f"repository {name}: the tag listing does not show tag {resolving[0]!r}"
+                f"{more}, which still resolves: the listing is incomplete, so what looks "
+                "untagged may not be; nothing is deleted here in this run",
+                registry=self._client.settings.name)
 
     def _repository(self, name: str, facts: dict[str, ManifestFacts],
                     tags_of: dict[str, list[str]], *,

@@ -467,24 +467,34 @@ class State:
                 for r in rows]
 
     def restore_begin(self, entry: JournalEntry, *, at: datetime) -> int:
-        """Journal a restore about to push: status ``restoring`` until its outcome."""
-        with self._lock:
+        """Journal a restore about to push: status ``restoring`` until its outcome. The
+        manifest is marked ``restored`` before its push, so that a run reading the registry
+        while the restore puts it back finds it held, not a fresh orphan."""
+        with self._lock, self._transaction(immediate=True):
             cursor = self._db.execute(
                 "INSERT INTO restores (at, journal_id, registry, repository, digest, status,"
                 " detail) VALUES (?, ?, ?, ?, ?, 'restoring', '')",
                 (_ts(at), entry.id, entry.registry, entry.repository, entry.digest))
+            self._hold(entry.registry, entry.repository, entry.digest, at)
         return int(cursor.lastrowid or 0)
 
     def restore_end(self, restore: int, *, status: str, detail: str, at: datetime) -> None:
-        """A restore's outcome; a manifest back in the registry is marked ``restored`` so the
-        next plan protects it once, in the open, before any run deletes it again."""
+        """A restore's outcome; a manifest back in the registry is held (``restored``) from
+        now for restored_hold, in every plan, before any run may delete it again. One that did
+        not come back keeps the mark its push was begun with: what a failed restore pushed
+        is held too."""
         with self._lock, self._transaction(immediate=True):
             self._db.execute("UPDATE restores SET status=?, detail=? WHERE id=?",
                              (status, detail, restore))
-            if status in RESTORED_STATUSES:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO restored SELECT registry, repository, digest, ?"
-                    " FROM restores WHERE id=?", (_ts(at), restore))
+            row = self._db.execute("SELECT registry, repository, digest FROM restores "
+                                   "WHERE id=?", (restore,)).fetchone()
+            if status in RESTORED_STATUSES and row is not None:
+                self._hold(*row, at)
+
+    def _hold(self, registry: str, repository: str, digest: str, at: datetime) -> None:
+        """Mark a manifest restored at ``at`` (the lock held, inside a transaction)."""
+        self._db.execute("INSERT OR REPLACE INTO restored VALUES (?, ?, ?, ?)",
+                         (registry, repository, digest, _ts(at)))
 
     def restores(self) -> list[dict[str, object]]:
         with self._lock:
@@ -493,13 +503,27 @@ class State:
             names = [c[0] for c in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    def restored_marks(self) -> frozenset[tuple[str, str, str]]:
-        """(registry, repository, digest) of manifests restored and not yet shown in a plan."""
-        with self._lock:
-            rows = self._db.execute("SELECT registry, repository, digest FROM restored")
-            return frozenset((r[0], r[1], r[2]) for r in rows.fetchall())
+    def restored_since(self, since: datetime) -> dict[tuple[str, str, str], datetime]:
+        """(registry, repository, digest) -> when it was restored, for the manifests
+        restored at ``since`` or later (now - restored_hold): those still held. Holds that
+        ended are forgotten. Reading a hold never ends it: plans and dry runs use none up."""
+        stamp = _ts(since)
+        with self._lock, self._transaction(immediate=True):
+            self._db.execute("DELETE FROM restored WHERE at < ?", (stamp,))
+            rows = self._db.execute("SELECT registry, repository, digest, at FROM restored")
+            return {(r[0], r[1], r[2]): datetime.fromisoformat(r[3]) for r in rows.fetchall()}
 
-    def clear_restored(self, keys: Iterable[tuple[str, str, str]]) -> None:
+    def journaled_digests(self, prefix: str) -> list[str]:
+        """The digests the journal holds that start with ``prefix`` (``sha256:`` and hex
+        digits), each once."""
+        # Every character of a sha256 digest after the prefix sorts below "g": a range scan
+        # of the digest index, with no pattern syntax to escape.
         with self._lock:
-            self._db.executemany("DELETE FROM restored WHERE registry=? AND repository=? AND "
-                                 "digest=?", list(keys))
+            rows = self._db.execute("SELECT DISTINCT digest FROM journal WHERE digest >= ? "
+                                    "AND digest < ? ORDER BY digest", (prefix, prefix + "g"))
+            return [r[0] for r in rows.fetchall()]
+
+    def journal_policies(self) -> set[str]:
+        """The policies the journal names (those that deleted something it still holds)."""
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT DISTINCT policy FROM journal")}

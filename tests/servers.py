@@ -305,6 +305,21 @@ def paged_tags(page_size: int) -> Rewrite:
     return rewrite
 
 
+def drop_tags(*dropped: str) -> Rewrite:
+    """Leaves ``dropped`` out of a tags/list answer, as distribution 3.1 on S3 leaves out a
+    tag that is a prefix of another (distribution/distribution#4891)."""
+
+    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if status != 200:
+            return status, headers, body
+        doc = json.loads(body)
+        doc["tags"] = [t for t in doc.get("tags") or [] if t not in dropped]
+        return status, headers, json.dumps(doc).encode()
+
+    return rewrite
+
+
 def set_link(link: str | None) -> Rewrite:
     """Replaces the answer's ``Link`` header (None removes it)."""
 

@@ -22,7 +22,7 @@ def test_attestation_mark_never_makes_a_young_tagged_image_old():
     """SPEC: the time of a manifest is the registry's push time, else its config's created.
     An index that (oddly, or by a hand-written `manifest create --annotation`) marks a real,
     tagged, 1-day-old image as its attestation gives that image the index's 40-day time
-    (planner._own_time checks `attested` before `pushed`/`created`), so `older_than: 30d`
+    (RepoView._own_time checks `attested` before `pushed`/`created`), so `older_than: 30d`
     deletes a 1-day-old image."""
     young = man("young", "build-2", days=1)
     old_index = replace(man("old-index", "build-1", children=("platform", "young")),

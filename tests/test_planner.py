@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retention.inventory import Repository
-from retention.planner import PLAUSIBLE_SINCE
+from retention.manifest_times import PLAUSIBLE_SINCE
 from tests.factories import NOW, deleted, dg, inv, kept, make_plan, man, name_of, protected
 
 SPEC_POLICY = (Path(__file__).parent / "data" / "spec-example.yaml").read_text()

@@ -3,6 +3,7 @@ reported as not restorable with nothing pushed."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ import httpx
 
 from retention.config import load_config
 from retention.restore import Item, decide, push_order, select
+from retention.runs import run_pass
+from retention.setup import load_setup
 from retention.state import JournalEntry, State
 from tests.acr_emulator import AcrEmulator
 from tests.pusher import OCI_INDEX, OCI_MANIFEST, Pushed, Pusher
@@ -106,18 +109,14 @@ def test_restore_puts_back_an_image_its_signature_and_a_multi_arch_index(
     code, doc, _ = restore(config, "--since", "1h")
     assert code == 0 and doc["entries"] == []
 
-    # The next run shows them protected as restored and deletes nothing; the one after
-    # decides by the policy again.
+    # The next run shows them protected as restored and deletes nothing (the hold: see
+    # test_a_restore_is_held_for_restored_hold).
     code, doc, _ = cli("run", "--config", str(config), "--output", "json")
     assert code == 0 and doc["actions"] == []
     protected = {d["digest"]: d for d in doc["protected"]}
     assert {protected[seeded["image"].digest]["reason"],
             protected[seeded["index"].digest]["reason"]} == {"restored"}
     assert "keep rule" in protected[seeded["image"].digest]["detail"]
-    code, table, _ = cli("plan", "--config", str(config))
-    assert "protect:restored" not in table
-    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
-    assert deleted_digests(doc) == {p.digest for p in seeded.values()}
 
 
 def test_after_garbage_collection_nothing_is_pushed(tmp_path, registry: Registry,
@@ -206,12 +205,124 @@ def test_restore_killed_mid_way_is_completed_by_the_next(tmp_path, registry: Reg
     assert pusher.tags("multi") == ["pr-2", "v1"] and "pr-1" in pusher.tags("app")
 
 
+def test_a_restore_is_held_for_restored_hold(tmp_path, registry: Registry, pusher: Pusher):
+    """The daemon deleted a restored manifest again a minute later: the hold was one plan,
+    and a `plan` used it up. It is measured in time now."""
+    seeded = seed(pusher)
+    config = write_config(tmp_path, registry.url, policy=PR)  # restored_hold: 7d, the default
+    delete_all(config, seeded)
+    code, doc, _ = restore(config, "--since", "1h")
+    assert code == 0, doc
+    held = {datetime.fromisoformat(e["held_until"]) for e in doc["entries"]}
+    soon = datetime.now(UTC) + timedelta(days=7)
+    assert doc["restored_hold"] == "7d"
+    assert all(soon - timedelta(minutes=1) < h <= soon for h in held)
+    code, table, _ = cli("restore", "--config", str(config), "--digest", seeded["image"].digest)
+    assert code == 0 and "nothing to restore" in table  # already back: nothing to say
+
+    # Plans, dry runs and runs come and go: none of them uses the hold up.
+    for command in (("plan",), ("run", "--dry-run"), ("plan",), ("run",), ("run",)):
+        code, doc, _ = cli(*command, "--config", str(config), "--output", "json")
+        assert code == 0 and {a["status"] for a in doc["actions"]} <= {"planned"}, command
+        assert not [a for a in doc["actions"] if a["status"] == "deleted"]
+        reasons = {d["digest"]: d["reason"] for d in doc["protected"]}
+        assert reasons[seeded["image"].digest] == reasons[seeded["index"].digest] == \
+            "restored", command
+        assert doc["actions"] == [], command
+    for name, p in seeded.items():
+        assert answers(registry.url, repo_of(name), "manifests", p.digest) == 200, name
+
+    # After the hold (the clock moved, not slept on), the policies decide again.
+    setup = load_setup(config)
+    later = min(held) + timedelta(seconds=1)
+    state = State.open(tmp_path / "state")
+    try:
+        before = asyncio.run(run_pass(setup, setup.policies, dry_run=True, state=state,
+                                      clock=lambda: min(held) - timedelta(seconds=1)))
+        assert before.plan.actions == ()
+        after = asyncio.run(run_pass(setup, setup.policies, dry_run=False, state=state,
+                                     clock=lambda: later))
+    finally:
+        state.close()
+    assert {a.digest for a in after.plan.actions} == {p.digest for p in seeded.values()}
+    assert not after.failed
+    assert answers(registry.url, "app", "manifests", seeded["image"].digest) == 404
+
+
+def test_restore_says_how_long_it_holds_and_how_to_keep_for_good(
+        tmp_path, registry: Registry, pusher: Pusher):
+    image = pusher.image("app", "pr-1", created=OLD, layers=(b"held" * 30,))
+    config = write_config(tmp_path, registry.url, policy=PR, extra="restored_hold: 2d12h")
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert deleted_digests(doc) == {image.digest}
+
+    code, table, _ = cli("restore", "--config", str(config), "--since", "1h", "--dry-run")
+    assert code == 0 and "restored_hold (2d12h)" in table and "allowlist" in table
+    code, table, _ = cli("restore", "--config", str(config), "--since", "1h")
+    assert code == 0, table
+    end = datetime.now(UTC) + timedelta(days=2, hours=12)
+    [line] = [x for x in table.splitlines() if "held for restored_hold" in x]
+    until = datetime.strptime(line.split(" until ")[1][:20], "%Y-%m-%d %H:%M:%SZ")
+    assert abs(until.replace(tzinfo=UTC) - end) < timedelta(minutes=1)
+    assert "plans and dry runs do not use the hold up" in line
+    assert "keep rule" in line and "allowlist" in line
+
+
 def test_usage_needs_a_window_or_digests(tmp_path, registry: Registry):
     config = write_config(tmp_path, registry.url, policy=PR)
     code, _, err = cli("restore", "--config", str(config))
     assert code == 2 and "--since" in err
     code, _, err = cli("restore", "--config", str(config), "--digest", "sha256:abc")
-    assert code == 2 and "whole sha256" in err
+    assert code == 2 and "first 12 or more of its hex digits" in err
+
+
+def test_digest_prefixes_as_the_tables_print_them(tmp_path, registry: Registry,
+                                                  pusher: Pusher):
+    seeded = seed(pusher)
+    config = write_config(tmp_path, registry.url, policy=PR)
+    delete_all(config, seeded)
+    image = seeded["image"].digest
+    _, listing, _ = cli("restore", "--config", str(config), "--since", "1h", "--dry-run")
+    assert image[7:19] in listing  # the 12 hex digits restore prints
+
+    for text in (image[7:19], image[:19], image[7:], image):
+        code, doc, err = restore(config, "--digest", text, "--dry-run")
+        assert code == 0, (text, err)
+        assert image in {e["digest"] for e in doc["entries"]}, text
+    code, doc, _ = restore(config, "--digest", image[7:19])
+    assert code == 0 and by_digest(doc)[image]["status"] == "restored"
+    assert answers(registry.url, "app", "manifests", image) == 200
+
+    for text, why in ((image[7:18], "first 12 or more"), ("sha256:" + "0" * 12, "no deleted"),
+                      ("SHA256:" + image[7:19], "first 12 or more"),
+                      (image[7:19] + "xyz", "first 12 or more")):
+        code, _, err = restore(config, "--digest", text)
+        assert code == 2 and why in err and "Traceback" not in err, (text, err)
+
+
+def test_an_ambiguous_prefix_and_an_unknown_policy_are_usage_errors(tmp_path,
+                                                                      registry: Registry):
+    state = State.open(tmp_path / "state")
+    now = datetime.now(UTC)
+    for digest in ("sha256:" + "ab" * 6 + "1" * 52, "sha256:" + "ab" * 6 + "2" * 52):
+        entry = state.journal_begin(at=now, registry="main", repository="app", digest=digest,
+                                    tags=["pr-1"], policy="gone", reason="r",
+                                    media_type=OCI_MANIFEST, body=b"{}")
+        state.journal_end(entry, status="deleted")
+    state.close()
+    config = write_config(tmp_path, registry.url, policy=PR)
+    code, _, err = restore(config, "--digest", "ab" * 6)
+    assert code == 2 and "ambiguous" in err and "sha256:abababababab" in err
+    # One more digit tells them apart: the restore goes ahead (and finds the made-up
+    # manifest's blobs missing: exit 1, not a usage error).
+    code, doc, err = restore(config, "--digest", "ab" * 6 + "1", "--dry-run")
+    assert code == 1 and "ambiguous" not in err
+    assert [e["digest"] for e in doc["entries"]] == ["sha256:" + "ab" * 6 + "1" * 52]
+    code, _, err = restore(config, "--since", "1h", "--policy", "nope")
+    assert code == 2 and "no policy named 'nope'" in err and "gone, p" in err
+    # A policy no longer configured that deleted something is still one to restore from.
+    code, doc, err = restore(config, "--since", "1h", "--policy", "gone", "--dry-run")
+    assert code == 1 and "no policy named" not in err and len(doc["entries"]) == 2
 
 
 def test_restore_through_the_oci_api_on_acr(acr: AcrEmulator, tmp_path):  # noqa: F811
@@ -358,3 +469,18 @@ def test_journal_keep_is_a_duration(tmp_path):
     config.write_text("registries:\n  main: {url: 'https://r.example'}\npolicies: p.yaml\n"
                       "journal_keep: 7d\n")
     assert load_config(config).journal_keep == timedelta(days=7)
+
+
+def test_restored_hold_is_a_duration(tmp_path):
+    (tmp_path / "p.yaml").write_text(PR)
+    config = tmp_path / "retention.yaml"
+    head = "registries:\n  main: {url: 'https://r.example'}\npolicies: p.yaml\n"
+    config.write_text(head + "restored_hold: a week\n")
+    code, _, err = cli("validate", "--config", str(config))
+    assert code == 2 and ":4:16:" in err and "invalid duration 'a week'" in err
+    config.write_text(head + "restored_hold: -1d\n")
+    assert cli("validate", "--config", str(config))[0] == 2
+    config.write_text(head)
+    assert load_config(config).restored_hold == timedelta(days=7)
+    config.write_text(head + "restored_hold: 36h\n")
+    assert load_config(config).restored_hold == timedelta(hours=36)

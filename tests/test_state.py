@@ -252,10 +252,16 @@ def test_restore_selection_by_repository_and_policy_and_a_failed_restore(tmp_pat
     assert state.deletions_to_restore() == []  # nothing asked for: nothing selected
     chosen = state.deletions_to_restore(repositories=[("main", "app")], policies=["p"])
     assert [e.digest for e in chosen] == ["sha256:a"]
-    # A restore that failed leaves no `restored` mark: the next plan does not protect it.
+    # A restore is held from before its push, and one that failed stays held (what it
+    # pushed, or may have pushed with its answer lost, is not deleted behind its back).
     restore = state.restore_begin(chosen[0], at=T0)
-    state.restore_end(restore, status="failed", detail="blobs gone", at=T0)
-    assert state.restored_marks() == frozenset()
+    assert state.restored_since(T0) == {("main", "app", "sha256:a"): T0}
+    state.restore_end(restore, status="failed", detail="blobs gone", at=T0 + timedelta(1))
+    assert state.restored_since(T0) == {("main", "app", "sha256:a"): T0}
+    # Read again and again, a hold lasts; once it has ended it is forgotten.
+    assert state.restored_since(T0) == {("main", "app", "sha256:a"): T0}
+    assert state.restored_since(T0 + timedelta(seconds=1)) == {}
+    assert state.restored_since(T0) == {}
     assert [e.digest for e in state.deletions_to_restore(digests=["sha256:a"])] == ["sha256:a"]
 
 

@@ -1,0 +1,73 @@
+"""Listings that silently leave something out, on a real registry behind the fault proxy.
+
+distribution 3.1 on S3 drops from tags/list a tag that is a prefix of another
+(distribution/distribution#4891): the manifest only that tag named then looks untagged, an
+orphan an untagged rule deletes. A tag retention saw before and the listing no longer shows
+is looked up (a HEAD by tag) first.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from tests.pusher import Pusher
+from tests.servers import Fault, FaultProxy, Registry, drop_tags
+from tests.test_run_e2e import cli, deleted_digests, write_config
+
+OLD = "2024-01-01T00:00:00Z"
+
+
+def seed(pusher: Pusher):
+    """``build`` is a prefix of ``build-2``: what distribution 3.1 on S3 leaves out."""
+    kept = pusher.image("app", "build", created=OLD, layers=(b"tagged build" * 20,))
+    newer = pusher.image("app", "build-2", created=OLD, layers=(b"newer build" * 20,))
+    return kept, newer
+
+
+def test_a_tag_left_out_of_the_listing_that_still_resolves_makes_the_repository_unreadable(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    kept, _ = seed(pusher)
+    orphan = pusher.image("other", "v1", created=OLD)
+    config = write_config(tmp_path, proxy.url)  # deletes every orphan, untagged_grace 0s
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and doc["actions"] == []  # app:build -> kept is recorded
+    pusher.image("other", "v1", created=OLD, layers=(b"re-pushed" * 20,))
+
+    proxy.inject(Fault("GET", r"^/v2/app/tags/list", "rewrite", times=100,
+                       rewrite=drop_tags("build")))
+    requests_before = len(proxy.requests)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 1
+    assert proxy.count("DELETE", r"/v2/app/") == 0
+    assert pusher.exists("app", kept.digest) and pusher.exists("app", "build")
+    [error] = [e["message"] for e in doc["errors"] if e["repository"] == "app"]
+    assert "does not show tag 'build'" in error and "still resolves" in error
+    # The missing tag is looked up by tag, once (the first run read the tags by GET); the
+    # read of the repository stops there.
+    assert proxy.count("HEAD", r"/v2/app/manifests/build$") == 1
+    assert proxy.count("HEAD", r"/v2/app/manifests/") == 1
+    # The other repository is read and decided as usual: its orphan goes.
+    assert deleted_digests(doc) == {orphan.digest}
+    assert pusher.exists("other", "v1")
+    # Where no tag is missing, no tag is looked up beyond those listed.
+    by_tag = {p for m, p in proxy.requests[requests_before:]
+              if m == "HEAD" and "/manifests/sha256:" not in p}
+    assert by_tag == {"/v2/app/manifests/build", "/v2/other/manifests/v1"}
+
+
+def test_a_tag_really_removed_leaves_its_manifest_an_orphan(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    kept, newer = seed(pusher)
+    config = write_config(tmp_path, proxy.url)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and doc["actions"] == []
+
+    # The tag is removed from the registry's storage (distribution's own layout): it is
+    # gone for every client, and the HEAD by tag answers 404.
+    shutil.rmtree(registry.root / "docker/registry/v2/repositories/app/_manifests/tags/build")
+    assert not pusher.exists("app", "build")
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0, doc
+    assert deleted_digests(doc) == {kept.digest}
+    assert proxy.count("HEAD", r"/v2/app/manifests/build$") == 1  # the check's one HEAD
+    assert pusher.exists("app", newer.digest)
