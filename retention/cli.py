@@ -34,6 +34,7 @@ from retention.runs import (
     open_clients,
     plan_all,
     registries_of,
+    restored_holds,
     run_pass,
     storage_of,
     warn_mistakes,
@@ -409,7 +410,8 @@ def _summary(setup: Setup, names: list[str], args: argparse.Namespace, out: Text
                 now = datetime.now(UTC)
                 in_use = await in_use_pass(setup.config, inventories, state, now=now)
                 return inventories, plan_all(setup, inventories, policies, now=now,
-                                             in_use=in_use, restored=state.restored_marks())
+                                             in_use=in_use,
+                                             restored=restored_holds(setup, state, now))
         finally:
             state.close()
 

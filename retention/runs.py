@@ -148,6 +148,15 @@ def warn_mistakes(setup: Setup, policies: Iterable[Policy],
                          "protects nothing")
 
 
+def restored_holds(setup: Setup, state: State, now: datetime
+                   ) -> dict[tuple[str, str, str], datetime]:
+    """What restores put back, with when each hold ends. A restored manifest is held for
+    restored_hold after its restore, measured in time: plans, dry runs and runs in between
+    use none of it up."""
+    hold = setup.config.restored_hold
+    return {key: at + hold for key, at in state.restored_since(now - hold).items()}
+
+
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],
              *, now: datetime, in_use: InUse = NOTHING,
              restored: Mapping[tuple[str, str, str], datetime] | None = None) -> Plan:
@@ -254,12 +263,8 @@ async def run_pass(
         in_use = await in_use_pass(setup.config, inventories, state, now=clock(),
                                    metrics=metrics)
         now = clock()
-        # A restored manifest is held for restored_hold after its restore, measured in time:
-        # plans, dry runs and runs in between use none of it up.
-        hold = setup.config.restored_hold
-        restored = {key: at + hold for key, at in state.restored_since(now - hold).items()}
         whole = plan_all(setup, inventories, settled.values(), now=now, in_use=in_use,
-                         restored=restored)
+                         restored=restored_holds(setup, state, now))
         the_plan = only(whole, [p.name for p in policies], inventories)
         if metrics:
             metrics.record_plan(the_plan)
