@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -429,6 +429,15 @@ class State:
                 for table in ("manifests", "tags", "restored"):
                     self._db.execute(f"DELETE FROM {table} WHERE registry=? AND "  # noqa: S608
                                      "repository=? AND digest=?", row)
+
+    def journal_bytes(self, freed: Mapping[int, int]) -> None:
+        """The bytes journaled deletions freed (journal row -> bytes), known once a run's
+        deletions are over."""
+        if not freed:
+            return
+        with self._lock, self._transaction(immediate=True):
+            self._db.executemany("UPDATE journal SET bytes=? WHERE id=?",
+                                 [(size, entry) for entry, size in freed.items()])
 
     def prune_journal(self, before: datetime) -> int:
         """Forget deletions (with their bodies) and restores older than ``before``
