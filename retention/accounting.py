@@ -4,7 +4,10 @@ A blob (a manifest body, an image config, a layer) is freed only when no manifes
 anywhere in the registry references it. Blobs are shared across repositories, so survival is
 decided registry-wide, and a repository that could not be read still holds what was last
 known there. The planner uses this for what a plan would free; the executor for what a run
-really freed, one deletion at a time, as each manifest really goes.
+really freed, once its deletions are over, replaying them in the order they went, with the
+manifests pushed meanwhile as present as the rest (the collector runs later: a rebuild that
+shares a layer with a deleted build keeps that layer, even when pushed after the deletion).
+Foreign layers (``urls``; Windows base layers) come with size 0: the registry stores none.
 
 What references a blob is what distribution's garbage collector marks (2.8, `registry
 garbage-collect` without `--delete-untagged`): for each manifest present in a repository,
@@ -27,6 +30,7 @@ freed, only manifest bodies (fewer bytes than the collector may free: never more
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
 from operator import attrgetter
@@ -68,7 +72,10 @@ class Ledger:
     last reference was an index's listing.
     """
 
-    def __init__(self, inventory: Inventory):
+    def __init__(self, inventory: Inventory, *,
+                 newcomers: Iterable[tuple[str, Manifest]] = ()):
+        """``newcomers``: (repository, manifest) pushed since the inventory was read; they
+        are present as much as the inventory's own."""
         self._manifests: dict[Key, Manifest] = {}
         self._references: dict[str, int] = defaultdict(int)
         self._sizes: dict[str, int] = {}
@@ -77,21 +84,22 @@ class Ledger:
         # A manifest not understood may hold any config or layer (never deleted by a plan,
         # so this holds for the whole run).
         self._opaque = False
-        for repo in inventory.repositories:
-            for m in (*repo.manifests, *repo.last_known):
-                key = (repo.name, m.digest)
-                if key in self._manifests:
-                    continue
-                self._manifests[key] = m
-                self._opaque = self._opaque or _opaque(m)
-                for digest, size in _blobs(m):
-                    self._references[digest] += 1
-                    if m.parsed or digest == m.digest:
-                        self._sizes[digest] = size
-                    else:  # a schema 1 layer: size unknown, never over a known one
-                        self._sizes.setdefault(digest, 0)
-                for child in m.children:  # the collector marks the body of each child
-                    self._references[child] += 1
+        present = ((repo.name, m) for repo in inventory.repositories
+                   for m in (*repo.manifests, *repo.last_known))
+        for name, m in itertools.chain(present, newcomers):
+            key = (name, m.digest)
+            if key in self._manifests:
+                continue
+            self._manifests[key] = m
+            self._opaque = self._opaque or _opaque(m)
+            for digest, size in _blobs(m):
+                self._references[digest] += 1
+                if m.parsed or digest == m.digest:
+                    self._sizes[digest] = size
+                else:  # a schema 1 layer: size unknown, never over a known one
+                    self._sizes.setdefault(digest, 0)
+            for child in m.children:  # the collector marks the body of each child
+                self._references[child] += 1
 
     def remove(self, key: Key, *, owner: Hashable | None) -> list[tuple[Hashable, int]]:
         """The manifest ``key`` is gone: (owner, bytes) for what that frees. ``owner`` is

@@ -8,7 +8,9 @@ deletes, the daemon is not stopping, every manifest of the repository that refer
 digest (an index listing it, its subject) is gone, and its tags, confirmed from the
 registry at most ``confirm_window`` before, are exactly those the plan saw. Before the gate
 the manifest's exact bytes are read; once it passes they are journaled (committed) and only
-then is the DELETE sent, so ``retention restore`` can put back anything that went.
+then is the DELETE sent, so ``retention restore`` can put back anything that went. The
+bytes each deletion freed are settled when the run's deletions are over (``_settle``), with
+the manifests pushed meanwhile, which the confirmations saw, holding their blobs.
 
 Dry-run and enforce take the same path and log the same events; dry-run returns just before
 the DELETE. All policies of a run are applied together, repository by repository, parents
@@ -18,6 +20,7 @@ before children, so a child shared by two policies' indexes waits for both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,12 +32,12 @@ import structlog
 
 from retention.accounting import Ledger
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
-from retention.inventory import Inventory, referrer_tag_subject
+from retention.inventory import Inventory, Manifest, referrer_tag_subject
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, RegistryClient
-from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
+from retention.scanner import ManifestFacts, body_facts
 from retention.state import State
 
 if TYPE_CHECKING:
@@ -111,7 +114,10 @@ class TagConfirmation:
 
     The same re-read shows manifests pushed since the plan (``known`` is what the plan
     saw): one that references a manifest about to be deleted (a new index reusing a child,
-    a new signature) makes that manifest stay.
+    a new signature) makes that manifest stay. Every newcomer any read showed is still in
+    the registry at its garbage collection (untagged since, at worst), holding its blobs:
+    ``newcomers`` tells the bytes accounting (``read_newcomers`` reads them all, and the
+    repository once more after its last DELETE).
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
@@ -126,6 +132,11 @@ class TagConfirmation:
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
         self._read_at: float | None = None
         self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
+        self._seen_new: set[str] = set()  # digests beyond ``known`` that any read showed
+        # What each newcomer read holds (None: gone when read); a digest missing here was
+        # not read, or its read failed: it may hold anything.
+        self._facts: dict[str, ManifestFacts | None] = {}
+        self._last_read: frozenset[str] | None = None  # the read after the last DELETE
         self.rereads = 0
 
     async def tags_of(self, digest: str) -> set[str]:
@@ -168,6 +179,7 @@ class TagConfirmation:
                 if head is not None:  # None: the tag vanished between listing and reading
                     snapshot.setdefault(head.digest, set()).add(tag)
         self._snapshot, self._read_at = snapshot, started
+        self._seen_new.update(snapshot.keys() - self._known)
         self.rereads += 1
 
     async def _references(self, digest: str) -> frozenset[str] | None:
@@ -175,29 +187,76 @@ class TagConfirmation:
         None when it cannot be parsed: it may reference anything (unknown means keep)."""
         if digest not in self._links:
             found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
-            fetched = await self._client.get_manifest(self._repository, digest)
+            facts = await self._read(digest)
             links: frozenset[str] | None = frozenset(found)
-            if fetched is not None:
-                try:
-                    parsed = parse_manifest(fetched.body, fetched.media_type)
-                except ManifestFormatError:
-                    links = None
-                else:
-                    links = frozenset(found | {c.digest for c in parsed.children}
-                                      | ({parsed.subject} if parsed.subject else set()))
+            if facts is not None and not facts.parsed:
+                links = None
+            elif facts is not None:
+                links = frozenset(found | set(facts.children)
+                                  | ({facts.subject} if facts.subject else set()))
             self._links[digest] = links
         return self._links[digest]
+
+    async def _read(self, digest: str) -> ManifestFacts | None:
+        """What a newcomer holds, read once; None when it is gone."""
+        if digest not in self._facts:
+            fetched = await self._client.get_manifest(self._repository, digest)
+            self._facts[digest] = body_facts(digest, fetched) if fetched is not None else None
+        return self._facts[digest]
+
+    async def read_newcomers(self) -> None:
+        """After the repository's last DELETE: read it once more (a push since the last
+        confirmation), then every newcomer not read yet, and what they reference that the
+        plan did not see (the untagged children of a new index). A read that fails leaves
+        that newcomer unknown; a failed re-read leaves what earlier reads showed."""
+        with contextlib.suppress(RegistryError):
+            await self._reread()
+            self._last_read = frozenset(self._snapshot)
+        pending = set(self._seen_new)
+        while pending:
+            digest = pending.pop()
+            try:
+                facts = await self._read(digest)
+            except RegistryError:
+                continue
+            if facts is not None:
+                more = {d for d in (*facts.children, *([facts.subject] if facts.subject
+                                                       else []))
+                        if d not in self._known and d not in self._seen_new}
+                self._seen_new |= more
+                pending |= more
+
+    def newcomers(self) -> list[Manifest]:
+        """The manifests pushed during the run that any read showed: present for the bytes
+        accounting. One not read may hold any blob (as a manifest retention cannot parse)."""
+        out = []
+        for digest in sorted(self._seen_new):
+            if digest not in self._facts:
+                out.append(Manifest(digest, "unknown", 0, parsed=False))
+            elif (f := self._facts[digest]) is not None:
+                out.append(Manifest(digest, f.media_type, f.size, blobs=f.blobs,
+                                    children=f.children, subject=f.subject, parsed=f.parsed))
+        return out
+
+    def back(self, digest: str) -> bool:
+        """Whether the read after the repository's last DELETE showed ``digest``: a manifest
+        deleted (or found gone) in this run and pushed again since, which frees nothing."""
+        return self._last_read is not None and digest in self._last_read
 
 
 @dataclass(slots=True)
 class _Live:
     """What this run has done so far: the executor's view of what is gone and what stays,
-    and the bytes each deletion freed."""
+    and, for the bytes each deletion freed, what went in which order and what was pushed
+    meanwhile."""
 
     outcomes: dict[OutcomeKey, Outcome]
-    ledgers: dict[str, Ledger]  # registry -> references still present there
     gone: set[OutcomeKey] = field(default_factory=set)  # deleted now, or found already gone
     broken: dict[str, str] = field(default_factory=dict)  # registry -> why no more deletes
+    # Each manifest gone, in order: (its action, deleted by this run, its journal row).
+    went_order: list[tuple[Action, bool, int | None]] = field(default_factory=list)
+    # (registry, repository) -> its confirmation: the newcomers its reads showed.
+    confirmations: dict[tuple[str, str], TagConfirmation] = field(default_factory=dict)
 
     def stays(self, registry: str, repository: str, digest: str) -> str | None:
         """None when the manifest is gone; else a few words on why it is still there."""
@@ -209,18 +268,36 @@ class _Live:
             return "not deleted by this run"
         return f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
 
-    def went(self, a: Action, *, by_us: bool) -> list[tuple[Action, int]]:
-        """``a``'s manifest is gone (deleted by this run, or found gone): the bytes that
-        frees, as (the deletion credited, bytes)."""
+    def went(self, a: Action, *, by_us: bool, entry: int | None) -> None:
+        """``a``'s manifest is gone (deleted by this run, or found gone)."""
         self.gone.add(outcome_key(a))
         self.outcomes[outcome_key(a)] = Outcome(DELETED)
-        ledger = self.ledgers.get(a.registry)
-        credits = ledger.remove((a.repository, a.digest), owner=a if by_us else None) \
-            if ledger is not None else []
-        for owner, size in credits:
-            key = outcome_key(owner)  # type: ignore[arg-type]
-            self.outcomes[key] = Outcome(DELETED, bytes=self.outcomes[key].bytes + size)
-        return credits  # type: ignore[return-value]
+        self.went_order.append((a, by_us, entry))
+
+    def settle(self, inventories: Mapping[str, Inventory]) -> dict[OutcomeKey, int]:
+        """The bytes each deletion freed, once the run's deletions are over: what the
+        garbage collector frees is decided by what is there when it runs, so the manifests
+        pushed while the run deleted hold their blobs (even those pushed after a deletion
+        that shared them), and a manifest pushed again since its deletion frees nothing."""
+        newcomers: dict[str, list[tuple[str, Manifest]]] = {}
+        for (registry, repository), confirmation in self.confirmations.items():
+            newcomers.setdefault(registry, []).extend(
+                (repository, m) for m in confirmation.newcomers())
+        ledgers = {registry: Ledger(inventory, newcomers=newcomers.get(registry, ()))
+                   for registry, inventory in inventories.items()
+                   if any(a.registry == registry for a, _, _ in self.went_order)}
+        freed: dict[OutcomeKey, int] = {outcome_key(a): 0 for a, _, _ in self.went_order}
+        for a, by_us, _ in self.went_order:
+            confirmation = self.confirmations.get((a.registry, a.repository))
+            ledger = ledgers.get(a.registry)
+            if ledger is None or (confirmation is not None and confirmation.back(a.digest)):
+                continue
+            for owner, size in ledger.remove((a.repository, a.digest),
+                                             owner=a if by_us else None):
+                freed[outcome_key(owner)] += size  # type: ignore[arg-type]
+        for key, size in freed.items():
+            self.outcomes[key] = Outcome(DELETED, bytes=size)
+        return freed
 
 
 class Executor:
@@ -249,40 +326,50 @@ class Executor:
         was made from: what the repositories held, and so what each deletion frees."""
         report = Report()
         log_decisions(plan, dry_run=dry_run)
-        live: _Live | None = None  # made for the first deletion sent: a dry run needs none
+        live = _Live(report.outcomes)
         groups: dict[tuple[str, str], list[tuple[PolicyPlan, Action]]] = {}
         for p in plan.policies:
             if p.aborted:
                 continue
             for a in p.actions:
                 groups.setdefault((a.registry, a.repository), []).append((p, a))
-        for (registry, repository), pairs in sorted(groups.items()):
-            if dry_run:
-                for _, a in pairs:
-                    log.info("manifest deleted", **_event(a), reason=a.reason,
-                             cascade_of=a.cascade_of, dry_run=True)
-                continue
-            if live is None:
-                live = _Live(report.outcomes,
-                             {name: Ledger(inv) for name, inv in inventories.items()})
-            actions = parents_first(a for _, a in pairs)
-            inventory = inventories.get(registry)
-            known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
-                              if r.name == repository for m in r.manifests)
-            await self._apply_repository(registry, repository, actions, live, report,
-                                         known=known)
-            for p in {id(p): p for p, _ in pairs}.values():
-                if repository in p.emptied:
-                    mine = [a for q, a in pairs if q is p]
-                    await self._delete_if_empty(p, repository, mine, report)
+        try:
+            for (registry, repository), pairs in sorted(groups.items()):
+                if dry_run:
+                    for _, a in pairs:
+                        log.info("manifest deleted", **_event(a), reason=a.reason,
+                                 cascade_of=a.cascade_of, dry_run=True)
+                    continue
+                actions = parents_first(a for _, a in pairs)
+                inventory = inventories.get(registry)
+                known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
+                                  if r.name == repository for m in r.manifests)
+                await self._apply_repository(registry, repository, actions, live, report,
+                                             known=known)
+                for p in {id(p): p for p, _ in pairs}.values():
+                    if repository in p.emptied:
+                        mine = [a for q, a in pairs if q is p]
+                        await self._delete_if_empty(p, repository, mine, report)
+        finally:
+            # Also when the run is cut short (cancelled): what went is counted.
+            self._settle(live, inventories)
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
                                 live: _Live, report: Report, *, known: frozenset[str]) -> None:
         client = self._clients[registry]
         confirmation = TagConfirmation(client, repository, window=self._window, known=known)
+        live.confirmations[(registry, repository)] = confirmation
+        before = len(live.went_order)
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
+        if not self._stop.is_set() and any(
+                by_us and (a.registry, a.repository) == (registry, repository)
+                for a, by_us, _ in live.went_order[before:]):
+            # What was pushed here while this repository's deletions went on holds blobs
+            # they may have shared (reclaimed bytes): seen by one more read after the last.
+            # (Not while stopping: a newcomer not read then keeps every config and layer.)
+            await confirmation.read_newcomers()
 
     async def _verdict(self, a: Action, confirmation: TagConfirmation,
                        live: _Live) -> tuple[str, str] | None:
@@ -396,28 +483,40 @@ class Executor:
             return
 
     def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None) -> None:
-        """The manifest is gone: journal it, credit the bytes it freed, count it."""
-        credits = live.went(a, by_us=by_us)
-        freed = sum(size for owner, size in credits if owner is a)
+        """The manifest is gone: journal it and count it. The bytes it freed are known when
+        the run's deletions are over (``_settle``)."""
+        live.went(a, by_us=by_us, entry=entry)
         if entry is not None and not by_us:
             # Someone else deleted it between our read and our DELETE: not ours to restore.
             self._state.journal_end(entry, status=GONE, reason="already gone: deleted by "
                                     "someone else before retention's DELETE")
         elif entry is not None:
-            self._state.journal_end(entry, status=DELETED, bytes=freed)
+            self._state.journal_end(entry, status=DELETED)
         else:
             self._state.record_deletion(at=self._clock(), registry=a.registry,
                                         repository=a.repository, digest=a.digest, tags=a.tags,
-                                        bytes=freed, policy=a.policy,
+                                        bytes=0, policy=a.policy,
                                         reason=a.reason if by_us else f"{a.reason} (already gone)",
                                         status=DELETED)
-        if self._metrics:
-            if by_us:
-                self._metrics.manifests_deleted.labels(a.registry, a.policy).inc()
-            for owner, size in credits:
-                self._metrics.reclaimed_bytes.labels(owner.registry, owner.policy).inc(size)
-        log.info("manifest deleted", **{**_event(a), "bytes": freed}, reason=a.reason,
-                 cascade_of=a.cascade_of, already_gone=not by_us, dry_run=False)
+        if self._metrics and by_us:
+            self._metrics.manifests_deleted.labels(a.registry, a.policy).inc()
+
+    def _settle(self, live: _Live, inventories: Mapping[str, Inventory]) -> None:
+        """The bytes each deletion freed (``_Live.settle``): into the outcomes, the journal,
+        the metrics, and each deletion's event, in the order they went."""
+        freed = live.settle(inventories)
+        journaled = {entry: freed[outcome_key(a)] for a, by_us, entry in live.went_order
+                     if by_us and entry is not None}
+        try:
+            self._state.journal_bytes(journaled)
+        except sqlite3.Error as exc:  # the bytes are a record: the deletions are journaled
+            log.warning("reclaimed bytes not journaled", error=str(exc))
+        for a, by_us, _ in live.went_order:
+            size = freed[outcome_key(a)]
+            if self._metrics:
+                self._metrics.reclaimed_bytes.labels(a.registry, a.policy).inc(size)
+            log.info("manifest deleted", **{**_event(a), "bytes": size}, reason=a.reason,
+                     cascade_of=a.cascade_of, already_gone=not by_us, dry_run=False)
 
     def _unsure(self, a: Action, live: _Live, report: Report, reason: str) -> None:
         """Whether its DELETE went through is not known: failed, and its journal row stays

@@ -50,7 +50,7 @@ class Item:
     entry: JournalEntry
     children: tuple[str, ...] = ()  # an index's manifests
     subjects: tuple[str, ...] = ()  # the OCI subject, and the digest a referrer tag names
-    blobs: tuple[str, ...] = ()  # config and layers
+    blobs: tuple[str, ...] = ()  # config and layers the registry must hold (not foreign ones)
     unparsable: str | None = None
     named: bool = False  # asked for by --digest (not only pulled in with something else)
 
@@ -103,12 +103,11 @@ def item_of(entry: JournalEntry, *, named: bool = False) -> Item:
         parsed = parse_manifest(entry.body, entry.media_type)
     except ManifestFormatError as exc:
         return Item(entry, unparsable=str(exc), named=named)
-    blobs = ([parsed.config.digest] if parsed.config else []) + [b.digest for b in parsed.layers]
     subjects = {parsed.subject} if parsed.subject else set()
     subjects.update(s for t in entry.tags if (s := referrer_tag_subject(t)) is not None)
     subjects.discard(entry.digest)
     return Item(entry, tuple(dict.fromkeys(c.digest for c in parsed.children)),
-                tuple(sorted(subjects)), tuple(dict.fromkeys(blobs)), None, named)
+                tuple(sorted(subjects)), parsed.required_blobs(), None, named)
 
 
 def select(chosen: Sequence[JournalEntry], pool: Iterable[JournalEntry], *,

@@ -30,6 +30,7 @@ from retention.registry.client import FetchedManifest, RegistryClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
+    ParsedManifest,
     config_created,
     parse_manifest,
     schema1_layers,
@@ -349,33 +350,50 @@ class Scanner:
             fetched = await self._client.get_manifest(repository, digest)
         if fetched is None:
             return None
-        size = len(fetched.body)
         try:
             parsed = parse_manifest(fetched.body, fetched.media_type)
         except ManifestFormatError as exc:
             log.warning("manifest not understood", registry=self._client.settings.name,
                         repository=repository, digest=digest, error=str(exc))
-            # A schema 1 manifest's layers are what the garbage collector marks for it:
-            # known, they are references (sizes unknown: 0, never taken as a blob's size).
-            # Still unparsed: the planner protects it as before.
-            layers = schema1_layers(fetched.body) or ()
-            facts = ManifestFacts(digest, fetched.media_type or "unknown", size, parsed=False,
-                                  blobs=tuple(Blob(b, 0) for b in layers))
+            facts = unparsed_facts(digest, fetched)
             self._cache.put_facts(facts)
             return facts
         created = None
-        blobs: tuple[Blob, ...] = ()
-        if parsed.config is not None:
-            blobs = (parsed.config, *parsed.layers)
-            if parsed.config_media_type in IMAGE_CONFIGS and self._acr is None:
-                body = await self._client.get_blob(repository, parsed.config.digest)
-                created = config_created(body) if body is not None else None
-        facts = ManifestFacts(
-            digest=digest, media_type=parsed.media_type, size=size, blobs=blobs,
-            children=tuple(c.digest for c in parsed.children), subject=parsed.subject,
-            artifact_type=parsed.artifact_type, created=created,
-            config_read=self._acr is None, annotated=parsed.created_annotation,
-            attestations=parsed.attestations,
-        )
+        if parsed.config is not None and parsed.config_media_type in IMAGE_CONFIGS \
+                and self._acr is None:
+            body = await self._client.get_blob(repository, parsed.config.digest)
+            created = config_created(body) if body is not None else None
+        facts = replace(parsed_facts(digest, fetched, parsed), created=created,
+                        config_read=self._acr is None)
         self._cache.put_facts(facts)
         return facts
+
+
+def unparsed_facts(digest: str, fetched: FetchedManifest) -> ManifestFacts:
+    """The facts of a manifest retention does not parse (the planner protects it). A schema
+    1 manifest's layers are what the garbage collector marks for it: known, they are its
+    references (sizes unknown: 0, never taken as a blob's size)."""
+    layers = schema1_layers(fetched.body) or ()
+    return ManifestFacts(digest, fetched.media_type or "unknown", len(fetched.body),
+                         parsed=False, blobs=tuple(Blob(b, 0) for b in layers))
+
+
+def parsed_facts(digest: str, fetched: FetchedManifest,
+                 parsed: ParsedManifest) -> ManifestFacts:
+    """What a parsed manifest's own bytes say (not its config's `created`): its blobs with
+    the bytes the registry stores for them (a foreign layer stores none)."""
+    return ManifestFacts(
+        digest=digest, media_type=parsed.media_type, size=len(fetched.body),
+        blobs=parsed.stored_blobs(), children=tuple(c.digest for c in parsed.children),
+        subject=parsed.subject, artifact_type=parsed.artifact_type,
+        annotated=parsed.created_annotation, attestations=parsed.attestations,
+    )
+
+
+def body_facts(digest: str, fetched: FetchedManifest) -> ManifestFacts:
+    """A manifest's facts from its bytes alone (no `created`: that is in its config)."""
+    try:
+        parsed = parse_manifest(fetched.body, fetched.media_type)
+    except ManifestFormatError:
+        return unparsed_facts(digest, fetched)
+    return parsed_facts(digest, fetched, parsed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -79,6 +79,8 @@ def _facts_to_json(f: ManifestFacts) -> str:
         "attestations": list(f.attestations),
         # Unparsed facts written since a schema 1 manifest's layers are read (see below).
         **({} if f.parsed else {"layers_read": True}),
+        # Written since a foreign layer's size is the 0 bytes the registry stores (below).
+        "stored_sizes": True,
     })
 
 
@@ -97,6 +99,11 @@ def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
         # once, or its references stay unknown and keep every config and layer in the
         # registry from being counted as freed. (Any unparsed type: a schema 1 body may have
         # been served under another content type.)
+        return None
+    if d["parsed"] and d["blobs"] and "stored_sizes" not in d:
+        # An image cached while a foreign layer (Windows; `urls`) counted its full size,
+        # which the registry does not store: read it again, once, or those bytes are
+        # reported as freed.
         return None
     return ManifestFacts(
         digest=digest, media_type=d["media_type"], size=d["size"],
@@ -422,6 +429,15 @@ class State:
                 for table in ("manifests", "tags", "restored"):
                     self._db.execute(f"DELETE FROM {table} WHERE registry=? AND "  # noqa: S608
                                      "repository=? AND digest=?", row)
+
+    def journal_bytes(self, freed: Mapping[int, int]) -> None:
+        """The bytes journaled deletions freed (journal row -> bytes), known once a run's
+        deletions are over."""
+        if not freed:
+            return
+        with self._lock, self._transaction(immediate=True):
+            self._db.executemany("UPDATE journal SET bytes=? WHERE id=?",
+                                 [(size, entry) for entry, size in freed.items()])
 
     def prune_journal(self, before: datetime) -> int:
         """Forget deletions (with their bodies) and restores older than ``before``

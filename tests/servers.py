@@ -83,9 +83,11 @@ class Registry:
 
 def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = True,
                    tls: tuple[Path, Path] | None = None, schema1: bool = False,
-                   metrics_port: int | None = None) -> Registry:
+                   metrics_port: int | None = None, foreign_urls: str | None = None) -> Registry:
     """``tls`` is (certificate, key): the registry then serves HTTPS. ``schema1``: accept
     Docker schema-1 manifests (distribution 2.8 refuses their push unless told to).
+    ``foreign_urls``: a regular expression of the layer ``urls`` manifests may name (Windows
+    images' foreign layers); by default distribution 2.8 refuses every such URL.
     ``metrics_port``: export the registry's own request counters (Prometheus) there."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -104,6 +106,8 @@ def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = Tr
         config["auth"] = auth
     if schema1:
         config["compatibility"] = {"schema1": {"enabled": True}}
+    if foreign_urls is not None:
+        config["validation"] = {"manifests": {"urls": {"allow": [foreign_urls]}}}
     if tls:
         config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     if metrics_port is not None:

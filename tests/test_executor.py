@@ -108,8 +108,9 @@ def test_confirmation_is_reused_within_the_window(tmp_path, registry, pusher, pr
     config = write_config(tmp_path, proxy.url, policy=PR)
     code, doc, _ = cli("run", "--config", str(config), "--output", "json")
     assert code == 0 and len(deleted_digests(doc)) == 6
-    # One listing to plan, one to confirm all six deletions (they take far less than 5 s).
-    assert proxy.count("GET", r"/v2/app/tags/list") == 2
+    # One listing to plan, one to confirm all six deletions (they take far less than 5 s),
+    # one after the last DELETE for what was pushed meanwhile (reclaimed bytes).
+    assert proxy.count("GET", r"/v2/app/tags/list") == 3
 
 
 # -- 2. a child goes only after every parent is gone ------------------------------------------
@@ -520,6 +521,12 @@ def test_deletions_are_counted_even_if_the_run_is_cancelled(tmp_path, registry, 
     assert gone >= 1
     assert metrics.registry.get_sample_value(
         "retention_manifests_deleted_total", {"registry": "main", "policy": "p"}) == gone
+    # And the bytes the early one freed (settled as the run is cancelled): its body and its
+    # layer, not its config, which the late one (not known to be gone) shares.
+    early = min([a, b], key=lambda p: p.digest)
+    assert metrics.registry.get_sample_value(
+        "retention_reclaimed_bytes_total", {"registry": "main", "policy": "p"}) == \
+        early.size + early.blobs[1][1]
 
 
 # A digest matched by an aborted policy and by another: the other one says why it stays.

@@ -32,6 +32,14 @@ ATTESTATION_MANIFEST = "attestation-manifest"
 IMAGE_CONFIGS = frozenset(
     {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
 )
+# Layers a registry does not store (Windows base layers): clients fetch them from their
+# descriptor's `urls`.
+FOREIGN_LAYERS = frozenset({
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
 
 
 class ManifestFormatError(ValueError):
@@ -49,6 +57,47 @@ class ParsedManifest:
     subject: str | None = None
     artifact_type: str | None = None
     created_annotation: datetime | None = None
+    # Of the config and layers, the digests the registry does not store (SPEC: they count 0
+    # bytes): every descriptor naming it has `urls` or a foreign layer type.
+    foreign: frozenset[str] = frozenset()
+    # Of those, the digests every descriptor of which has `urls`: distribution accepts a
+    # manifest without them (a push checks only descriptors without `urls`), so restore
+    # does not need them.
+    remote: frozenset[str] = frozenset()
+
+    def _blobs(self) -> tuple[Blob, ...]:
+        return (self.config, *self.layers) if self.config is not None else self.layers
+
+    def stored_blobs(self) -> tuple[Blob, ...]:
+        """Config and layers with the bytes the registry stores for each: 0 when foreign."""
+        return tuple(Blob(b.digest, 0) if b.digest in self.foreign else b
+                     for b in self._blobs())
+
+    def required_blobs(self) -> tuple[str, ...]:
+        """The distinct config and layers the registry must hold to accept this manifest."""
+        return tuple(dict.fromkeys(b.digest for b in self._blobs()
+                                   if b.digest not in self.remote))
+
+
+def _has_urls(d: dict[str, object]) -> bool:
+    urls = d.get("urls")
+    return isinstance(urls, list) and len(urls) > 0
+
+
+def _foreign_type(d: dict[str, object]) -> bool:
+    media_type = d.get("mediaType")
+    return isinstance(media_type, str) and media_type in FOREIGN_LAYERS
+
+
+def _foreign(descriptors: list[tuple[Blob, dict[str, object]]]) -> tuple[frozenset[str],
+                                                                          frozenset[str]]:
+    """(foreign, remote) digests of an image's config and layers, as ParsedManifest says.
+    A digest also named by a descriptor the registry had to hold is stored."""
+    named = {b.digest for b, _ in descriptors}
+    stored = {b.digest for b, d in descriptors
+              if not _has_urls(d) and not _foreign_type(d)}
+    local = {b.digest for b, d in descriptors if not _has_urls(d)}
+    return frozenset(named - stored), frozenset(named - local)
 
 
 def parse_time(value: object) -> datetime | None:
@@ -146,11 +195,16 @@ def _parse_document(doc: Any, content_type: str | None) -> ParsedManifest:
         # Anything but text (a list, a number) names no type: not one to end a run on.
         config_type = config.get("mediaType") if isinstance(config.get("mediaType"), str) \
             else None
+        layer_blobs = tuple(_descriptor(e, f"layers[{i}]") for i, e in enumerate(layers))
+        foreign, remote = _foreign([(config_blob, config), *zip(layer_blobs, layers,
+                                                                  strict=True)])
         return ParsedManifest(
             media_type=media_type,
             config=config_blob,
             config_media_type=config_type,
-            layers=tuple(_descriptor(e, f"layers[{i}]") for i, e in enumerate(layers)),
+            layers=layer_blobs,
+            foreign=foreign,
+            remote=remote,
             subject=subject,
             artifact_type=artifact_type or (
                 config_type if config_type not in IMAGE_CONFIGS else None),
