@@ -40,6 +40,6 @@ def test_validate_warns_about_a_host_no_registry_has(tmp_path, registry):
     config = write_config(tmp_path, registry.url, policy=POLICY, extra="allowlist: pinned.txt")
     code, out, err = cli("validate", "--config", str(config))
     assert code == 0 and "ok: 1 policies valid" in out
-    assert err == (f"{tmp_path}/pinned.txt:2: warning: allowlist entry for host "
+    assert err == (f"{tmp_path}/pinned.txt:2:1: warning: allowlist entry for host "
                    "elsewhere.test, which no configured registry has (url or aliases): it "
                    "protects nothing\n")
