@@ -36,9 +36,10 @@ REFERRER = "referrer"
 GRACE = "grace"
 CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
+UNPARSED_PARENT = "unparsed-parent"
 RESTORED = "restored"
 PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
-                      UNKNOWN_MEDIA_TYPE, RESTORED)
+                      UNKNOWN_MEDIA_TYPE, UNPARSED_PARENT, RESTORED)
 
 # Where a manifest's time comes from (JSON `time_source`).
 PUSHED = "pushed"  # the registry's push time (ACR)
@@ -304,7 +305,9 @@ class _RepoView:
     time: dict[str, ManifestTime]
     parents: dict[str, list[str]]  # child digest -> indexes referencing it
     referrers: dict[str, list[str]]  # subject digest -> its referrers
-    has_unparsed: bool
+    # An unparsed manifest that may reference others (anything but schema 1), the first
+    # by digest; None when there is none.
+    unparsed: str | None
     attested: dict[str, list[str]] = field(default_factory=dict)  # attestation -> its indexes
 
     @classmethod
@@ -320,8 +323,9 @@ class _RepoView:
                 attested[attestation].append(m.digest)
             if m.subject is not None and m.subject != m.digest:
                 referrers[m.subject].append(m.digest)
-        view = cls(repo, by_digest, {}, parents, referrers,
-                   any(not m.parsed for m in repo.manifests), attested)
+        unparsed = min((m.digest for m in repo.manifests if not m.parsed and not m.schema1),
+                       default=None)
+        view = cls(repo, by_digest, {}, parents, referrers, unparsed, attested)
         time, nothing_waits = view.time, frozenset()
         for digest in sorted(by_digest):  # by digest: the listing order never matters
             if digest not in time:  # not already timed as an index's child
@@ -524,9 +528,12 @@ def _intrinsic_protection(
         return LOCKED, "the registry marks it as not deletable"
     if not m.parsed:
         return UNKNOWN_MEDIA_TYPE, f"cannot parse manifest of type {m.media_type!r}"
-    if not m.tags and view.has_unparsed:
-        return UNKNOWN_MEDIA_TYPE, ("the repository holds a manifest that cannot be parsed, "
-                                    "so whether this one is its child is unknown")
+    if view.unparsed is not None:
+        # What the registry reads that manifest to reference is unknown: any other one in
+        # the repository, tagged or not, may be its child or its subject.
+        return UNPARSED_PARENT, (f"{_short(view.unparsed)} in this repository cannot be read "
+                                 "completely, so whether this one is its child or subject "
+                                 "is unknown")
     if not m.tags:
         since = m.untagged_since or now  # never seen untagged before: just now
         if now - since < options.untagged_grace:

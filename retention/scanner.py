@@ -30,6 +30,7 @@ from retention.registry.client import FetchedManifest, RegistryClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
+    Schema1Manifest,
     config_created,
     parse_manifest,
     schema1_layers,
@@ -51,6 +52,7 @@ class ManifestFacts:
     artifact_type: str | None = None
     created: datetime | None = None  # the image config's `created`
     parsed: bool = True
+    schema1: bool = False  # unparsed, but schema 1: it references no other manifest
     # False when the image config was not read (on ACR, where the push time is used): a
     # registry that needs `created` reads it then.
     config_read: bool = True
@@ -259,7 +261,7 @@ class Scanner:
                 referrer_tags=referrer, created=fact.created,
                 pushed=(pushed or {}).get(digest), blobs=fact.blobs,
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
-                locked=digest in (locked or ()), parsed=fact.parsed,
+                locked=digest in (locked or ()), parsed=fact.parsed, schema1=fact.schema1,
                 annotated=fact.annotated, attestations=fact.attestations,
                 untagged_since=untagged_since, first_seen=first_seen,
             ))
@@ -324,7 +326,8 @@ class Scanner:
             # Still unparsed: the planner protects it as before.
             layers = schema1_layers(fetched.body) or ()
             facts = ManifestFacts(digest, fetched.media_type or "unknown", size, parsed=False,
-                                  blobs=tuple(Blob(b, 0) for b in layers))
+                                  blobs=tuple(Blob(b, 0) for b in layers),
+                                  schema1=isinstance(exc, Schema1Manifest))
             self._cache.put_facts(facts)
             return facts
         created = None
