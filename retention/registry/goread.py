@@ -286,11 +286,10 @@ DESCRIPTOR = Struct(_DESCRIPTOR_FIELDS)
 MANIFEST_DESCRIPTOR = Struct({**_DESCRIPTOR_FIELDS, "platform": _PLATFORM_SPEC})
 VERSIONED = Struct({"schemaVersion": INT64, "mediaType": STRING})
 MANIFEST_LIST = Struct({**VERSIONED.fields, "manifests": Slice(MANIFEST_DESCRIPTOR)})
-IMAGE_MANIFEST = Struct({**VERSIONED.fields, "config": DESCRIPTOR,
-                         "layers": Slice(DESCRIPTOR)})
-# What retention reads beyond distribution 2.8 (OCI 1.1, as distribution 3 declares them):
-# a subject, an artifact type, annotations on any manifest.
-OCI_EXTRAS = {"subject": Pointer(DESCRIPTOR), "artifactType": STRING, "annotations": MAP}
-# What retention reads: distribution's struct for the kind, and the extras.
-INDEX = Struct({**MANIFEST_LIST.fields, **OCI_EXTRAS})
-IMAGE = Struct({**IMAGE_MANIFEST.fields, **OCI_EXTRAS})
+SCHEMA2_MANIFEST = Struct({**VERSIONED.fields, "config": DESCRIPTOR,
+                           "layers": Slice(DESCRIPTOR)})
+OCI_MANIFEST = Struct({**SCHEMA2_MANIFEST.fields, "annotations": MAP})
+# What retention reads beyond them (OCI 1.1, as distribution 3 declares it), each alone.
+SUBJECT = Struct({"subject": Pointer(DESCRIPTOR)})
+ANNOTATIONS = Struct({"annotations": MAP})
+ARTIFACT_TYPE = Struct({"artifactType": STRING})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +88,11 @@ def _blob(d: dict[str, Any], what: str) -> Blob:
     return Blob(digest, max(d.get("size", 0), 0))
 
 
+# The struct distribution 2.8 reads each media type into (manifest/...).
+_STRUCTS = {DOCKER_MANIFEST: goread.SCHEMA2_MANIFEST, OCI_MANIFEST: goread.OCI_MANIFEST,
+            DOCKER_LIST: goread.MANIFEST_LIST, OCI_INDEX: goread.MANIFEST_LIST}
+
+
 def _kind(media_type: str) -> str | None:
     if media_type in INDEXES:
         return "index"
@@ -131,14 +137,25 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
             raise Schema1Manifest("schema 1 manifest")
         media_type = declared or (header if _kind(header) == kind else
                                   OCI_INDEX if kind == "index" else OCI_MANIFEST)
-        return _parsed(goread.unmarshal(goread.INDEX if kind == "index" else goread.IMAGE,
-                                        doc), media_type)
+        # Without a mediaType distribution reads the OCI kind the shape tells.
+        struct = _STRUCTS[declared or (OCI_INDEX if kind == "index" else OCI_MANIFEST)]
+        m = goread.unmarshal(struct, doc)
+        # A subject distribution 2.8 ignores, but one retention cannot read might be read
+        # by another registry: unparsed.
+        subject = goread.unmarshal(goread.SUBJECT, doc).get("subject")
     except goread.GoRefused as exc:
         raise ManifestFormatError(str(exc)) from None
+    # Annotations and an artifact type only date and describe; where distribution's struct
+    # has no such field it accepts any value there, and one of another type tells nothing.
+    for extra in (goread.ANNOTATIONS, goread.ARTIFACT_TYPE):
+        if not extra.fields.keys() <= struct.fields.keys():
+            with contextlib.suppress(goread.GoRefused):
+                m.update(goread.unmarshal(extra, doc))
+    return _parsed(m, subject, media_type)
 
 
-def _parsed(m: dict[str, Any], media_type: str) -> ParsedManifest:
-    subject = m.get("subject")
+def _parsed(m: dict[str, Any], subject: dict[str, Any] | None, media_type: str
+            ) -> ParsedManifest:
     annotations = m.get("annotations") or {}
     subject_digest = _blob(subject, "subject").digest if subject is not None else None
     artifact_type = m.get("artifactType") or None
