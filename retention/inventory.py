@@ -55,6 +55,8 @@ class Manifest:
     artifact_type: str | None = None
     locked: bool = False  # the registry refuses to delete it (ACR deleteEnabled: false)
     parsed: bool = True  # False: schema 1 or malformed; never deleted
+    # Unparsed, but a schema 1 manifest: it references layers only, never another manifest.
+    schema1: bool = False
     # When retention first saw it without ordinary tags (from the state); None: not known,
     # which the planner reads as "just now", so the grace period protects it.
     untagged_since: datetime | None = None
@@ -110,6 +112,7 @@ def manifest_to_json(m: Manifest) -> dict[str, Any]:
         "artifact_type": m.artifact_type,
         "locked": m.locked,
         "parsed": m.parsed,
+        "schema1": m.schema1,
         "untagged_since": _time_to_json(m.untagged_since),
         "annotated": _time_to_json(m.annotated),
         "attestations": list(m.attestations),
@@ -132,6 +135,7 @@ def manifest_from_json(d: dict[str, Any]) -> Manifest:
         artifact_type=d.get("artifact_type"),
         locked=bool(d.get("locked", False)),
         parsed=bool(d.get("parsed", True)),
+        schema1=bool(d.get("schema1", False)),
         untagged_since=_time_from_json(d.get("untagged_since")),
         annotated=_time_from_json(d.get("annotated")),
         attestations=tuple(d.get("attestations", ())),

@@ -52,7 +52,9 @@ class RepoView:
     time: dict[str, ManifestTime]
     parents: dict[str, list[str]]  # child digest -> indexes referencing it
     referrers: dict[str, list[str]]  # subject digest -> its referrers
-    has_unparsed: bool
+    # An unparsed manifest that may reference others (anything but schema 1), the first
+    # by digest; None when there is none.
+    unparsed: str | None
     attested: dict[str, list[str]] = field(default_factory=dict)  # attestation -> its indexes
 
     @classmethod
@@ -68,8 +70,9 @@ class RepoView:
                 attested[attestation].append(m.digest)
             if m.subject is not None and m.subject != m.digest:
                 referrers[m.subject].append(m.digest)
-        view = cls(repo, by_digest, {}, parents, referrers,
-                   any(not m.parsed for m in repo.manifests), attested)
+        unparsed = min((m.digest for m in repo.manifests if not m.parsed and not m.schema1),
+                       default=None)
+        view = cls(repo, by_digest, {}, parents, referrers, unparsed, attested)
         time, nothing_waits = view.time, frozenset()
         for digest in sorted(by_digest):  # by digest: the listing order never matters
             if digest not in time:  # not already timed as an index's child

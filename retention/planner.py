@@ -38,9 +38,10 @@ REFERRER = "referrer"
 GRACE = "grace"
 CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
+UNPARSED_PARENT = "unparsed-parent"
 RESTORED = "restored"
 PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
-                      UNKNOWN_MEDIA_TYPE, RESTORED)
+                      UNKNOWN_MEDIA_TYPE, UNPARSED_PARENT, RESTORED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +303,12 @@ def _intrinsic_protection(
         return LOCKED, "the registry marks it as not deletable"
     if not m.parsed:
         return UNKNOWN_MEDIA_TYPE, f"cannot parse manifest of type {m.media_type!r}"
-    if not m.tags and view.has_unparsed:
-        return UNKNOWN_MEDIA_TYPE, ("the repository holds a manifest that cannot be parsed, "
-                                    "so whether this one is its child is unknown")
+    if view.unparsed is not None:
+        # What the registry reads that manifest to reference is unknown: any other one in
+        # the repository, tagged or not, may be its child or its subject.
+        return UNPARSED_PARENT, (f"{_short(view.unparsed)} in this repository cannot be read "
+                                 "completely, so whether this one is its child or subject "
+                                 "is unknown")
     if not m.tags:
         since = m.untagged_since or now  # never seen untagged before: just now
         if now - since < options.untagged_grace:

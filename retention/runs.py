@@ -120,7 +120,7 @@ def with_last_known(inventory: Inventory, state: State) -> Inventory:
                     if f is None else
                     Manifest(digest=f.digest, media_type=f.media_type, size=f.size,
                              blobs=f.blobs, children=f.children, subject=f.subject,
-                             parsed=f.parsed))
+                             parsed=f.parsed, schema1=f.schema1))
             repo = replace(repo, last_known=tuple(last_known))
         repos.append(repo)
     return replace(inventory, repositories=tuple(repos))

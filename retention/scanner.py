@@ -31,6 +31,7 @@ from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
     ParsedManifest,
+    Schema1Manifest,
     config_created,
     parse_manifest,
     schema1_layers,
@@ -52,6 +53,7 @@ class ManifestFacts:
     artifact_type: str | None = None
     created: datetime | None = None  # the image config's `created`
     parsed: bool = True
+    schema1: bool = False  # unparsed, but schema 1: it references no other manifest
     # False when the image config was not read (on ACR, where the push time is used): a
     # registry that needs `created` reads it then.
     config_read: bool = True
@@ -296,7 +298,7 @@ class Scanner:
                 referrer_tags=referrer, created=fact.created,
                 pushed=(pushed or {}).get(digest), blobs=fact.blobs,
                 children=fact.children, subject=subject, artifact_type=fact.artifact_type,
-                locked=digest in (locked or ()), parsed=fact.parsed,
+                locked=digest in (locked or ()), parsed=fact.parsed, schema1=fact.schema1,
                 annotated=fact.annotated, attestations=fact.attestations,
                 untagged_since=untagged_since, first_seen=first_seen,
             ))
@@ -355,7 +357,7 @@ class Scanner:
         except ManifestFormatError as exc:
             log.warning("manifest not understood", registry=self._client.settings.name,
                         repository=repository, digest=digest, error=str(exc))
-            facts = unparsed_facts(digest, fetched)
+            facts = unparsed_facts(digest, fetched, schema1=isinstance(exc, Schema1Manifest))
             self._cache.put_facts(facts)
             return facts
         created = None
@@ -369,13 +371,15 @@ class Scanner:
         return facts
 
 
-def unparsed_facts(digest: str, fetched: FetchedManifest) -> ManifestFacts:
+def unparsed_facts(digest: str, fetched: FetchedManifest, *, schema1: bool = False
+                   ) -> ManifestFacts:
     """The facts of a manifest retention does not parse (the planner protects it). A schema
     1 manifest's layers are what the garbage collector marks for it: known, they are its
     references (sizes unknown: 0, never taken as a blob's size)."""
     layers = schema1_layers(fetched.body) or ()
     return ManifestFacts(digest, fetched.media_type or "unknown", len(fetched.body),
-                         parsed=False, blobs=tuple(Blob(b, 0) for b in layers))
+                         parsed=False, blobs=tuple(Blob(b, 0) for b in layers),
+                         schema1=schema1)
 
 
 def parsed_facts(digest: str, fetched: FetchedManifest,
@@ -394,6 +398,6 @@ def body_facts(digest: str, fetched: FetchedManifest) -> ManifestFacts:
     """A manifest's facts from its bytes alone (no `created`: that is in its config)."""
     try:
         parsed = parse_manifest(fetched.body, fetched.media_type)
-    except ManifestFormatError:
-        return unparsed_facts(digest, fetched)
+    except ManifestFormatError as exc:
+        return unparsed_facts(digest, fetched, schema1=isinstance(exc, Schema1Manifest))
     return parsed_facts(digest, fetched, parsed)

@@ -81,11 +81,18 @@ def _facts_to_json(f: ManifestFacts) -> str:
         **({} if f.parsed else {"layers_read": True}),
         # Written since a foreign layer's size is the 0 bytes the registry stores (below).
         "stored_sizes": True,
+        "schema1": f.schema1,
+        "read_as_go": True,  # see below
     })
 
 
 def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
     d = jsoncodec.loads(text)
+    if "read_as_go" not in d:
+        # Read before manifests were read as the registry reads them (keys in another case,
+        # a key twice, null or missing fields, invalid UTF-8): an index may list children
+        # that reading did not see. Read every manifest again, once.
+        return None
     if not all(type(size) is int for _, size in d["blobs"]) or type(d["size"]) is not int:
         # A size beyond 64 bits, which orjson reads as a float (jsoncodec): read the
         # manifest again rather than count it wrong.
@@ -109,7 +116,8 @@ def _facts_from_json(digest: str, text: str) -> ManifestFacts | None:
         digest=digest, media_type=d["media_type"], size=d["size"],
         blobs=tuple(Blob(x, s) for x, s in d["blobs"]), children=tuple(d["children"]),
         subject=d["subject"], artifact_type=d["artifact_type"], created=_dt(d["created"]),
-        parsed=d["parsed"], config_read=d.get("config_read", True),
+        parsed=d["parsed"], schema1=d.get("schema1", False),
+        config_read=d.get("config_read", True),
         annotated=_dt(d.get("annotated")), attestations=tuple(d.get("attestations", ())),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -279,11 +280,26 @@ def test_intrinsic_protections(manifest, reason):
     assert protected(p) == {"m": reason}
 
 
-def test_unparsed_manifest_in_repo_protects_orphans():
-    ms = [man("blob", "weird", parsed=False), man("orphan", days=30)]
+def test_unparsed_manifest_in_repo_protects_every_other_manifest():
+    """What it references is unknown: a tagged manifest may be its child as much as an
+    untagged one (SPEC, unparsed-parent)."""
+    ms = [man("blob", "weird", parsed=False), man("orphan", days=30),
+          man("tagged", "pr-1", days=30)]
     p = make_plan(SIMPLE, inv(*ms))
     assert deleted(p) == set()
-    assert protected(p) == {"orphan": "unknown-media-type"}
+    assert protected(p) == {"orphan": "unparsed-parent", "tagged": "unparsed-parent"}
+    (why,) = {d.detail for pp in p.policies for d in pp.protected
+              if d.reason == "unparsed-parent"}
+    assert why.startswith(dg("blob")[:19])
+
+
+def test_schema1_manifest_protects_only_itself():
+    """A schema 1 manifest references layers only, never another manifest."""
+    ms = [replace(man("old", "pr-0", parsed=False), schema1=True), man("orphan", days=30),
+          man("tagged", "pr-1", days=30)]
+    p = make_plan(SIMPLE, inv(*ms))
+    assert deleted(p) == {"orphan", "tagged"}
+    assert protected(p) == {"old": "unknown-media-type"}
 
 
 def test_tagged_child_of_surviving_index_is_protected():

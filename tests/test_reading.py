@@ -592,20 +592,22 @@ def test_json_nested_too_deeply_keeps_its_image_and_the_run_goes_on(
         tmp_path, registry, pusher: Pusher):
     """A config blob is bytes the registry never reads, and distribution accepts a manifest
     nested 3,000 deep (Go reads JSON to 10,000 levels): anyone who can push can write them.
-    Such JSON is unreadable (its image kept: unknown time, unknown content), never the end
-    of a run."""
+    Such JSON is unreadable, never the end of a run: an image whose config it is is kept
+    (unknown time); a manifest that deep is unparsed, and what it references unknown, so
+    its repository is kept whole (unparsed-parent), and the rest is planned."""
     deep = b"[" * 3000 + b"]" * 3000
     config = pusher.blob("app", b'{"created": "' + OLD.encode() + b'", "x": ' + deep + b"}")
     pusher.manifest("app", "pr-0", {
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config[0], "size": config[1]},
         "layers": []}, OCI_MANIFEST)
-    plain = pusher.image("app", "v1", created=OLD)
+    plain = pusher.image("deep", "v1", created=OLD)
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                        "config": {"mediaType": OCI_CONFIG, "digest": plain.blobs[0][0],
                                   "size": plain.blobs[0][1]},
                        "layers": []}).encode()
-    pusher.manifest("app", "pr-2", body[:-1] + b', "x": ' + deep + b"}", OCI_MANIFEST)
+    pusher.manifest("deep", "pr-2", body[:-1] + b', "x": ' + deep + b"}", OCI_MANIFEST)
+    beside = pusher.image("deep", "pr-4", created=OLD, layers=(b"beside",))
     old = pusher.image("app", "pr-3", created=OLD, layers=(b"other",))
     config_path = write_config(tmp_path, registry.url, policy='name: p\nrepositories: '
                                '{include: ["**"]}\ndelete: [{tags: ["pr-*"], '
@@ -613,6 +615,8 @@ def test_json_nested_too_deeply_keeps_its_image_and_the_run_goes_on(
     code, doc, _ = cli("run", "--config", str(config_path), "--output", "json")
     assert code == 0, doc
     assert deleted_digests(doc) == {old.digest}
-    for tag in ("pr-0", "v1", "pr-2"):
-        assert pusher.exists("app", tag)
+    assert {p["digest"]: p["reason"] for p in doc["protected"]
+            if p["repository"] == "deep"} == {beside.digest: "unparsed-parent"}
+    for repo, tag in (("app", "pr-0"), ("deep", "v1"), ("deep", "pr-2"), ("deep", "pr-4")):
+        assert pusher.exists(repo, tag)
     assert not pusher.exists("app", "pr-3")

@@ -295,6 +295,22 @@ def test_unparsed_facts_cached_before_schema1_layers_are_read_again(tmp_path: Pa
     assert state.get_facts("sha256:s") is None
 
 
+def test_facts_cached_before_manifests_were_read_as_go_reads_them_are_read_again(
+        tmp_path: Path):
+    """An index cached by the reading before (``"Manifests"`` not seen, a null subject
+    unparsed) may list children that reading missed: read again, once."""
+    state = State.open(tmp_path)
+    index = ManifestFacts("sha256:i", "application/vnd.oci.image.index.v1+json", 1)
+    state.put_facts(index)
+    state.close()
+    state = State.open(tmp_path)
+    assert state.get_facts("sha256:i") == index
+    old = json.loads(state._db.execute("SELECT data FROM facts").fetchone()[0])
+    del old["read_as_go"]  # the layout of an older version
+    state._db.execute("UPDATE facts SET data=?", (json.dumps(old),))
+    assert state.get_facts("sha256:i") is None
+
+
 def test_closing_when_the_pending_facts_cannot_be_written_does_not_fail(tmp_path: Path):
     """Facts are a cache: when the last batch cannot be written as the state closes (another
     process holds the database, the disk is full), closing must not raise. The CLI closes the

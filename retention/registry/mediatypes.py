@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 
 from retention import jsoncodec
 from retention.inventory import Blob
+from retention.registry import goread
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -44,6 +46,11 @@ FOREIGN_LAYERS = frozenset({
 
 class ManifestFormatError(ValueError):
     """The body is not a manifest we understand."""
+
+
+class Schema1Manifest(ManifestFormatError):
+    """A Docker schema 1 manifest: not parsed, but what it references is only layers
+    (fsLayers), never another manifest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,97 +127,119 @@ def parse_time(value: object) -> datetime | None:
         return None
 
 
-def _descriptor(d: object, what: str) -> Blob:
-    if not isinstance(d, dict):
-        raise ManifestFormatError(f"{what} is not an object")
-    digest, size = d.get("digest"), d.get("size")
-    if not isinstance(digest, str) or ":" not in digest:
+def _blob(d: dict[str, Any], what: str) -> Blob:
+    """A descriptor as Go decoded it (missing fields are zero values)."""
+    digest = d.get("digest", "")
+    if ":" not in digest:
         raise ManifestFormatError(f"{what} has no valid digest")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ManifestFormatError(f"{what} has no valid size")
-    return Blob(digest, size)
+    # distribution never checks a size: absent is 0, and so is a negative one here, so that
+    # no size the registry ignored is ever counted as freed.
+    return Blob(digest, max(d.get("size", 0), 0))
+
+
+# The struct distribution 2.8 reads each media type into (manifest/...).
+_STRUCTS = {DOCKER_MANIFEST: goread.SCHEMA2_MANIFEST, OCI_MANIFEST: goread.OCI_MANIFEST,
+            DOCKER_LIST: goread.MANIFEST_LIST, OCI_INDEX: goread.MANIFEST_LIST}
+
+
+def _kind(media_type: str) -> str | None:
+    if media_type in INDEXES:
+        return "index"
+    if media_type in IMAGE_MANIFESTS:
+        return "image"
+    if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
+        return "schema 1"
+    return None
 
 
 def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
-    """Parse a manifest body. Raises ManifestFormatError for schema 1 and anything malformed."""
+    """A manifest read the way distribution reads it (registry/storage/manifeststore.go,
+    Get: by the schemaVersion and mediaType the body declares, through Go's encoding/json,
+    see goread). Schema1Manifest for schema 1; ManifestFormatError for anything else
+    distribution would not read, or that retention cannot be sure to read as it does."""
     try:
-        doc = jsoncodec.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestFormatError(f"not JSON: {exc}") from None
-    try:
-        return _parse_document(doc, content_type)
-    except ManifestFormatError as exc:
-        # orjson reads an integer beyond 64 bits as a float, which no descriptor accepts:
-        # json's reading is the one that counts (an index left unparsed would no longer
-        # protect a tagged child of its own), so what orjson's did not make sense of is read
-        # again by json. Any other document reads the same in both.
-        try:
-            again = jsoncodec.json_loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise exc from None
-        return _parse_document(again, content_type)
-
-
-def _parse_document(doc: Any, content_type: str | None) -> ParsedManifest:
-    if not isinstance(doc, dict):
-        raise ManifestFormatError("not a JSON object")
-    declared = doc.get("mediaType")
+        doc = goread.loads(body)
+        versioned = goread.unmarshal(goread.VERSIONED, doc)
+    except ValueError as exc:
+        raise ManifestFormatError(str(exc)) from None
+    version, declared = versioned.get("schemaVersion", 0), versioned.get("mediaType", "")
     header = (content_type or "").split(";")[0].strip()
-    media_type = declared if isinstance(declared, str) and declared else header
-    if doc.get("schemaVersion") == 1 or media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
-        raise ManifestFormatError("schema 1 manifest")
-    if doc.get("schemaVersion") != 2:
-        raise ManifestFormatError(f"unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    if not media_type:
-        # OCI allows omitting mediaType; the shape tells which one it is.
-        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    try:
+        if version == 1:
+            kind = "schema 1"
+        elif version != 2:
+            raise ManifestFormatError(f"unsupported schemaVersion {version}")
+        elif declared:
+            kind = _kind(declared)
+            if kind not in ("index", "image"):
+                raise ManifestFormatError(f"unsupported media type {declared!r}")
+        else:
+            # OCI allows omitting mediaType: distribution takes it for an index when its
+            # manifests decode to a list (an empty one too), else for an image manifest.
+            listed = goread.unmarshal(goread.MANIFEST_LIST, doc).get("manifests")
+            kind = "index" if listed is not None else "image"
+        if _kind(header) not in (None, kind):
+            # Served as one kind and read as another: which one the registry's collector
+            # follows is not known here.
+            raise ManifestFormatError(f"served as {header!r} but reads as {kind} manifest")
+        if kind == "schema 1":
+            raise Schema1Manifest("schema 1 manifest")
+        media_type = declared or (header if _kind(header) == kind else
+                                  OCI_INDEX if kind == "index" else OCI_MANIFEST)
+        # Without a mediaType distribution reads the OCI kind the shape tells.
+        struct = _STRUCTS[declared or (OCI_INDEX if kind == "index" else OCI_MANIFEST)]
+        m = goread.unmarshal(struct, doc)
+        # A subject distribution 2.8 ignores, but one retention cannot read might be read
+        # by another registry: unparsed.
+        subject = goread.unmarshal(goread.SUBJECT, doc).get("subject")
+    except goread.GoRefused as exc:
+        raise ManifestFormatError(str(exc)) from None
+    # Annotations and an artifact type only date and describe; where distribution's struct
+    # has no such field it accepts any value there, and one of another type tells nothing.
+    for extra in (goread.ANNOTATIONS, goread.ARTIFACT_TYPE):
+        if not extra.fields.keys() <= struct.fields.keys():
+            with contextlib.suppress(goread.GoRefused):
+                m.update(goread.unmarshal(extra, doc))
+    return _parsed(m, subject, media_type)
 
-    subject = None
-    if "subject" in doc:
-        subject = _descriptor(doc["subject"], "subject").digest
-    annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
+
+def _parsed(m: dict[str, Any], subject: dict[str, Any] | None, media_type: str
+            ) -> ParsedManifest:
+    annotations = m.get("annotations") or {}
+    subject_digest = _blob(subject, "subject").digest if subject is not None else None
+    artifact_type = m.get("artifactType") or None
     created = parse_time(annotations.get(CREATED_ANNOTATION))
-    artifact_type = doc.get("artifactType") if isinstance(doc.get("artifactType"), str) else None
-
     if media_type in INDEXES:
-        entries = doc.get("manifests")
-        if not isinstance(entries, list):
-            raise ManifestFormatError("index without a manifests list")
-        children = tuple(_descriptor(e, f"manifests[{i}]") for i, e in enumerate(entries))
+        entries = goread.items(m.get("manifests"))
+        children = tuple(_blob(e, f"manifests[{i}]") for i, e in enumerate(entries))
         return ParsedManifest(
             media_type=media_type,
             children=children,
             attestations=tuple(c.digest for c, e in zip(children, entries, strict=True)
                                if is_attestation_descriptor(e)),
-            subject=subject,
+            subject=subject_digest,
             artifact_type=artifact_type,
             created_annotation=created,
         )
-    if media_type in IMAGE_MANIFESTS:
-        config = doc.get("config")
-        layers = doc.get("layers", [])
-        if not isinstance(layers, list):
-            raise ManifestFormatError("layers is not a list")
-        config_blob = _descriptor(config, "config")
-        # Anything but text (a list, a number) names no type: not one to end a run on.
-        config_type = config.get("mediaType") if isinstance(config.get("mediaType"), str) \
-            else None
-        layer_blobs = tuple(_descriptor(e, f"layers[{i}]") for i, e in enumerate(layers))
-        foreign, remote = _foreign([(config_blob, config), *zip(layer_blobs, layers,
-                                                                  strict=True)])
-        return ParsedManifest(
-            media_type=media_type,
-            config=config_blob,
-            config_media_type=config_type,
-            layers=layer_blobs,
-            foreign=foreign,
-            remote=remote,
-            subject=subject,
-            artifact_type=artifact_type or (
-                config_type if config_type not in IMAGE_CONFIGS else None),
-            created_annotation=created,
-        )
-    raise ManifestFormatError(f"unsupported media type {media_type!r}")
+    config = m.get("config", {})
+    config_type = config.get("mediaType") or None
+    config_blob = _blob(config, "config")
+    layers = goread.items(m.get("layers"))
+    layer_blobs = tuple(_blob(e, f"layers[{i}]") for i, e in enumerate(layers))
+    # Read from the descriptors as distribution decoded them (urls, mediaType: any case).
+    foreign, remote = _foreign([(config_blob, config), *zip(layer_blobs, layers, strict=True)])
+    return ParsedManifest(
+        media_type=media_type,
+        config=config_blob,
+        config_media_type=config_type,
+        layers=layer_blobs,
+        foreign=foreign,
+        remote=remote,
+        subject=subject_digest,
+        artifact_type=artifact_type or (
+            config_type if config_type not in IMAGE_CONFIGS else None),
+        created_annotation=created,
+    )
 
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
