@@ -117,8 +117,8 @@ def test_restore_does_not_need_a_foreign_layer(tmp_path, windows_registry: Regis
 
         code, doc, _ = cli("restore", "--config", str(config), "--output", "json",
                            "--digest", image.digest)
-        assert code == 0, doc
-        assert [e["status"] for e in doc["entries"]] == ["restored"], doc
+        assert code == 0, json.dumps(doc)
+        assert [e["status"] for e in doc["entries"]] == ["restored"], json.dumps(doc)
         assert pusher.exists("win", "pr-1")
     finally:
         pusher.close()

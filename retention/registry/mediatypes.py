@@ -88,6 +88,8 @@ class ParsedManifest:
 
 def _has_urls(d: dict[str, object]) -> bool:
     urls = d.get("urls")
+    if isinstance(urls, goread.GoSlice):  # as distribution decoded it (nil: none)
+        urls = goread.items(urls)
     return isinstance(urls, list) and len(urls) > 0
 
 
