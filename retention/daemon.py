@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from retention import eventloop, logs
 from retention.allowlist import allowlist_files
+from retention.endpoints import EndpointServer, bind_error
 from retention.errors import ConfigError, RetentionError
 from retention.metrics import Metrics
 from retention.policy import Policy, policy_files
@@ -49,6 +48,10 @@ class DaemonOptions:
     ping_interval: float = 60.0  # seconds between registry pings for /readyz
     shutdown_grace: float = 60.0  # how long SIGTERM waits for a run to finish its deletion
     misfire_grace: int = 3600  # a run missed by less than this still happens, once
+    # The HTTP endpoints (retention/endpoints.py): a client's whole exchange must be done this
+    # long after it connected, and at most this many connections are open at once.
+    request_timeout: float = 5.0
+    max_connections: int = 64
     trigger: TriggerFactory = cron_trigger
 
 
@@ -73,7 +76,7 @@ class Daemon:
         self._running: set[asyncio.Task] = set()
         self._locks: dict[str, asyncio.Lock] = {}  # per policy, and per "registry:<name>"
         self._scheduler: AsyncIOScheduler | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: EndpointServer | None = None
         self._redactor: logs.Redactor | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -88,9 +91,19 @@ class Daemon:
             return 2
         self._redactor = logs.configure(fmt=setup.config.log_format, stream=self.err,
                                         secrets=setup.secrets())
+        # Listen first: a port another process holds ends the start before the state is
+        # touched. Exit 1, not 2: the configuration is valid, the machine refuses it now.
+        host, port = setup.config.listen
+        self._http = EndpointServer(self._answer, timeout=self.options.request_timeout,
+                                    max_connections=self.options.max_connections)
+        try:
+            self.port = await self._http.start(host, port)
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"retention: listen {shown}:{port}: {bind_error(exc)}", file=self.err)
+            return 1
         self.state = State.open(setup.config.state_dir)
         self._apply(setup)
-        self._start_http(setup)
         self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
             "coalesce": True, "max_instances": 1,
             "misfire_grace_time": self.options.misfire_grace})
@@ -122,8 +135,7 @@ class Daemon:
         for task in background:
             task.cancel()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            await self._http.close()
         if self.state is not None:
             self.state.close()
         log.info("daemon stopped")
@@ -281,39 +293,17 @@ class Daemon:
             return False
         return all(self.registry_ok.get(name) is True for name in self.setup.config.registries)
 
-    def _start_http(self, setup: Setup) -> None:
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, ctype = generate_latest(daemon.metrics.registry), 200, \
-                        CONTENT_TYPE_LATEST
-                elif path == "/healthz":
-                    ok = daemon.healthy()
-                    body, status, ctype = (b"ok\n" if ok else b"stalled\n"), \
-                        (200 if ok else 503), "text/plain"
-                elif path == "/readyz":
-                    ok = daemon.ready()
-                    body, status, ctype = (b"ready\n" if ok else b"not ready\n"), \
-                        (200 if ok else 503), "text/plain"
-                else:
-                    body, status, ctype = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        host, port = setup.config.listen
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
-        self.port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == "/healthz":
+            ok = self.healthy()
+            return (200, "text/plain", b"ok\n") if ok else (503, "text/plain", b"stalled\n")
+        if path == "/readyz":
+            ok = self.ready()
+            return (200, "text/plain", b"ready\n") if ok else \
+                (503, "text/plain", b"not ready\n")
+        return 404, "text/plain", b"not found\n"
 
 
 def serve(config_path: Path, *, err: TextIO | None = None) -> int:
