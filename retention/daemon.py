@@ -151,8 +151,12 @@ class Daemon:
         return files
 
     def _fingerprint_of(self, setup: Setup) -> tuple:
+        try:
+            watched = self._watched(setup)
+        except OSError as exc:  # a directory that cannot be listed: the reload will say so
+            return (("cannot list", exc.filename, exc.errno),)
         out = []
-        for path in self._watched(setup):
+        for path in watched:
             try:
                 st = path.stat()
                 out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
@@ -177,12 +181,13 @@ class Daemon:
         try:
             setup = load_setup(self.config_path)
         except ConfigError as exc:
-            self.metrics.config_reload_failures.inc()
-            log.error("configuration rejected", problems=[str(p) for p in exc.problems],
-                      consequence="the previous configuration stays active")
-            if self.setup is not None:
-                self._fingerprint = self._fingerprint_of(self.setup)
-            return False
+            return self._rejected([str(p) for p in exc.problems])
+        except Exception as exc:  # see _rejected
+            # Not a located problem but a failure to read (a case no check foresaw): still a
+            # rejected reload. The message, not the repr: a UnicodeDecodeError's repr holds
+            # the bytes it could not decode, which may be a secret's.
+            return self._rejected([f"{self.config_path}: reading it failed: "
+                                   f"{type(exc).__name__}: {exc}"], exc_info=True)
         old = self.setup
         if old is not None and (old.config.listen != setup.config.listen
                                 or old.config.state_dir != setup.config.state_dir):
@@ -192,6 +197,18 @@ class Daemon:
         log.info("configuration reloaded", policies=len(setup.policies),
                  mode=setup.config.mode)
         return True
+
+    def _rejected(self, problems: list[str], *, exc_info: bool = False) -> bool:
+        """A reload that failed, for whatever reason, is logged and counted, and the running
+        configuration stays; the files are read again at their next change or SIGHUP. Issue
+        25: one that raised anything but ConfigError killed the watch loop silently, so
+        later fixes were never read and /healthz went `stalled`."""
+        self.metrics.config_reload_failures.inc()
+        log.error("configuration rejected", problems=problems,
+                  consequence="the previous configuration stays active", exc_info=exc_info)
+        if self.setup is not None:
+            self._fingerprint = self._fingerprint_of(self.setup)
+        return False
 
     def _schedule(self) -> None:
         assert self._scheduler is not None and self.setup is not None
@@ -210,14 +227,20 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._reload_requested.wait(),
                                        timeout=self.options.poll_interval)
-                self._reload_requested.clear()
-                log.info("reload requested")
-                self.reload()
+                requested = True
             except TimeoutError:
-                if self.setup is not None and \
+                requested = False
+            try:
+                if requested:
+                    self._reload_requested.clear()
+                    log.info("reload requested")
+                    self.reload()
+                elif self.setup is not None and \
                         self._fingerprint_of(self.setup) != self._fingerprint:
                     log.info("configuration files changed")
                     self.reload()
+            except Exception as exc:  # this loop must live: /healthz reports on it
+                self._rejected([f"reload failed: {type(exc).__name__}: {exc}"], exc_info=True)
             self.heartbeat = time.monotonic()
 
     async def _pings(self) -> None:
