@@ -224,12 +224,12 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
     if "listen" in top:
         text = reader.string(top["listen"], what="listen")
         if text is not None:
-            host, sep, port = text.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            listen = parse_listen(text)
+            if listen is None:
                 reader.error(top["listen"], f"listen must be host:port, like 0.0.0.0:9090, "
                              f"not {text!r}")
             else:
-                kwargs["listen"] = (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104
+                kwargs["listen"] = listen
     if "log_format" in top:
         fmt = reader.string(top["log_format"], what="log_format")
         if fmt is not None and fmt not in ("json", "console"):
@@ -243,6 +243,15 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         raise ConfigError(problems)
     return Config(path=path, registries=registries, policies=policies, allowlist=allowlist,
                   **kwargs)  # type: ignore[arg-type]
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``host:port`` (an IPv6 host bracketed or not: the port is after the last colon) as
+    (host, port); None when it is not that. An empty host is every IPv4 address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
 def _in_use(reader: Reader, node: yaml.Node, base: Path) -> InUseSettings | None:

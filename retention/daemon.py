@@ -58,8 +58,9 @@ class DaemonOptions:
 class Daemon:
     def __init__(self, config_path: Path, *, metrics: Metrics | None = None,
                  options: DaemonOptions | None = None, connections: Connections | None = None,
-                 err: TextIO | None = None):
+                 err: TextIO | None = None, listen: tuple[str, int] | None = None):
         self.config_path = config_path
+        self.listen = listen  # `serve --listen`, over the config's listen
         self.metrics = metrics or Metrics()
         self.options = options or DaemonOptions()
         self.connections = connections
@@ -93,7 +94,7 @@ class Daemon:
                                         secrets=setup.secrets())
         # Listen first: a port another process holds ends the start before the state is
         # touched. Exit 1, not 2: the configuration is valid, the machine refuses it now.
-        host, port = setup.config.listen
+        host, port = self.listen or setup.config.listen
         self._http = EndpointServer(self._answer, timeout=self.options.request_timeout,
                                     max_connections=self.options.max_connections)
         try:
@@ -114,7 +115,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         log.info("daemon started", policies=len(setup.policies), mode=setup.config.mode,
-                 listen=f"{setup.config.listen[0]}:{self.port}")
+                 listen=f"{host}:{self.port}")
         background = [asyncio.create_task(self._watch()), asyncio.create_task(self._pings())]
         await self.stopping.wait()
         await self._shutdown(background)
@@ -189,7 +190,7 @@ class Daemon:
             return self._rejected([f"{self.config_path}: reading it failed: "
                                    f"{type(exc).__name__}: {exc}"], exc_info=True)
         old = self.setup
-        if old is not None and (old.config.listen != setup.config.listen
+        if old is not None and ((old.config.listen != setup.config.listen and not self.listen)
                                 or old.config.state_dir != setup.config.state_dir):
             log.warning("listen and state_dir changes take effect on restart")
         self._apply(setup)
@@ -329,5 +330,6 @@ class Daemon:
         return 404, "text/plain", b"not found\n"
 
 
-def serve(config_path: Path, *, err: TextIO | None = None) -> int:
-    return eventloop.run(Daemon(config_path, err=err).run())
+def serve(config_path: Path, *, err: TextIO | None = None,
+          listen: tuple[str, int] | None = None) -> int:
+    return eventloop.run(Daemon(config_path, err=err, listen=listen).run())

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import free_port
 from tests.test_run_e2e import write_config
@@ -177,3 +178,30 @@ def test_port_in_use_is_one_line_not_a_traceback(tmp_path: Path):
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"retention: listen 127.0.0.1:{port}: address already in use\n"
     assert not (tmp_path / "state").exists()  # it failed before touching anything
+
+
+def test_serve_listen_binds_only_the_address_given(tmp_path: Path, registry):
+    # `serve --listen $(POD_IP):9090` (the chart's service.listenOnPodIP): the endpoints on
+    # that address only, whatever the config's listen says. 127.0.0.2 stands for the pod IP.
+    port = free_port()
+    config = write_config(tmp_path, registry.url, extra="listen: 127.0.0.1:1")
+    proc = subprocess.Popen([RETENTION, "serve", "--config", str(config),
+                             "--listen", f"127.0.0.2:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.2:{port}/healthz").status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("serve --listen did not answer")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        stop_serve(proc)
+    bad = subprocess.run([RETENTION, "serve", "--config", str(config), "--listen", "9090"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert (bad.returncode, bad.stderr) == (
+        2, "retention: --listen must be host:port, like 10.1.2.3:9090, not '9090'\n")
