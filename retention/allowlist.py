@@ -16,6 +16,7 @@ from retention.references import (
     normalize_repository,
     read_reference,
 )
+from retention.textfiles import read_text
 
 _BARE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -103,11 +104,19 @@ def load_allowlist(path: Path | None, *, hosts: Hosts = NO_HOSTS) -> Allowlist:
         return Allowlist.of(())
     problems: list[Problem] = []
     pins: list[Pin] = []
-    for file in allowlist_files(path):
+    try:
+        files = allowlist_files(path)
+    except OSError as exc:  # a directory that cannot be listed
+        raise ConfigError([Problem(str(path), 1, 1, f"cannot read allowlist: {exc.strerror}")]) \
+            from None
+    for file in files:
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(file), 1, 1, f"cannot read allowlist: {exc}"))
+            lines = read_text(file).splitlines()
+        except OSError as exc:
+            problems.append(Problem(str(file), 1, 1, f"cannot read allowlist: {exc.strerror}"))
+            continue
+        except ConfigError as exc:  # not UTF-8
+            problems.extend(exc.problems)
             continue
         for number, raw in enumerate(lines, start=1):
             text = raw.split("#", 1)[0].strip()

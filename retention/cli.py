@@ -20,6 +20,7 @@ from typing import TextIO
 
 from retention import __version__, eventloop, logs
 from retention.allowlist import unknown_host_pins
+from retention.config import parse_listen
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
@@ -151,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("serve", "run the daemon")
     with_wait(p)
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="where to serve /metrics, /healthz and /readyz, instead of the "
+                        "config's listen (e.g. the pod IP: --listen $(POD_IP):9090)")
     command("schema", "print the JSON Schema of policy files", config=False)
     p = command("completion", "print a shell completion script", config=False)
     p.add_argument("shell", choices=("bash", "zsh"))
@@ -268,6 +272,12 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "validate":
         return _validate(args, out, err)
     args.config = find_config(args.config)
+    listen = None
+    if getattr(args, "listen", None) is not None:
+        listen = parse_listen(args.listen)
+        if listen is None:
+            raise UsageError(f"--listen must be host:port, like 10.1.2.3:9090, not "
+                             f"{args.listen!r}")
     setup = load_setup(args.config)
     # `run` is an audit trail (one event per deletion and per protected match, as the daemon
     # logs them); `plan` and `inventory` print their answer and log only what went wrong.
@@ -290,7 +300,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return _restore(setup, args, out)
             from retention.daemon import serve
 
-            return serve(args.config, err=err, log_level=args.log_level)
+            return serve(args.config, err=err, log_level=args.log_level, listen=listen)
     raise AssertionError(args.command)
 
 

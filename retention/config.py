@@ -19,6 +19,7 @@ from retention.names import is_repository, not_canonical
 from retention.references import Hosts, normalize_host
 from retention.registry.tls import pem_problem
 from retention.secrets import Secret
+from retention.textfiles import read_text
 from retention.yamlnodes import Reader, compose_documents
 
 MODES = ("dry-run", "enforce")
@@ -157,7 +158,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
     path = Path(path)
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as exc:
         raise ConfigError([Problem(shown, 1, 1, f"cannot read config: {exc.strerror}")]) from None
     problems: list[Problem] = []
@@ -233,12 +234,12 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         text = reader.string(top["listen"], what="listen",
                              expected='host:port, like "0.0.0.0:9090"')
         if text is not None:
-            host, sep, port = text.rpartition(":")
-            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            listen = parse_listen(text)
+            if listen is None:
                 reader.error(top["listen"], f"listen must be host:port, like 0.0.0.0:9090, "
                              f"not {text!r}")
             else:
-                kwargs["listen"] = (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104
+                kwargs["listen"] = listen
     if "log_format" in top:
         fmt = reader.string(top["log_format"], what="log_format")
         if fmt is not None and fmt not in ("json", "console"):
@@ -252,6 +253,15 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         raise ConfigError(problems)
     return Config(path=path, registries=registries, policies=policies, allowlist=allowlist,
                   **kwargs)  # type: ignore[arg-type]
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``host:port`` (an IPv6 host bracketed or not: the port is after the last colon) as
+    (host, port); None when it is not that. An empty host is every IPv4 address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
 def _in_use(reader: Reader, node: yaml.Node, base: Path) -> InUseSettings | None:
@@ -317,18 +327,22 @@ def _check_kubeconfig(reader: Reader, node: yaml.Node, path: Path, context: str 
     """A kubeconfig that cannot be read, or lacks the context, is a config error now rather
     than an unreadable cluster at the first run."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_text(path))
     except OSError as exc:
         reader.error(node, f"{what}.kubeconfig: cannot read {path}: {exc.strerror}")
         return
-    except yaml.YAMLError as exc:
+    except ConfigError as exc:  # not UTF-8, located in the kubeconfig
+        reader.problems.extend(exc.problems)
+        return
+    except (yaml.YAMLError, RecursionError) as exc:
         reader.error(node, f"{what}.kubeconfig: {path} is not valid YAML: {exc}")
         return
-    if not isinstance(doc, dict):
+    contexts = doc.get("contexts") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(contexts or [], list):
         reader.error(node, f"{what}.kubeconfig: {path} is not a kubeconfig")
         return
     wanted = context or doc.get("current-context")
-    known = [c.get("name") for c in doc.get("contexts") or () if isinstance(c, dict)]
+    known = [c.get("name") for c in contexts or () if isinstance(c, dict)]
     if not wanted:
         reader.error(node, f"{what}.kubeconfig: {path} has no current-context; set context")
     elif wanted not in known:
@@ -406,7 +420,7 @@ def _registry(
         except OSError as exc:
             reader.error(fields["password_file"], f"{what}.password_file: cannot read "
                          f"{base / pf}: {exc.strerror}")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # no byte or position of a secret in the message
             reader.error(fields["password_file"], f"{what}.password_file: {base / pf} is not "
                          "UTF-8 text")
     credentials = None

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from retention import eventloop, logs
 from retention.allowlist import allowlist_files
+from retention.endpoints import EndpointServer, bind_error
 from retention.errors import ConfigError, RetentionError
 from retention.metrics import Metrics
 from retention.policy import Policy, policy_dirs, policy_files
@@ -49,15 +48,21 @@ class DaemonOptions:
     ping_interval: float = 60.0  # seconds between registry pings for /readyz
     shutdown_grace: float = 60.0  # how long SIGTERM waits for a run to finish its deletion
     misfire_grace: int = 3600  # a run missed by less than this still happens, once
+    # The HTTP endpoints (retention/endpoints.py): a client's whole exchange must be done this
+    # long after it connected, and at most this many connections are open at once.
+    request_timeout: float = 5.0
+    max_connections: int = 64
     trigger: TriggerFactory = cron_trigger
 
 
 class Daemon:
     def __init__(self, config_path: Path, *, metrics: Metrics | None = None,
                  options: DaemonOptions | None = None, connections: Connections | None = None,
-                 err: TextIO | None = None, log_level: str | None = None):
+                 err: TextIO | None = None, log_level: str | None = None,
+                 listen: tuple[str, int] | None = None):
         self.config_path = config_path
         self.log_level = log_level or "info"
+        self.listen = listen  # `serve --listen`, over the config's listen
         self.metrics = metrics or Metrics()
         self.options = options or DaemonOptions()
         self.connections = connections
@@ -74,7 +79,7 @@ class Daemon:
         self._running: set[asyncio.Task] = set()
         self._locks: dict[str, asyncio.Lock] = {}  # per policy, and per "registry:<name>"
         self._scheduler: AsyncIOScheduler | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: EndpointServer | None = None
         self._redactor: logs.Redactor | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -90,9 +95,19 @@ class Daemon:
         self._redactor = logs.configure(fmt=setup.config.log_format or "auto",
                                         stream=self.err, level=self.log_level,
                                         secrets=setup.secrets())
+        # Listen first: a port another process holds ends the start before the state is
+        # touched. Exit 1, not 2: the configuration is valid, the machine refuses it now.
+        host, port = self.listen or setup.config.listen
+        self._http = EndpointServer(self._answer, timeout=self.options.request_timeout,
+                                    max_connections=self.options.max_connections)
+        try:
+            self.port = await self._http.start(host, port)
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"retention: listen {shown}:{port}: {bind_error(exc)}", file=self.err)
+            return 1
         self.state = State.open(setup.config.state_dir)
         self._apply(setup)
-        self._start_http(setup)
         self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
             "coalesce": True, "max_instances": 1,
             "misfire_grace_time": self.options.misfire_grace})
@@ -103,7 +118,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         log.info("daemon started", policies=len(setup.policies), mode=setup.config.mode,
-                 listen=f"{setup.config.listen[0]}:{self.port}")
+                 listen=f"{host}:{self.port}")
         background = [asyncio.create_task(self._watch()), asyncio.create_task(self._pings())]
         await self.stopping.wait()
         await self._shutdown(background)
@@ -124,8 +139,7 @@ class Daemon:
         for task in background:
             task.cancel()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            await self._http.close()
         if self.state is not None:
             self.state.close()
         log.info("daemon stopped")
@@ -140,8 +154,12 @@ class Daemon:
         return files
 
     def _fingerprint_of(self, setup: Setup) -> tuple:
+        try:
+            watched = self._watched(setup)
+        except OSError as exc:  # a directory that cannot be listed: the reload will say so
+            return (("cannot list", exc.filename, exc.errno),)
         out = []
-        for path in self._watched(setup):
+        for path in watched:
             try:
                 st = path.stat()
                 out.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
@@ -167,14 +185,15 @@ class Daemon:
         try:
             setup = load_setup(self.config_path)
         except ConfigError as exc:
-            self.metrics.config_reload_failures.inc()
-            log.error("configuration rejected", problems=[str(p) for p in exc.problems],
-                      consequence="the previous configuration stays active")
-            if self.setup is not None:
-                self._fingerprint = self._fingerprint_of(self.setup)
-            return False
+            return self._rejected([str(p) for p in exc.problems])
+        except Exception as exc:  # see _rejected
+            # Not a located problem but a failure to read (a case no check foresaw): still a
+            # rejected reload. The message, not the repr: a UnicodeDecodeError's repr holds
+            # the bytes it could not decode, which may be a secret's.
+            return self._rejected([f"{self.config_path}: reading it failed: "
+                                   f"{type(exc).__name__}: {exc}"], exc_info=True)
         old = self.setup
-        if old is not None and (old.config.listen != setup.config.listen
+        if old is not None and ((old.config.listen != setup.config.listen and not self.listen)
                                 or old.config.state_dir != setup.config.state_dir):
             log.warning("listen and state_dir changes take effect on restart")
         self._apply(setup)
@@ -182,6 +201,18 @@ class Daemon:
         log.info("configuration reloaded", policies=len(setup.policies),
                  mode=setup.config.mode)
         return True
+
+    def _rejected(self, problems: list[str], *, exc_info: bool = False) -> bool:
+        """A reload that failed, for whatever reason, is logged and counted, and the running
+        configuration stays; the files are read again at their next change or SIGHUP. Issue
+        25: one that raised anything but ConfigError killed the watch loop silently, so
+        later fixes were never read and /healthz went `stalled`."""
+        self.metrics.config_reload_failures.inc()
+        log.error("configuration rejected", problems=problems,
+                  consequence="the previous configuration stays active", exc_info=exc_info)
+        if self.setup is not None:
+            self._fingerprint = self._fingerprint_of(self.setup)
+        return False
 
     def _schedule(self) -> None:
         assert self._scheduler is not None and self.setup is not None
@@ -200,14 +231,20 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._reload_requested.wait(),
                                        timeout=self.options.poll_interval)
-                self._reload_requested.clear()
-                log.info("reload requested")
-                self.reload()
+                requested = True
             except TimeoutError:
-                if self.setup is not None and \
+                requested = False
+            try:
+                if requested:
+                    self._reload_requested.clear()
+                    log.info("reload requested")
+                    self.reload()
+                elif self.setup is not None and \
                         self._fingerprint_of(self.setup) != self._fingerprint:
                     log.info("configuration files changed")
                     self.reload()
+            except Exception as exc:  # this loop must live: /healthz reports on it
+                self._rejected([f"reload failed: {type(exc).__name__}: {exc}"], exc_info=True)
             self.heartbeat = time.monotonic()
 
     async def _pings(self) -> None:
@@ -297,41 +334,20 @@ class Daemon:
             return False
         return all(self.registry_ok.get(name) is True for name in self.setup.config.registries)
 
-    def _start_http(self, setup: Setup) -> None:
-        daemon = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, ctype = generate_latest(daemon.metrics.registry), 200, \
-                        CONTENT_TYPE_LATEST
-                elif path == "/healthz":
-                    ok = daemon.healthy()
-                    body, status, ctype = (b"ok\n" if ok else b"stalled\n"), \
-                        (200 if ok else 503), "text/plain"
-                elif path == "/readyz":
-                    ok = daemon.ready()
-                    body, status, ctype = (b"ready\n" if ok else b"not ready\n"), \
-                        (200 if ok else 503), "text/plain"
-                else:
-                    body, status, ctype = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        host, port = setup.config.listen
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
-        self.port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == "/healthz":
+            ok = self.healthy()
+            return (200, "text/plain", b"ok\n") if ok else (503, "text/plain", b"stalled\n")
+        if path == "/readyz":
+            ok = self.ready()
+            return (200, "text/plain", b"ready\n") if ok else \
+                (503, "text/plain", b"not ready\n")
+        return 404, "text/plain", b"not found\n"
 
 
-def serve(config_path: Path, *, err: TextIO | None = None, log_level: str | None = None
-          ) -> int:
-    return eventloop.run(Daemon(config_path, err=err, log_level=log_level).run())
+def serve(config_path: Path, *, err: TextIO | None = None, log_level: str | None = None,
+          listen: tuple[str, int] | None = None) -> int:
+    return eventloop.run(Daemon(config_path, err=err, log_level=log_level,
+                                listen=listen).run())

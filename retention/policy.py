@@ -14,6 +14,7 @@ from retention.config import check_cron
 from retention.durations import format_duration
 from retention.errors import ConfigError, Problem
 from retention.patterns import PatternError, PatternSet, compile_pattern
+from retention.textfiles import read_text
 from retention.yamlnodes import Reader, compose_documents, location
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -142,16 +143,20 @@ def load_policies(
     problems: list[Problem] = []
     policies: list[Policy] = []
     first_seen: dict[str, str] = {}
-    files = policy_files(paths)
+    try:
+        files = policy_files(paths)
+    except OSError as exc:  # a directory that cannot be listed
+        raise ConfigError([Problem(str(exc.filename), 1, 1, "cannot read policy directory: "
+                                   f"{exc.strerror}")]) from None
     for path in files:
         shown = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except OSError as exc:
             problems.append(Problem(shown, 1, 1, f"cannot read policy file: {exc.strerror}"))
             continue
-        except UnicodeDecodeError:
-            problems.append(Problem(shown, 1, 1, "policy file is not UTF-8 text"))
+        except ConfigError as exc:  # not UTF-8
+            problems.extend(exc.problems)
             continue
         _read(text, shown, registries, problems, policies, first_seen)
     if not files:

@@ -41,8 +41,17 @@ def compose_documents(text: str, path: str, problems: list[Problem]) -> list[yam
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problems.append(Problem(path, line, col, _syntax_message(exc)))
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control one)
+        before = text[:exc.position]
+        line, col = before.count("\n") + 1, exc.position - before.rfind("\n")
+        problems.append(Problem(path, line, col, f"invalid YAML: {exc.reason} "
+                                f"(character U+{exc.character:04X})"))
     except yaml.YAMLError as exc:
         problems.append(Problem(path, 1, 1, f"invalid YAML: {exc}"))
+    except RecursionError:  # PyYAML composes nested collections recursively
+        line, col = _too_deep(text)
+        problems.append(Problem(path, line, col, "invalid YAML: collections nested more "
+                                f"than {MAX_DEPTH} deep"))
     return []
 
 
@@ -64,6 +73,29 @@ def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
         return ("invalid YAML: a 'key: value' where none can start (a key indented "
                 "differently from the ones above it, or an unquoted ': ' inside a value)")
     return f"invalid YAML: {problem}"
+
+
+MAX_DEPTH = 100  # what _too_deep reports; no configuration or policy comes near it
+
+
+def _too_deep(text: str) -> tuple[int, int]:
+    """Where nesting first exceeds MAX_DEPTH (else its deepest point), read by PyYAML's
+    parser, which keeps its own stack instead of recursing."""
+    depth, deepest, where = 0, 0, (1, 1)
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > deepest:
+                    deepest = depth
+                    where = (event.start_mark.line + 1, event.start_mark.column + 1)
+                if depth > MAX_DEPTH:
+                    break
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return where
 
 
 @dataclass(slots=True)

@@ -231,3 +231,21 @@ def test_credentials_are_mounted_where_the_config_reads_them(tmp_path: Path):
         "/var/run/secrets/retention/prod/password"
     volumes = rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "secret-prod", "secret": {"secretName": "registry-robot"}} in volumes
+
+
+def test_listen_on_pod_ip_binds_the_downward_api_address():
+    # Issue 30: how to bind the endpoints to the pod IP. By default the chart's config says
+    # 0.0.0.0; with service.listenOnPodIP the kubelet expands $(POD_IP) in the args.
+    def container(rendered: Rendered) -> dict:
+        return rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+    default = container(minimal())
+    assert "--listen" not in default["args"]
+    assert "POD_IP" not in [e["name"] for e in default["env"]]
+    chosen = container(render(_merge(MINIMAL, {"service": {"listenOnPodIP": True,
+                                                           "port": 9102}})))
+    assert chosen["args"][-2:] == ["--listen", "$(POD_IP):9102"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} \
+        in chosen["env"]
+    validate_object(render(_merge(MINIMAL, {"service": {"listenOnPodIP": True}}))
+                    .one("Deployment"))
