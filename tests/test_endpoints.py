@@ -177,7 +177,8 @@ def test_port_in_use_is_one_line_not_a_traceback(tmp_path: Path):
     # 2 is for invalid config or usage, 1 for a failure of the environment).
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"retention: listen 127.0.0.1:{port}: address already in use\n"
-    assert not (tmp_path / "state").exists()  # it failed before touching anything
+    # It failed before touching the state (only the lock on state_dir was taken).
+    assert not (tmp_path / "state" / "retention.sqlite3").exists()
 
 
 def test_serve_listen_binds_only_the_address_given(tmp_path: Path, registry):
