@@ -30,11 +30,11 @@ import structlog
 from retention.accounting import Ledger
 from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
 from retention.inventory import Inventory, referrer_tag_subject
+from retention.outcomes import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, RunError, outcome_key
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, RegistryClient
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
-from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
 from retention.state import State
 
 if TYPE_CHECKING:
@@ -50,18 +50,6 @@ CONFIRM_WINDOW = 5.0  # seconds
 
 SHUTTING_DOWN = "shutting down: not started"
 GONE = "gone"  # journal status: deleted by someone else first; not retention's to restore
-
-
-@dataclass(frozen=True, slots=True)
-class RunError:
-    """A problem beyond single deletions, in one repository."""
-
-    registry: str
-    repository: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.registry}/{self.repository}: {self.message}"
 
 
 @dataclass(slots=True)

@@ -16,11 +16,11 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
+from retention.outcomes import FAILED, outcome_key
 from retention.planner import RESTORED, Plan, only, plan
 from retention.policy import Policy
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
-from retention.report import FAILED, outcome_key
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State

@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from retention.executor import Executor, Report
+from retention.outcomes import DELETED, FAILED
 from retention.planner import Plan
 from retention.registry.client import RetryPolicy
-from retention.report import DELETED, FAILED, to_json
+from retention.report import to_json
 from retention.runs import Connections, RunResult, collect, open_clients, plan_all, registries_of
 from retention.setup import load_setup
 from retention.state import State
