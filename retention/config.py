@@ -76,6 +76,8 @@ class Config:
     schedule: str = "0 3 * * *"
     untagged_grace: timedelta = timedelta(hours=24)
     journal_keep: timedelta = timedelta(days=30)  # how long deleted manifests' bodies stay
+    # The longest time from the start of the read confirming a manifest's tags to its DELETE
+    confirm_window: timedelta = timedelta(seconds=2)
     max_deletions: int = 1000
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
@@ -99,6 +101,7 @@ _TOP_KEYS = {
     "schedule": False,
     "untagged_grace": False,
     "journal_keep": False,
+    "confirm_window": False,
     "max_deletions": False,
     "state_dir": False,
     "listen": False,
@@ -208,7 +211,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
             kwargs["mode"] = mode
     if "schedule" in top and (cron := check_cron(reader, top["schedule"], what="schedule")):
         kwargs["schedule"] = cron
-    for key in ("untagged_grace", "journal_keep"):
+    for key in ("untagged_grace", "journal_keep", "confirm_window"):
         if key in top and (text := reader.string(top[key], what=key)) is not None:
             try:
                 kwargs[key] = parse_duration(text)

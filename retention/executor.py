@@ -2,17 +2,21 @@
 
 A plan is true when it is made; the executor deletes one digest at a time, and between the
 plan and each DELETE a tag may move, a parent's DELETE may fail, another policy may hold
-something back. So the executor keeps a live view of what is gone, and ``_verdict`` is the
-one place that decides whether a DELETE may be sent *now*: the registry still accepts
-deletes, the daemon is not stopping, every manifest of the repository that references the
-digest (an index listing it, its subject) is gone, and its tags, confirmed from the
-registry at most ``confirm_window`` before, are exactly those the plan saw. Before the gate
-the manifest's exact bytes are read; once it passes they are journaled (committed) and only
-then is the DELETE sent, so ``retention restore`` can put back anything that went.
+something back. So the executor keeps a live view of what is gone, and the gate in
+``_delete`` decides whether a DELETE may be sent *now*: the registry still accepts deletes,
+the daemon is not stopping, every manifest of the repository that references the digest (an
+index listing it, its subject, one pushed since the plan) is gone, and, last of all, its
+tags, read from the registry, are exactly those the plan saw. That read is the last check,
+and the DELETE is not sent later than ``confirm_window`` after the read began (the client
+refuses to send it past that moment, wherever it waited); past it, the tags are read again.
+Before the gate the manifest's exact bytes are read, and before the tag read they are
+journaled (committed), so ``retention restore`` can put back anything that went.
 
 Dry-run and enforce take the same path and log the same events; dry-run returns just before
 the DELETE. All policies of a run are applied together, repository by repository, parents
-before children, so a child shared by two policies' indexes waits for both.
+before children, so a child shared by two policies' indexes waits for both. Deletions
+within one repository are sent one after another, so that each one's tag read comes after
+the previous DELETE; repositories proceed in parallel.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ from typing import TYPE_CHECKING
 import structlog
 
 from retention.accounting import Ledger
-from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
+from retention.errors import (
+    AuthenticationError,
+    DeleteRefusedError,
+    DeletionDisabledError,
+    NotSentError,
+    RegistryError,
+)
 from retention.inventory import Inventory, referrer_tag_subject
 from retention.outcomes import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, RunError, outcome_key
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
-from retention.registry.client import RETRYABLE, RegistryClient
+from retention.registry.client import RETRYABLE, FetchedManifest, RegistryClient
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.state import State
 
@@ -44,9 +54,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("retention.executor")
 
-# A manifest's tags are confirmed from the registry at most this long before its own DELETE
-# (or, when re-reading one repository's tags takes longer than this, just before it).
-CONFIRM_WINDOW = 5.0  # seconds
+# The longest time from the start of the read that confirms a manifest's tags to the
+# sending of its DELETE (config: confirm_window); 0: a read for every DELETE.
+CONFIRM_WINDOW = 2.0  # seconds
+# A read made for one DELETE, and that DELETE, get at least this long together whatever the
+# window: with 0 s the DELETE must still be sent once its own read is done. A read reused
+# from an earlier DELETE gets the window only.
+READ_AND_SEND = 1.0  # seconds
+# Times in a row a manifest's gate may end in a read again (its DELETE could not be sent
+# in time, or the read showed manifests pushed since the plan that had to be read first)
+# before the manifest is kept for this run: a repository whose tags take longer than the
+# window to read, or one that changes at every read.
+MAX_REREADS = 5
 
 SHUTTING_DOWN = "shutting down: not started"
 GONE = "gone"  # journal status: deleted by someone else first; not retention's to restore
@@ -89,60 +108,83 @@ def log_decisions(plan: Plan, *, dry_run: bool) -> None:
                       reason=p.aborted, dry_run=dry_run)
 
 
+@dataclass(frozen=True, slots=True)
+class TagRead:
+    """One manifest's tags as the registry answered them, and when that read began."""
+
+    tags: frozenset[str]
+    started: float  # time.monotonic(), the clock the client's not_after is in
+    fresh: bool  # made for this DELETE (not reused from an earlier one)
+
+
 class TagConfirmation:
     """What the registry says now about one repository's manifests.
 
     distribution cannot answer "which tags point at this digest": every tag is resolved
-    (tag list + a HEAD per tag, at the client's concurrency), and that answer is trusted
-    for ``window`` seconds from when the re-read began. ACR answers it for one digest in
-    one request, so there every DELETE gets its own.
+    (tag list + a HEAD per tag, at the client's concurrency), and that snapshot is reused
+    by the next DELETEs while it is younger than ``window`` (0: never). ACR answers it for
+    one digest in one request, so there every DELETE gets its own.
 
-    The same re-read shows manifests pushed since the plan (``known`` is what the plan
-    saw): one that references a manifest about to be deleted (a new index reusing a child,
-    a new signature) makes that manifest stay.
+    The snapshot (on ACR, its manifests listing, re-read when older than ``window``) also
+    shows manifests pushed since the plan (``known`` is what the plan saw): one that
+    references a manifest about to be deleted (a new index reusing a child, a new
+    signature) makes that manifest stay. Each is read once, by ``examine``.
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
-                 known: frozenset[str] = frozenset(),
-                 monotonic: Callable[[], float] = time.monotonic):
+                 known: frozenset[str] = frozenset()):
         self._client = client
         self._repository = repository
         self._window = window
         self._known = known
-        self._monotonic = monotonic
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
-        self._read_at: float | None = None
+        self._read_at = float("-inf")  # when the snapshot's read began (never yet)
         self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
-        self.rereads = 0
+        self.reads = 0  # tag reads: snapshots, and on ACR single manifests' tags too
 
-    async def tags_of(self, digest: str) -> set[str]:
+    async def read(self, digest: str) -> TagRead:
+        """The tags on ``digest`` now: the gate's last check before its DELETE."""
+        started = time.monotonic()
         if self._acr is not None:
-            self.rereads += 1
             tags = await self._acr.manifest_tags(self._repository, digest)
+            self.reads += 1
             if tags is None:
                 # Gone, or a transient 404: either way its tags are not confirmed.
                 raise RegistryError(f"ACR answered 404 for {_short(digest)}'s tags",
                                     registry=self._client.settings.name, status=404)
-            return tags
-        await self._fresh()
-        return self._snapshot.get(digest, set())
+            return TagRead(frozenset(tags), started, fresh=True)
+        fresh = not self._reusable()
+        if fresh:
+            await self._reread()
+        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh)
 
-    async def new_referrer_of(self, digest: str) -> str | None:
-        """A manifest the plan did not know that references ``digest`` now, if any."""
-        await self._fresh()
+    def unexamined(self) -> list[str]:
+        """Manifests the latest snapshot shows, pushed since the plan, not read yet."""
+        return sorted(d for d in self._snapshot if d not in self._known and d not in self._links)
+
+    async def examine(self) -> None:
+        """Read the manifests pushed since the plan that the snapshot shows (on ACR, the
+        listing is read again first when older than the window)."""
+        if self._acr is not None and not self._reusable():
+            await self._reread()
+        for digest in self.unexamined():
+            self._links[digest] = await self._references(digest)
+
+    def newcomer_referencing(self, digest: str) -> str | None:
+        """A manifest the plan did not know that references ``digest`` now, if any; one
+        not read yet (or unparseable) may reference anything: unknown means keep."""
         for other in sorted(set(self._snapshot) - self._known):
-            links = await self._references(other)
+            links = self._links.get(other)
             if links is None or digest in links:
                 return other
         return None
 
-    async def _fresh(self) -> None:
-        if self._read_at is None or self._monotonic() - self._read_at > self._window:
-            await self._reread()
+    def _reusable(self) -> bool:
+        return self._window > 0 and time.monotonic() - self._read_at <= self._window
 
     async def _reread(self) -> None:
-        started = self._monotonic()
+        started = time.monotonic()
         client, repository = self._client, self._repository
         snapshot: dict[str, set[str]] = {}
         if self._acr is not None:
@@ -156,25 +198,21 @@ class TagConfirmation:
                 if head is not None:  # None: the tag vanished between listing and reading
                     snapshot.setdefault(head.digest, set()).add(tag)
         self._snapshot, self._read_at = snapshot, started
-        self.rereads += 1
+        self.reads += 1
 
     async def _references(self, digest: str) -> frozenset[str] | None:
         """Children, subject and referrer-tag subjects of a manifest pushed during the run;
         None when it cannot be parsed: it may reference anything (unknown means keep)."""
-        if digest not in self._links:
-            found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
-            fetched = await self._client.get_manifest(self._repository, digest)
-            links: frozenset[str] | None = frozenset(found)
-            if fetched is not None:
-                try:
-                    parsed = parse_manifest(fetched.body, fetched.media_type)
-                except ManifestFormatError:
-                    links = None
-                else:
-                    links = frozenset(found | {c.digest for c in parsed.children}
-                                      | ({parsed.subject} if parsed.subject else set()))
-            self._links[digest] = links
-        return self._links[digest]
+        found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
+        fetched = await self._client.get_manifest(self._repository, digest)
+        if fetched is None:
+            return frozenset(found)
+        try:
+            parsed = parse_manifest(fetched.body, fetched.media_type)
+        except ManifestFormatError:
+            return None
+        return frozenset(found | {c.digest for c in parsed.children}
+                         | ({parsed.subject} if parsed.subject else set()))
 
 
 @dataclass(slots=True)
@@ -186,6 +224,8 @@ class _Live:
     ledgers: dict[str, Ledger]  # registry -> references still present there
     gone: set[OutcomeKey] = field(default_factory=set)  # deleted now, or found already gone
     broken: dict[str, str] = field(default_factory=dict)  # registry -> why no more deletes
+    # (registry, repository) -> why no more deletes there (ACR: the repository is locked)
+    locked: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def stays(self, registry: str, repository: str, digest: str) -> str | None:
         """None when the manifest is gone; else a few words on why it is still there."""
@@ -237,69 +277,127 @@ class Executor:
         was made from: what the repositories held, and so what each deletion frees."""
         report = Report()
         log_decisions(plan, dry_run=dry_run)
-        live: _Live | None = None  # made for the first deletion sent: a dry run needs none
         groups: dict[tuple[str, str], list[tuple[PolicyPlan, Action]]] = {}
         for p in plan.policies:
             if p.aborted:
                 continue
             for a in p.actions:
                 groups.setdefault((a.registry, a.repository), []).append((p, a))
-        for (registry, repository), pairs in sorted(groups.items()):
-            if dry_run:
+        if dry_run:
+            for _, pairs in sorted(groups.items()):
                 for _, a in pairs:
                     log.info("manifest deleted", **_event(a), reason=a.reason,
                              cascade_of=a.cascade_of, dry_run=True)
-                continue
-            if live is None:
-                live = _Live(report.outcomes,
-                             {name: Ledger(inv) for name, inv in inventories.items()})
-            actions = parents_first(a for _, a in pairs)
-            inventory = inventories.get(registry)
-            known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
-                              if r.name == repository for m in r.manifests)
-            await self._apply_repository(registry, repository, actions, live, report,
-                                         known=known)
-            for p in {id(p): p for p, _ in pairs}.values():
-                if repository in p.emptied:
-                    mine = [a for q, a in pairs if q is p]
-                    await self._delete_if_empty(p, repository, mine, report)
+            return report
+        if not groups:
+            return report
+        live = _Live(report.outcomes, {name: Ledger(inv) for name, inv in inventories.items()})
+        # Repositories in parallel, a few at a time per registry: each one's tag reads share
+        # the registry's `concurrency` slots with the others', and a read slowed past the
+        # window by that sharing has to be made again.
+        at_once = {name: asyncio.Semaphore(max(1, c.settings.concurrency // 2))
+                   for name, c in self._clients.items()}
+
+        async def one(registry: str, repository: str,
+                      pairs: list[tuple[PolicyPlan, Action]]) -> None:
+            async with at_once[registry]:
+                inventory = inventories.get(registry)
+                known = frozenset(m.digest for r in (inventory.repositories if inventory
+                                                      else ()) if r.name == repository
+                                  for m in r.manifests)
+                await self._apply_repository(registry, repository,
+                                             parents_first(a for _, a in pairs), live, report,
+                                             known=known)
+                for p in {id(p): p for p, _ in pairs}.values():
+                    if repository in p.emptied:
+                        mine = [a for q, a in pairs if q is p]
+                        await self._delete_if_empty(p, repository, mine, report)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for (registry, repository), pairs in sorted(groups.items()):
+                    tasks.create_task(one(registry, repository, pairs))
+        except ExceptionGroup as group:
+            # A bug in one repository's task (the others were cancelled): raised as it was.
+            raise group.exceptions[0]  # noqa: B904 - the group adds nothing
+        # In the order of the repositories, whichever finished first.
+        report.errors.sort(key=lambda e: (e.registry, e.repository))
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
                                 live: _Live, report: Report, *, known: frozenset[str]) -> None:
         client = self._clients[registry]
         confirmation = TagConfirmation(client, repository, window=self._window, known=known)
+        # One after another: each DELETE's tag read comes after the previous DELETE.
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
 
-    async def _verdict(self, a: Action, confirmation: TagConfirmation,
-                       live: _Live) -> tuple[str, str] | None:
-        """Why ``a`` must not be sent now, as (status, reason); None: send it."""
+    def _checks(self, a: Action, live: _Live) -> tuple[str, str] | None:
+        """Why ``a`` must not be sent now, as (status, reason), from what this run knows
+        (no request); None: on to the registry's checks."""
         if self._state.unusable is not None:
             return SKIPPED, (f"{self._state.unusable}: nothing could be journaled for "
                              "restore, so nothing is deleted; fix state_dir")
         if a.registry in live.broken:
             return FAILED, live.broken[a.registry]
+        if (a.registry, a.repository) in live.locked:
+            return FAILED, live.locked[(a.registry, a.repository)]
         if self._stop.is_set():
             return SKIPPED, SHUTTING_DOWN
         for parent in a.parents:
             why = live.stays(a.registry, a.repository, parent)
             if why is not None:
                 return SKIPPED, f"{_short(parent)}, which references it, stays ({why})"
-        now_tags = await confirmation.tags_of(a.digest)
-        if now_tags != set(a.tags):
-            return SKIPPED, (f"{CHANGED}: tags are now {sorted(now_tags) or 'none'}, the plan "
-                             f"saw {sorted(a.tags) or 'none'}")
-        newcomer = await confirmation.new_referrer_of(a.digest)
-        if newcomer is not None:
-            return SKIPPED, (f"{CHANGED}: {_short(newcomer)}, pushed since the plan, "
-                             "references it")
         return None
+
+    async def _gate(self, a: Action, confirmation: TagConfirmation,
+                    live: _Live) -> tuple[str, str] | TagRead | None:
+        """Every check before ``a``'s DELETE, the tag read last. (status, reason): not
+        now; a TagRead: send it, not later than that read allows; None: read again (the
+        read showed manifests pushed since the plan, read now, after it)."""
+        verdict = self._checks(a, live)
+        if verdict is not None:
+            return verdict
+        await confirmation.examine()
+        newcomer = confirmation.newcomer_referencing(a.digest)
+        if newcomer is not None:
+            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        read = await confirmation.read(a.digest)
+        # Nothing is awaited from here to the DELETE: what follows reads what is known.
+        if confirmation.unexamined():
+            return None
+        verdict = self._checks(a, live)  # another repository may have broken the registry
+        if verdict is not None:
+            return verdict
+        newcomer = confirmation.newcomer_referencing(a.digest)
+        if newcomer is not None:
+            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if read.tags != set(a.tags):
+            return SKIPPED, (f"{CHANGED}: tags are now {sorted(read.tags) or 'none'}, the plan "
+                             f"saw {sorted(a.tags) or 'none'}")
+        return read
+
+    def _journal(self, a: Action, fetched: FetchedManifest, live: _Live,
+                 report: Report) -> int | None:
+        """Commit ``a``'s exact bytes before its DELETE can leave: after a crash the journal
+        may list something still there ("deleting"), never miss something gone. None: it
+        could not be written (recorded as skipped)."""
+        try:
+            return self._state.journal_begin(
+                at=self._clock(), registry=a.registry, repository=a.repository,
+                digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
+                media_type=fetched.media_type or a.media_type, body=fetched.body)
+        except sqlite3.Error as exc:
+            reason = f"could not journal it before deleting (state database): {exc}"
+            live.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
+            report.errors.append(RunError(a.registry, a.repository, reason))
+            log.error("deletion skipped", **_event(a), reason=reason)
+            return None
 
     async def _delete(self, client: RegistryClient, a: Action,
                       confirmation: TagConfirmation, live: _Live, report: Report) -> None:
         # The exact bytes first, for the journal (restore re-pushes them). Fetched before the
-        # gate, so reading them does not widen the gap between confirming tags and DELETE.
+        # gate: the gate's tag read is its last check.
         try:
             fetched = await client.get_manifest(a.repository, a.digest)
         except RegistryError as exc:
@@ -311,9 +409,10 @@ class Executor:
             self._gone(a, live, by_us=False, entry=None)
             return
         retry = client.retry_policy
-        attempt = 0
+        attempt = 0  # DELETEs answered with a failure worth another try
+        rereads = 0  # gates ended in a read again, in a row
         maybe_applied = False  # a DELETE was sent and its answer lost
-        entry: int | None = None  # the journal row, once the DELETE is about to be sent
+        entry: int | None = None  # the journal row, once the gate was passed once
         while True:
             if maybe_applied:
                 # A DELETE was sent and its answer lost: find out before sending anything.
@@ -326,30 +425,48 @@ class Executor:
                 if still_there is None:
                     self._gone(a, live, by_us=True, entry=entry)
                     return
-            try:
-                verdict = await self._verdict(a, confirmation, live)
-            except RegistryError as exc:
-                verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
-                report.errors.append(RunError(a.registry, a.repository, verdict[1]))
-            if verdict is not None:
-                self._record(a, live, *verdict, entry=entry)
-                return
-            if entry is None:
-                # Committed before the DELETE leaves: after a crash the journal may list
-                # something still there ("deleting"), never miss something gone.
-                try:
-                    entry = self._state.journal_begin(
-                        at=self._clock(), registry=a.registry, repository=a.repository,
-                        digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
-                        media_type=fetched.media_type or a.media_type, body=fetched.body)
-                except sqlite3.Error as exc:
-                    reason = f"could not journal it before deleting (state database): {exc}"
-                    live.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
-                    report.errors.append(RunError(a.registry, a.repository, reason))
-                    log.error("deletion skipped", **_event(a), reason=reason)
+            if entry is None and self._checks(a, live) is None:
+                # Journaled before the tag read, so that writing it (a busy or slow disk)
+                # does not come between that read and the DELETE.
+                entry = self._journal(a, fetched, live, report)
+                if entry is None:
                     return
             try:
-                existed = await client.delete_manifest(a.repository, a.digest, retry=False)
+                gate = await self._gate(a, confirmation, live)
+            except RegistryError as exc:
+                gate = SKIPPED, f"could not confirm its tags before deleting: {exc}"
+                report.errors.append(RunError(a.registry, a.repository, gate[1]))
+            if isinstance(gate, tuple):
+                self._record(a, live, *gate, entry=entry)
+                return
+            if gate is None:
+                rereads += 1
+                if rereads < MAX_REREADS:
+                    continue
+                self._kept_unconfirmed(a, live, report, "the repository changed at every "
+                                       "read (manifests pushed since the plan)", entry=entry)
+                return
+            # Not sent later than the window allows from the start of the read: a DELETE
+            # held back (a busy slot, a token fetched first) is not sent on a stale read.
+            not_after = gate.started + (max(self._window, READ_AND_SEND) if gate.fresh
+                                        else self._window)
+            try:
+                existed = await client.delete_manifest(a.repository, a.digest, retry=False,
+                                                       not_after=not_after)
+            except NotSentError:
+                rereads += 1
+                if rereads < MAX_REREADS:
+                    continue
+                self._kept_unconfirmed(
+                    a, live, report, f"its DELETE could not be sent within confirm_window "
+                    f"({self._window:g} s, at least {READ_AND_SEND:g} s after a read made for "
+                    f"it) of the read confirming its tags; the last read took "
+                    f"{time.monotonic() - gate.started:.1f} s: raise confirm_window",
+                    entry=entry)
+                return
+            except DeleteRefusedError as exc:
+                await self._refused(client, a, live, exc, entry=entry)
+                return
             except (DeletionDisabledError, AuthenticationError) as exc:
                 # Every further delete on this registry would fail the same way: stop asking.
                 live.broken[a.registry] = str(exc)
@@ -361,8 +478,8 @@ class Executor:
                 maybe_applied = maybe_applied or exc.status is None or exc.status >= 500
                 if (exc.status is None or exc.status in RETRYABLE) and \
                         attempt < retry.attempts:
-                    # Wait, then go through the gate again: the wait may outlast the
-                    # confirmation of its tags, or the run may be stopping.
+                    # Wait, then go through the gate again: the wait outlasts the read that
+                    # confirmed its tags, or the run may be stopping.
                     delay = min(exc.retry_after or retry.backoff(attempt - 1),
                                 retry.max_retry_after)
                     log.info("deletion retried", **_event(a), reason=str(exc),
@@ -382,6 +499,39 @@ class Executor:
                 return
             self._gone(a, live, by_us=existed or maybe_applied, entry=entry)
             return
+
+    def _kept_unconfirmed(self, a: Action, live: _Live, report: Report, why: str, *,
+                          entry: int | None) -> None:
+        """Its tags could not be confirmed close enough to its DELETE: kept for this run
+        (unknown means keep), and the run says so."""
+        reason = f"not deleted: {why}"
+        report.errors.append(RunError(a.registry, a.repository, reason))
+        self._record(a, live, SKIPPED, reason, entry=entry)
+
+    async def _refused(self, client: RegistryClient, a: Action, live: _Live,
+                       exc: DeleteRefusedError, *, entry: int | None) -> None:
+        """ACR refused the DELETE (405). Its attributes say whether a lock explains it: on
+        the manifest or one of its tags (that manifest fails), on the repository (its
+        remaining deletions fail too, unsent). A refusal no lock explains is about the
+        registry (a full storage quota, say): no more deletions there in this run."""
+        try:
+            lock = await AcrApi(client).lock_of(a.repository, a.digest)
+        except RegistryError as check:
+            reason = (f"{exc}; reading the attributes that would say why failed ({check}), "
+                      "so no more deletions on this registry in this run")
+            lock = None
+        else:
+            reason = (f"{exc}; neither the manifest, its tags nor the repository is locked, "
+                      "so ACR refuses deletes on the whole registry (its storage quota "
+                      "reached, say): no more deletions on it in this run")
+        if lock is None:
+            live.broken[a.registry] = reason
+        elif lock.scope == "repository":
+            live.locked[(a.registry, a.repository)] = f"not sent: {lock.detail}"
+            reason = f"{exc}: {lock.detail}"
+        else:
+            reason = f"{exc}: {lock.detail}"
+        self._record(a, live, FAILED, reason, entry=entry)
 
     def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None) -> None:
         """The manifest is gone: journal it, credit the bytes it freed, count it."""

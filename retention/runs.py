@@ -195,9 +195,9 @@ async def run_pass(
                               for d in p.protected if d.reason == RESTORED})
         if metrics:
             metrics.record_plan(the_plan)
-        report = await Executor(clients, state=state, metrics=metrics, clock=clock,
-                                stop=stop).apply(the_plan, dry_run=dry_run,
-                                                 inventories=inventories)
+        executor = Executor(clients, state=state, metrics=metrics, clock=clock, stop=stop,
+                            confirm_window=setup.config.confirm_window.total_seconds())
+        report = await executor.apply(the_plan, dry_run=dry_run, inventories=inventories)
     result = RunResult(the_plan, report, dry_run)
     if metrics:
         elapsed = time.monotonic() - started
