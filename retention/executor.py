@@ -226,6 +226,8 @@ class _Live:
     broken: dict[str, str] = field(default_factory=dict)  # registry -> why no more deletes
     # (registry, repository) -> why no more deletes there (ACR: the repository is locked)
     locked: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (registry, repository) -> why its tags cannot be confirmed in time (kept, not failed)
+    unconfirmed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def stays(self, registry: str, repository: str, digest: str) -> str | None:
         """None when the manifest is gone; else a few words on why it is still there."""
@@ -342,6 +344,8 @@ class Executor:
             return FAILED, live.broken[a.registry]
         if (a.registry, a.repository) in live.locked:
             return FAILED, live.locked[(a.registry, a.repository)]
+        if (a.registry, a.repository) in live.unconfirmed:
+            return SKIPPED, live.unconfirmed[(a.registry, a.repository)]
         if self._stop.is_set():
             return SKIPPED, SHUTTING_DOWN
         for parent in a.parents:
@@ -423,7 +427,7 @@ class Executor:
                                  f"answer was lost) and checking failed: {exc}")
                     return
                 if still_there is None:
-                    self._gone(a, live, by_us=True, entry=entry)
+                    self._gone(a, live, by_us=True, credit=False, entry=entry)
                     return
             if entry is None and self._checks(a, live) is None:
                 # Journaled before the tag read, so that writing it (a busy or slow disk)
@@ -459,10 +463,11 @@ class Executor:
                     continue
                 self._kept_unconfirmed(
                     a, live, report, f"its DELETE could not be sent within confirm_window "
-                    f"({self._window:g} s, at least {READ_AND_SEND:g} s after a read made for "
-                    f"it) of the read confirming its tags; the last read took "
-                    f"{time.monotonic() - gate.started:.1f} s: raise confirm_window",
-                    entry=entry)
+                    f"({self._window:g} s, at least {READ_AND_SEND:g} s for a read made for "
+                    f"it) of the start of the read confirming its tags ({MAX_REREADS} reads; "
+                    f"the last one and its DELETE took "
+                    f"{time.monotonic() - gate.started:.1f} s): raise confirm_window above "
+                    "the time one read of the repository's tags takes", entry=entry)
                 return
             except DeleteRefusedError as exc:
                 await self._refused(client, a, live, exc, entry=entry)
@@ -489,7 +494,7 @@ class Executor:
                 if maybe_applied:
                     try:
                         if await client.head_manifest(a.repository, a.digest) is None:
-                            self._gone(a, live, by_us=True, entry=entry)
+                            self._gone(a, live, by_us=True, credit=False, entry=entry)
                             return
                     except RegistryError as check:
                         self._unsure(a, live, report, f"{exc}; it may have been deleted "
@@ -497,14 +502,16 @@ class Executor:
                         return
                 self._record(a, live, FAILED, str(exc), entry=entry)
                 return
-            self._gone(a, live, by_us=existed or maybe_applied, entry=entry)
+            self._gone(a, live, by_us=existed or maybe_applied, credit=existed, entry=entry)
             return
 
     def _kept_unconfirmed(self, a: Action, live: _Live, report: Report, why: str, *,
                           entry: int | None) -> None:
         """Its tags could not be confirmed close enough to its DELETE: kept for this run
-        (unknown means keep), and the run says so."""
+        (unknown means keep), and the run says so. The rest of its repository too: each
+        would spend the same reads in vain."""
         reason = f"not deleted: {why}"
+        live.unconfirmed[(a.registry, a.repository)] = reason
         report.errors.append(RunError(a.registry, a.repository, reason))
         self._record(a, live, SKIPPED, reason, entry=entry)
 
@@ -533,9 +540,13 @@ class Executor:
             reason = f"{exc}: {lock.detail}"
         self._record(a, live, FAILED, reason, entry=entry)
 
-    def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None) -> None:
-        """The manifest is gone: journal it, credit the bytes it freed, count it."""
-        credits = live.went(a, by_us=by_us)
+    def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None,
+              credit: bool | None = None) -> None:
+        """The manifest is gone: journal it, credit the bytes it freed, count it.
+        ``credit=False``: deleted by us as far as restore is concerned, but the bytes are
+        not claimed: a DELETE whose answer was lost, then found gone, may have been beaten
+        by someone else's (bytes are claimed less, never more)."""
+        credits = live.went(a, by_us=by_us if credit is None else credit)
         freed = sum(size for owner, size in credits if owner is a)
         if entry is not None and not by_us:
             # Someone else deleted it between our read and our DELETE: not ours to restore.

@@ -173,3 +173,21 @@ def test_confirm_window_is_validated_with_its_location(tmp_path: Path):
                       "confirm_window: 0s\n")
     assert cli("validate", "--config", str(config))[0] == 0
     assert load_setup(config).config.confirm_window.total_seconds() == 0
+
+
+def test_a_repository_slower_to_read_than_the_window_is_kept(tmp_path, registry, pusher,
+                                                             proxy):
+    """Every read of the repository's tags takes longer than the window (a slow HEAD): no
+    DELETE can be sent in time, so nothing there is deleted, the run says how to fix it,
+    and the repository's other manifests are not read for in vain."""
+    for i in range(2):
+        pusher.image("app", f"pr-{i}", created=OLD, layers=(f"l{i}".encode(),))
+    proxy.inject(Fault("HEAD", r"/v2/app/manifests/pr-", "delay", seconds=1.3, times=100))
+    config = write_config(tmp_path, proxy.url, policy=PR, extra="confirm_window: 1s")
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 1
+    assert [a["status"] for a in doc["actions"]] == ["skipped", "skipped"]
+    assert all("raise confirm_window" in a["reason"] for a in doc["actions"])
+    assert any("raise confirm_window" in e["message"] for e in doc["errors"])
+    assert proxy.count("DELETE", ".") == 0 and len(pusher.tags("app")) == 2
+    assert proxy.count("GET", r"/v2/app/tags/list") == 1 + 5  # the plan's, then 5 in vain
