@@ -357,8 +357,9 @@ class Executor:
     async def _gate(self, a: Action, confirmation: TagConfirmation,
                     live: _Live) -> tuple[str, str] | TagRead | None:
         """Every check before ``a``'s DELETE, the tag read last. (status, reason): not
-        now; a TagRead: send it, not later than that read allows; None: read again (the
-        read showed manifests pushed since the plan, read now, after it)."""
+        now; a TagRead: send it, not later than that read allows; None: go through the gate
+        again (the read showed manifests pushed since the plan: they are read first, and
+        the tags again after them)."""
         verdict = self._checks(a, live)
         if verdict is not None:
             return verdict
