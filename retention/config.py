@@ -79,6 +79,8 @@ class Config:
     journal_keep: timedelta = timedelta(days=30)  # how long deleted manifests' bodies stay
     # How long a manifest `retention restore` put back is protected (`restored`).
     restored_hold: timedelta = timedelta(days=7)
+    # The longest time from the start of the read confirming a manifest's tags to its DELETE
+    confirm_window: timedelta = timedelta(seconds=2)
     max_deletions: int = 1000
     state_dir: Path | None = None
     listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104 - a container's metrics port
@@ -107,6 +109,7 @@ _TOP_KEYS = {
     "untagged_grace": False,
     "journal_keep": False,
     "restored_hold": False,
+    "confirm_window": False,
     "max_deletions": False,
     "state_dir": False,
     "listen": False,
@@ -217,7 +220,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
             kwargs["mode"] = mode
     if "schedule" in top and (cron := check_cron(reader, top["schedule"], what="schedule")):
         kwargs["schedule"] = cron
-    for key in ("untagged_grace", "journal_keep", "restored_hold"):
+    for key in ("untagged_grace", "journal_keep", "restored_hold", "confirm_window"):
         if key in top and (duration := reader.duration(top[key], what=key)) is not None:
             kwargs[key] = duration
     if "max_deletions" in top:

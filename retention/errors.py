@@ -54,6 +54,19 @@ class DeletionDisabledError(RegistryError):
     """The registry refuses deletes (405 / UNSUPPORTED)."""
 
 
+class DeleteRefusedError(RegistryError):
+    """ACR refused a DELETE with 405. ACR answers so for a locked manifest, tag or
+    repository, and for a registry that refuses every write (its storage quota reached):
+    which one it is is read from the attributes (``changeableAttributes``), not guessed from
+    the answer."""
+
+
+class NotSentError(RegistryError):
+    """A request was not sent because the moment it was allowed until had passed (a DELETE
+    whose tag confirmation had grown too old while it waited). Nothing reached the
+    registry: check again, then try again."""
+
+
 class ManifestLockedError(RegistryError):
     """The registry refuses to delete one manifest because that manifest (or its tag or
     repository) is locked, as ACR answers for ``deleteEnabled: false``. It fails that manifest

@@ -2,19 +2,23 @@
 
 A plan is true when it is made; the executor deletes one digest at a time, and between the
 plan and each DELETE a tag may move, a parent's DELETE may fail, another policy may hold
-something back. So the executor keeps a live view of what is gone, and ``_verdict`` is the
-one place that decides whether a DELETE may be sent *now*: the registry still accepts
-deletes, the daemon is not stopping, every manifest of the repository that references the
-digest (an index listing it, its subject) is gone, and its tags, confirmed from the
-registry at most ``confirm_window`` before, are exactly those the plan saw. Before the gate
-the manifest's exact bytes are read; once it passes they are journaled (committed) and only
-then is the DELETE sent, so ``retention restore`` can put back anything that went. The
+something back. So the executor keeps a live view of what is gone, and the gate in
+``_delete`` decides whether a DELETE may be sent *now*: the registry still accepts deletes,
+the daemon is not stopping, every manifest of the repository that references the digest (an
+index listing it, its subject, one pushed since the plan) is gone, and, last of all, its
+tags, read from the registry, are exactly those the plan saw. That read is the last check,
+and the DELETE is not sent later than ``confirm_window`` after the read began (the client
+refuses to send it past that moment, wherever it waited); past it, the tags are read again.
+Before the gate the manifest's exact bytes are read, and before the tag read they are
+journaled (committed), so ``retention restore`` can put back anything that went. The
 bytes each deletion freed are settled when the run's deletions are over (``_settle``), with
 the manifests pushed meanwhile, which the confirmations saw, holding their blobs.
 
 Dry-run and enforce take the same path and log the same events; dry-run returns just before
 the DELETE. All policies of a run are applied together, repository by repository, parents
-before children, so a child shared by two policies' indexes waits for both.
+before children, so a child shared by two policies' indexes waits for both. Deletions
+within one repository are sent one after another, so that each one's tag read comes after
+the previous DELETE; repositories proceed in parallel.
 """
 
 from __future__ import annotations
@@ -31,12 +35,18 @@ from typing import TYPE_CHECKING
 import structlog
 
 from retention.accounting import Ledger
-from retention.errors import AuthenticationError, DeletionDisabledError, RegistryError
+from retention.errors import (
+    AuthenticationError,
+    DeleteRefusedError,
+    DeletionDisabledError,
+    NotSentError,
+    RegistryError,
+)
 from retention.inventory import Inventory, Manifest, referrer_tag_subject
+from retention.outcomes import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, RunError, outcome_key
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
-from retention.registry.client import RETRYABLE, RegistryClient
-from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
+from retention.registry.client import RETRYABLE, FetchedManifest, RegistryClient
 from retention.scanner import ManifestFacts, body_facts
 from retention.state import State
 
@@ -47,24 +57,21 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("retention.executor")
 
-# A manifest's tags are confirmed from the registry at most this long before its own DELETE
-# (or, when re-reading one repository's tags takes longer than this, just before it).
-CONFIRM_WINDOW = 5.0  # seconds
+# The longest time from the start of the read that confirms a manifest's tags to the
+# sending of its DELETE (config: confirm_window); 0: a read for every DELETE.
+CONFIRM_WINDOW = 2.0  # seconds
+# A read made for one DELETE, and that DELETE, get at least this long together whatever the
+# window: with 0 s the DELETE must still be sent once its own read is done. A read reused
+# from an earlier DELETE gets the window only.
+READ_AND_SEND = 1.0  # seconds
+# Times in a row a manifest's gate may end in a read again (its DELETE could not be sent
+# in time, or the read showed manifests pushed since the plan that had to be read first)
+# before the manifest is kept for this run: a repository whose tags take longer than the
+# window to read, or one that changes at every read.
+MAX_REREADS = 5
 
 SHUTTING_DOWN = "shutting down: not started"
 GONE = "gone"  # journal status: deleted by someone else first; not retention's to restore
-
-
-@dataclass(frozen=True, slots=True)
-class RunError:
-    """A problem beyond single deletions, in one repository."""
-
-    registry: str
-    repository: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.registry}/{self.repository}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -104,68 +111,91 @@ def log_decisions(plan: Plan, *, dry_run: bool) -> None:
                       reason=p.aborted, dry_run=dry_run)
 
 
+@dataclass(frozen=True, slots=True)
+class TagRead:
+    """One manifest's tags as the registry answered them, and when that read began."""
+
+    tags: frozenset[str]
+    started: float  # time.monotonic(), the clock the client's not_after is in
+    fresh: bool  # made for this DELETE (not reused from an earlier one)
+
+
 class TagConfirmation:
     """What the registry says now about one repository's manifests.
 
     distribution cannot answer "which tags point at this digest": every tag is resolved
-    (tag list + a HEAD per tag, at the client's concurrency), and that answer is trusted
-    for ``window`` seconds from when the re-read began. ACR answers it for one digest in
-    one request, so there every DELETE gets its own.
+    (tag list + a HEAD per tag, at the client's concurrency), and that snapshot is reused
+    by the next DELETEs while it is younger than ``window`` (0: never). ACR answers it for
+    one digest in one request, so there every DELETE gets its own.
 
-    The same re-read shows manifests pushed since the plan (``known`` is what the plan
-    saw): one that references a manifest about to be deleted (a new index reusing a child,
-    a new signature) makes that manifest stay. Every newcomer any read showed is still in
-    the registry at its garbage collection (untagged since, at worst), holding its blobs:
-    ``newcomers`` tells the bytes accounting (``read_newcomers`` reads them all, and the
-    repository once more after its last DELETE).
+    The snapshot (on ACR, its manifests listing, re-read when older than ``window``) also
+    shows manifests pushed since the plan (``known`` is what the plan saw): one that
+    references a manifest about to be deleted (a new index reusing a child, a new
+    signature) makes that manifest stay. Each is read once, by ``examine``. Every newcomer
+    any read showed is still in the registry at its garbage collection (untagged since, at
+    worst), holding its blobs: ``newcomers`` tells the bytes accounting (``read_newcomers``
+    reads them all, and the repository once more after its last DELETE).
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
-                 known: frozenset[str] = frozenset(),
-                 monotonic: Callable[[], float] = time.monotonic):
+                 known: frozenset[str] = frozenset()):
         self._client = client
         self._repository = repository
         self._window = window
         self._known = known
-        self._monotonic = monotonic
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
-        self._read_at: float | None = None
+        self._read_at = float("-inf")  # when the snapshot's read began (never yet)
         self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
+        self.reads = 0  # tag reads: snapshots, and on ACR single manifests' tags too
         self._seen_new: set[str] = set()  # digests beyond ``known`` that any read showed
         # What each newcomer read holds (None: gone when read); a digest missing here was
         # not read, or its read failed: it may hold anything.
         self._facts: dict[str, ManifestFacts | None] = {}
         self._last_read: frozenset[str] | None = None  # the read after the last DELETE
-        self.rereads = 0
 
-    async def tags_of(self, digest: str) -> set[str]:
+    async def read(self, digest: str) -> TagRead:
+        """The tags on ``digest`` now: the gate's last check before its DELETE."""
+        started = time.monotonic()
         if self._acr is not None:
-            self.rereads += 1
             tags = await self._acr.manifest_tags(self._repository, digest)
+            self.reads += 1
             if tags is None:
                 # Gone, or a transient 404: either way its tags are not confirmed.
                 raise RegistryError(f"ACR answered 404 for {_short(digest)}'s tags",
                                     registry=self._client.settings.name, status=404)
-            return tags
-        await self._fresh()
-        return self._snapshot.get(digest, set())
+            return TagRead(frozenset(tags), started, fresh=True)
+        fresh = not self._reusable()
+        if fresh:
+            await self._reread()
+        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh)
 
-    async def new_referrer_of(self, digest: str) -> str | None:
-        """A manifest the plan did not know that references ``digest`` now, if any."""
-        await self._fresh()
+    def unexamined(self) -> list[str]:
+        """Manifests the latest snapshot shows, pushed since the plan, not read yet."""
+        return sorted(d for d in self._snapshot if d not in self._known and d not in self._links)
+
+    async def examine(self) -> None:
+        """Read the manifests pushed since the plan that the snapshot shows (on ACR, the
+        listing is read again first when older than the window)."""
+        if self._acr is not None and not self._reusable():
+            await self._reread()
+        for digest in self.unexamined():
+            self._links[digest] = await self._references(digest)
+
+    def newcomer_referencing(self, digest: str) -> str | None:
+        """A manifest the plan did not know that references ``digest`` now, if any; one
+        not read yet (or unparseable) may reference anything: unknown means keep."""
         for other in sorted(set(self._snapshot) - self._known):
-            links = await self._references(other)
+            links = self._links.get(other)
             if links is None or digest in links:
                 return other
         return None
 
-    async def _fresh(self) -> None:
-        if self._read_at is None or self._monotonic() - self._read_at > self._window:
-            await self._reread()
+    def _reusable(self) -> bool:
+        return self._window > 0 and time.monotonic() - self._read_at <= self._window
 
     async def _reread(self) -> None:
-        started = self._monotonic()
+        started = time.monotonic()
         client, repository = self._client, self._repository
         snapshot: dict[str, set[str]] = {}
         if self._acr is not None:
@@ -180,22 +210,19 @@ class TagConfirmation:
                     snapshot.setdefault(head.digest, set()).add(tag)
         self._snapshot, self._read_at = snapshot, started
         self._seen_new.update(snapshot.keys() - self._known)
-        self.rereads += 1
+        self.reads += 1
 
     async def _references(self, digest: str) -> frozenset[str] | None:
         """Children, subject and referrer-tag subjects of a manifest pushed during the run;
         None when it cannot be parsed: it may reference anything (unknown means keep)."""
-        if digest not in self._links:
-            found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
-            facts = await self._read(digest)
-            links: frozenset[str] | None = frozenset(found)
-            if facts is not None and not facts.parsed:
-                links = None
-            elif facts is not None:
-                links = frozenset(found | set(facts.children)
-                                  | ({facts.subject} if facts.subject else set()))
-            self._links[digest] = links
-        return self._links[digest]
+        found = {s for t in self._snapshot.get(digest, ()) if (s := referrer_tag_subject(t))}
+        facts = await self._read(digest)
+        if facts is None:
+            return frozenset(found)
+        if not facts.parsed:
+            return None
+        return frozenset(found | set(facts.children)
+                         | ({facts.subject} if facts.subject else set()))
 
     async def _read(self, digest: str) -> ManifestFacts | None:
         """What a newcomer holds, read once; None when it is gone."""
@@ -253,8 +280,13 @@ class _Live:
     outcomes: dict[OutcomeKey, Outcome]
     gone: set[OutcomeKey] = field(default_factory=set)  # deleted now, or found already gone
     broken: dict[str, str] = field(default_factory=dict)  # registry -> why no more deletes
-    # Each manifest gone, in order: (its action, deleted by this run, its journal row).
-    went_order: list[tuple[Action, bool, int | None]] = field(default_factory=list)
+    # (registry, repository) -> why no more deletes there (ACR: the repository is locked)
+    locked: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (registry, repository) -> why its tags cannot be confirmed in time (kept, not failed)
+    unconfirmed: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Each manifest gone, in order: (its action, deleted by this run as far as restore is
+    # concerned, its bytes claimed for it, its journal row).
+    went_order: list[tuple[Action, bool, bool, int | None]] = field(default_factory=list)
     # (registry, repository) -> its confirmation: the newcomers its reads showed.
     confirmations: dict[tuple[str, str], TagConfirmation] = field(default_factory=dict)
 
@@ -268,11 +300,11 @@ class _Live:
             return "not deleted by this run"
         return f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
 
-    def went(self, a: Action, *, by_us: bool, entry: int | None) -> None:
+    def went(self, a: Action, *, by_us: bool, credit: bool, entry: int | None) -> None:
         """``a``'s manifest is gone (deleted by this run, or found gone)."""
         self.gone.add(outcome_key(a))
         self.outcomes[outcome_key(a)] = Outcome(DELETED)
-        self.went_order.append((a, by_us, entry))
+        self.went_order.append((a, by_us, credit, entry))
 
     def settle(self, inventories: Mapping[str, Inventory]) -> dict[OutcomeKey, int]:
         """The bytes each deletion freed, once the run's deletions are over: what the
@@ -285,15 +317,15 @@ class _Live:
                 (repository, m) for m in confirmation.newcomers())
         ledgers = {registry: Ledger(inventory, newcomers=newcomers.get(registry, ()))
                    for registry, inventory in inventories.items()
-                   if any(a.registry == registry for a, _, _ in self.went_order)}
-        freed: dict[OutcomeKey, int] = {outcome_key(a): 0 for a, _, _ in self.went_order}
-        for a, by_us, _ in self.went_order:
+                   if any(a.registry == registry for a, _, _, _ in self.went_order)}
+        freed: dict[OutcomeKey, int] = {outcome_key(a): 0 for a, _, _, _ in self.went_order}
+        for a, _, credit, _ in self.went_order:
             confirmation = self.confirmations.get((a.registry, a.repository))
             ledger = ledgers.get(a.registry)
             if ledger is None or (confirmation is not None and confirmation.back(a.digest)):
                 continue
             for owner, size in ledger.remove((a.repository, a.digest),
-                                             owner=a if by_us else None):
+                                             owner=a if credit else None):
                 freed[outcome_key(owner)] += size  # type: ignore[arg-type]
         for key, size in freed.items():
             self.outcomes[key] = Outcome(DELETED, bytes=size)
@@ -326,33 +358,54 @@ class Executor:
         was made from: what the repositories held, and so what each deletion frees."""
         report = Report()
         log_decisions(plan, dry_run=dry_run)
-        live = _Live(report.outcomes)
         groups: dict[tuple[str, str], list[tuple[PolicyPlan, Action]]] = {}
         for p in plan.policies:
             if p.aborted:
                 continue
             for a in p.actions:
                 groups.setdefault((a.registry, a.repository), []).append((p, a))
-        try:
-            for (registry, repository), pairs in sorted(groups.items()):
-                if dry_run:
-                    for _, a in pairs:
-                        log.info("manifest deleted", **_event(a), reason=a.reason,
-                                 cascade_of=a.cascade_of, dry_run=True)
-                    continue
-                actions = parents_first(a for _, a in pairs)
+        if dry_run:
+            for _, pairs in sorted(groups.items()):
+                for _, a in pairs:
+                    log.info("manifest deleted", **_event(a), reason=a.reason,
+                             cascade_of=a.cascade_of, dry_run=True)
+            return report
+        if not groups:
+            return report
+        live = _Live(report.outcomes)
+        # Repositories in parallel, a few at a time per registry: each one's tag reads share
+        # the registry's `concurrency` slots with the others', and a read slowed past the
+        # window by that sharing has to be made again.
+        at_once = {name: asyncio.Semaphore(max(1, c.settings.concurrency // 2))
+                   for name, c in self._clients.items()}
+
+        async def one(registry: str, repository: str,
+                      pairs: list[tuple[PolicyPlan, Action]]) -> None:
+            async with at_once[registry]:
                 inventory = inventories.get(registry)
-                known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
-                                  if r.name == repository for m in r.manifests)
-                await self._apply_repository(registry, repository, actions, live, report,
+                known = frozenset(m.digest for r in (inventory.repositories if inventory
+                                                      else ()) if r.name == repository
+                                  for m in r.manifests)
+                await self._apply_repository(registry, repository,
+                                             parents_first(a for _, a in pairs), live, report,
                                              known=known)
                 for p in {id(p): p for p, _ in pairs}.values():
                     if repository in p.emptied:
                         mine = [a for q, a in pairs if q is p]
                         await self._delete_if_empty(p, repository, mine, report)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for (registry, repository), pairs in sorted(groups.items()):
+                    tasks.create_task(one(registry, repository, pairs))
+        except ExceptionGroup as group:
+            # A bug in one repository's task (the others were cancelled): raised as it was.
+            raise group.exceptions[0]  # noqa: B904 - the group adds nothing
         finally:
             # Also when the run is cut short (cancelled): what went is counted.
             self._settle(live, inventories)
+        # In the order of the repositories, whichever finished first.
+        report.errors.sort(key=lambda e: (e.registry, e.repository))
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
@@ -361,44 +414,86 @@ class Executor:
         confirmation = TagConfirmation(client, repository, window=self._window, known=known)
         live.confirmations[(registry, repository)] = confirmation
         before = len(live.went_order)
+        # One after another: each DELETE's tag read comes after the previous DELETE.
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
         if not self._stop.is_set() and any(
                 by_us and (a.registry, a.repository) == (registry, repository)
-                for a, by_us, _ in live.went_order[before:]):
+                for a, by_us, _, _ in live.went_order[before:]):
             # What was pushed here while this repository's deletions went on holds blobs
             # they may have shared (reclaimed bytes): seen by one more read after the last.
             # (Not while stopping: a newcomer not read then keeps every config and layer.)
             await confirmation.read_newcomers()
 
-    async def _verdict(self, a: Action, confirmation: TagConfirmation,
-                       live: _Live) -> tuple[str, str] | None:
-        """Why ``a`` must not be sent now, as (status, reason); None: send it."""
+    def _checks(self, a: Action, live: _Live) -> tuple[str, str] | None:
+        """Why ``a`` must not be sent now, as (status, reason), from what this run knows
+        (no request); None: on to the registry's checks."""
         if self._state.unusable is not None:
             return SKIPPED, (f"{self._state.unusable}: nothing could be journaled for "
                              "restore, so nothing is deleted; fix state_dir")
         if a.registry in live.broken:
             return FAILED, live.broken[a.registry]
+        if (a.registry, a.repository) in live.locked:
+            return FAILED, live.locked[(a.registry, a.repository)]
+        if (a.registry, a.repository) in live.unconfirmed:
+            return SKIPPED, live.unconfirmed[(a.registry, a.repository)]
         if self._stop.is_set():
             return SKIPPED, SHUTTING_DOWN
         for parent in a.parents:
             why = live.stays(a.registry, a.repository, parent)
             if why is not None:
                 return SKIPPED, f"{_short(parent)}, which references it, stays ({why})"
-        now_tags = await confirmation.tags_of(a.digest)
-        if now_tags != set(a.tags):
-            return SKIPPED, (f"{CHANGED}: tags are now {sorted(now_tags) or 'none'}, the plan "
-                             f"saw {sorted(a.tags) or 'none'}")
-        newcomer = await confirmation.new_referrer_of(a.digest)
-        if newcomer is not None:
-            return SKIPPED, (f"{CHANGED}: {_short(newcomer)}, pushed since the plan, "
-                             "references it")
         return None
+
+    async def _gate(self, a: Action, confirmation: TagConfirmation,
+                    live: _Live) -> tuple[str, str] | TagRead | None:
+        """Every check before ``a``'s DELETE, the tag read last. (status, reason): not
+        now; a TagRead: send it, not later than that read allows; None: go through the gate
+        again (the read showed manifests pushed since the plan: they are read first, and
+        the tags again after them)."""
+        verdict = self._checks(a, live)
+        if verdict is not None:
+            return verdict
+        await confirmation.examine()
+        newcomer = confirmation.newcomer_referencing(a.digest)
+        if newcomer is not None:
+            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        read = await confirmation.read(a.digest)
+        # Nothing is awaited from here to the DELETE: what follows reads what is known.
+        if confirmation.unexamined():
+            return None
+        verdict = self._checks(a, live)  # another repository may have broken the registry
+        if verdict is not None:
+            return verdict
+        newcomer = confirmation.newcomer_referencing(a.digest)
+        if newcomer is not None:
+            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if read.tags != set(a.tags):
+            return SKIPPED, (f"{CHANGED}: tags are now {sorted(read.tags) or 'none'}, the plan "
+                             f"saw {sorted(a.tags) or 'none'}")
+        return read
+
+    def _journal(self, a: Action, fetched: FetchedManifest, live: _Live,
+                 report: Report) -> int | None:
+        """Commit ``a``'s exact bytes before its DELETE can leave: after a crash the journal
+        may list something still there ("deleting"), never miss something gone. None: it
+        could not be written (recorded as skipped)."""
+        try:
+            return self._state.journal_begin(
+                at=self._clock(), registry=a.registry, repository=a.repository,
+                digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
+                media_type=fetched.media_type or a.media_type, body=fetched.body)
+        except sqlite3.Error as exc:
+            reason = f"could not journal it before deleting (state database): {exc}"
+            live.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
+            report.errors.append(RunError(a.registry, a.repository, reason))
+            log.error("deletion skipped", **_event(a), reason=reason)
+            return None
 
     async def _delete(self, client: RegistryClient, a: Action,
                       confirmation: TagConfirmation, live: _Live, report: Report) -> None:
         # The exact bytes first, for the journal (restore re-pushes them). Fetched before the
-        # gate, so reading them does not widen the gap between confirming tags and DELETE.
+        # gate: the gate's tag read is its last check.
         try:
             fetched = await client.get_manifest(a.repository, a.digest)
         except RegistryError as exc:
@@ -410,9 +505,10 @@ class Executor:
             self._gone(a, live, by_us=False, entry=None)
             return
         retry = client.retry_policy
-        attempt = 0
+        attempt = 0  # DELETEs answered with a failure worth another try
+        rereads = 0  # gates ended in a read again, in a row
         maybe_applied = False  # a DELETE was sent and its answer lost
-        entry: int | None = None  # the journal row, once the DELETE is about to be sent
+        entry: int | None = None  # the journal row, once the gate was passed once
         while True:
             if maybe_applied:
                 # A DELETE was sent and its answer lost: find out before sending anything.
@@ -423,32 +519,51 @@ class Executor:
                                  f"answer was lost) and checking failed: {exc}")
                     return
                 if still_there is None:
-                    self._gone(a, live, by_us=True, entry=entry)
+                    self._gone(a, live, by_us=True, credit=False, entry=entry)
+                    return
+            if entry is None and self._checks(a, live) is None:
+                # Journaled before the tag read, so that writing it (a busy or slow disk)
+                # does not come between that read and the DELETE.
+                entry = self._journal(a, fetched, live, report)
+                if entry is None:
                     return
             try:
-                verdict = await self._verdict(a, confirmation, live)
+                gate = await self._gate(a, confirmation, live)
             except RegistryError as exc:
-                verdict = SKIPPED, f"could not confirm its tags before deleting: {exc}"
-                report.errors.append(RunError(a.registry, a.repository, verdict[1]))
-            if verdict is not None:
-                self._record(a, live, *verdict, entry=entry)
+                gate = SKIPPED, f"could not confirm its tags before deleting: {exc}"
+                report.errors.append(RunError(a.registry, a.repository, gate[1]))
+            if isinstance(gate, tuple):
+                self._record(a, live, *gate, entry=entry)
                 return
-            if entry is None:
-                # Committed before the DELETE leaves: after a crash the journal may list
-                # something still there ("deleting"), never miss something gone.
-                try:
-                    entry = self._state.journal_begin(
-                        at=self._clock(), registry=a.registry, repository=a.repository,
-                        digest=a.digest, tags=a.tags, policy=a.policy, reason=a.reason,
-                        media_type=fetched.media_type or a.media_type, body=fetched.body)
-                except sqlite3.Error as exc:
-                    reason = f"could not journal it before deleting (state database): {exc}"
-                    live.outcomes[outcome_key(a)] = Outcome(SKIPPED, reason)
-                    report.errors.append(RunError(a.registry, a.repository, reason))
-                    log.error("deletion skipped", **_event(a), reason=reason)
-                    return
+            if gate is None:
+                rereads += 1
+                if rereads < MAX_REREADS:
+                    continue
+                self._kept_unconfirmed(a, live, report, "the repository changed at every "
+                                       "read (manifests pushed since the plan)", entry=entry)
+                return
+            # Not sent later than the window allows from the start of the read: a DELETE
+            # held back (a busy slot, a token fetched first) is not sent on a stale read.
+            not_after = gate.started + (max(self._window, READ_AND_SEND) if gate.fresh
+                                        else self._window)
             try:
-                existed = await client.delete_manifest(a.repository, a.digest, retry=False)
+                existed = await client.delete_manifest(a.repository, a.digest, retry=False,
+                                                       not_after=not_after)
+            except NotSentError:
+                rereads += 1
+                if rereads < MAX_REREADS:
+                    continue
+                self._kept_unconfirmed(
+                    a, live, report, f"its DELETE could not be sent within confirm_window "
+                    f"({self._window:g} s, at least {READ_AND_SEND:g} s for a read made for "
+                    f"it) of the start of the read confirming its tags ({MAX_REREADS} reads; "
+                    f"the last one and its DELETE took "
+                    f"{time.monotonic() - gate.started:.1f} s): raise confirm_window above "
+                    "the time one read of the repository's tags takes", entry=entry)
+                return
+            except DeleteRefusedError as exc:
+                await self._refused(client, a, live, exc, entry=entry)
+                return
             except (DeletionDisabledError, AuthenticationError) as exc:
                 # Every further delete on this registry would fail the same way: stop asking.
                 live.broken[a.registry] = str(exc)
@@ -460,8 +575,8 @@ class Executor:
                 maybe_applied = maybe_applied or exc.status is None or exc.status >= 500
                 if (exc.status is None or exc.status in RETRYABLE) and \
                         attempt < retry.attempts:
-                    # Wait, then go through the gate again: the wait may outlast the
-                    # confirmation of its tags, or the run may be stopping.
+                    # Wait, then go through the gate again: the wait outlasts the read that
+                    # confirmed its tags, or the run may be stopping.
                     delay = min(exc.retry_after or retry.backoff(attempt - 1),
                                 retry.max_retry_after)
                     log.info("deletion retried", **_event(a), reason=str(exc),
@@ -471,7 +586,7 @@ class Executor:
                 if maybe_applied:
                     try:
                         if await client.head_manifest(a.repository, a.digest) is None:
-                            self._gone(a, live, by_us=True, entry=entry)
+                            self._gone(a, live, by_us=True, credit=False, entry=entry)
                             return
                     except RegistryError as check:
                         self._unsure(a, live, report, f"{exc}; it may have been deleted "
@@ -479,13 +594,52 @@ class Executor:
                         return
                 self._record(a, live, FAILED, str(exc), entry=entry)
                 return
-            self._gone(a, live, by_us=existed or maybe_applied, entry=entry)
+            self._gone(a, live, by_us=existed or maybe_applied, credit=existed, entry=entry)
             return
 
-    def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None) -> None:
+    def _kept_unconfirmed(self, a: Action, live: _Live, report: Report, why: str, *,
+                          entry: int | None) -> None:
+        """Its tags could not be confirmed close enough to its DELETE: kept for this run
+        (unknown means keep), and the run says so. The rest of its repository too: each
+        would spend the same reads in vain."""
+        reason = f"not deleted: {why}"
+        live.unconfirmed[(a.registry, a.repository)] = reason
+        report.errors.append(RunError(a.registry, a.repository, reason))
+        self._record(a, live, SKIPPED, reason, entry=entry)
+
+    async def _refused(self, client: RegistryClient, a: Action, live: _Live,
+                       exc: DeleteRefusedError, *, entry: int | None) -> None:
+        """ACR refused the DELETE (405). Its attributes say whether a lock explains it: on
+        the manifest or one of its tags (that manifest fails), on the repository (its
+        remaining deletions fail too, unsent). A refusal no lock explains is about the
+        registry (a full storage quota, say): no more deletions there in this run."""
+        try:
+            lock = await AcrApi(client).lock_of(a.repository, a.digest)
+        except RegistryError as check:
+            reason = (f"{exc}; reading the attributes that would say why failed ({check}), "
+                      "so no more deletions on this registry in this run")
+            lock = None
+        else:
+            reason = (f"{exc}; neither the manifest, its tags nor the repository is locked, "
+                      "so ACR refuses deletes on the whole registry (its storage quota "
+                      "reached, say): no more deletions on it in this run")
+        if lock is None:
+            live.broken[a.registry] = reason
+        elif lock.scope == "repository":
+            live.locked[(a.registry, a.repository)] = f"not sent: {lock.detail}"
+            reason = f"{exc}: {lock.detail}"
+        else:
+            reason = f"{exc}: {lock.detail}"
+        self._record(a, live, FAILED, reason, entry=entry)
+
+    def _gone(self, a: Action, live: _Live, *, by_us: bool, entry: int | None,
+              credit: bool | None = None) -> None:
         """The manifest is gone: journal it and count it. The bytes it freed are known when
-        the run's deletions are over (``_settle``)."""
-        live.went(a, by_us=by_us, entry=entry)
+        the run's deletions are over (``_settle``). ``credit=False``: deleted by us as far as
+        restore is concerned, but the bytes are not claimed: a DELETE whose answer was lost,
+        then found gone, may have been beaten by someone else's (bytes are claimed less,
+        never more)."""
+        live.went(a, by_us=by_us, credit=by_us if credit is None else credit, entry=entry)
         if entry is not None and not by_us:
             # Someone else deleted it between our read and our DELETE: not ours to restore.
             self._state.journal_end(entry, status=GONE, reason="already gone: deleted by "
@@ -505,13 +659,13 @@ class Executor:
         """The bytes each deletion freed (``_Live.settle``): into the outcomes, the journal,
         the metrics, and each deletion's event, in the order they went."""
         freed = live.settle(inventories)
-        journaled = {entry: freed[outcome_key(a)] for a, by_us, entry in live.went_order
+        journaled = {entry: freed[outcome_key(a)] for a, by_us, _, entry in live.went_order
                      if by_us and entry is not None}
         try:
             self._state.journal_bytes(journaled)
         except sqlite3.Error as exc:  # the bytes are a record: the deletions are journaled
             log.warning("reclaimed bytes not journaled", error=str(exc))
-        for a, by_us, _ in live.went_order:
+        for a, by_us, _, _ in live.went_order:
             size = freed[outcome_key(a)]
             if self._metrics:
                 self._metrics.reclaimed_bytes.labels(a.registry, a.policy).inc(size)

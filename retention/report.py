@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from retention.manifest_times import FIRST_SEEN, ManifestTime
+from retention.outcomes import (
+    DELETED,
+    FAILED,
+    PLANNED,
+    SKIPPED,
+    Outcome,
+    OutcomeKey,
+    RunError,
+    outcome_key,
+)
 from retention.planner import Action, Decision, Plan, PolicyPlan
-
-if TYPE_CHECKING:  # the executor imports this module
-    from retention.executor import RunError
-
-PLANNED, DELETED, FAILED, SKIPPED = "planned", "deleted", "failed", "skipped"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one action in a run."""
-
-    status: str  # deleted, failed or skipped
-    reason: str | None = None  # for skipped and failed: why
-    bytes: int = 0  # for deleted: what it really freed (0 when it was already gone)
-
-
-OutcomeKey = tuple[str, str, str]  # (registry, repository, digest)
-
-
-def outcome_key(action: Action) -> OutcomeKey:
-    return (action.registry, action.repository, action.digest)
 
 
 def _status(policy: PolicyPlan, action: Action, outcomes: Mapping[OutcomeKey, Outcome] | None

@@ -17,12 +17,12 @@ from retention.config import RegistrySettings
 from retention.executor import SHUTTING_DOWN, Executor, Report
 from retention.inventory import Inventory, Manifest
 from retention.kube import NOTHING, InUse, in_use_pass
+from retention.outcomes import FAILED, outcome_key
 from retention.planner import Plan, only, plan
 from retention.policy import Policy, policy_warnings
 from retention.progress import Progress
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
-from retention.report import FAILED, outcome_key
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
@@ -269,9 +269,9 @@ async def run_pass(
         if metrics:
             metrics.record_plan(the_plan)
             record_storage(metrics, setup, inventories, whole)
-        report = await Executor(clients, state=state, metrics=metrics, clock=clock,
-                                stop=stop).apply(the_plan, dry_run=dry_run,
-                                                 inventories=inventories)
+        executor = Executor(clients, state=state, metrics=metrics, clock=clock, stop=stop,
+                            confirm_window=setup.config.confirm_window.total_seconds())
+        report = await executor.apply(the_plan, dry_run=dry_run, inventories=inventories)
     result = RunResult(the_plan, report, dry_run, state_error=state_problem(state))
     if metrics:
         elapsed = time.monotonic() - started

@@ -98,6 +98,12 @@ class AcrEmulator:
     access_tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
     throttle: list[list] = field(default_factory=list)  # [method, regex, times, status]
     faults: list[EmulatorFault] = field(default_factory=list)
+    locked_repos: set[str] = field(default_factory=set)  # deleteEnabled: false on the repo
+    # Every write refused with 405 though nothing is locked: what ACR answers when the
+    # registry's storage quota is reached.
+    refuse_writes: bool = False
+    # The error code of a 405 refusing a DELETE (ACR documents the status, not the code).
+    refusal_code: str = "REGISTRY_DISALLOWED_OPERATION"
     requests: list[tuple[str, str]] = field(default_factory=list)
     answered: list[tuple[str, str, int]] = field(default_factory=list)
     issued: Counter = field(default_factory=Counter)
@@ -147,6 +153,9 @@ class AcrEmulator:
 
     def lock_tag(self, repo: str, tag: str) -> None:
         self.tags[repo][tag].delete_enabled = False
+
+    def lock_repository(self, repo: str) -> None:
+        self.locked_repos.add(repo)
 
     def tags_of(self, repo: str, digest: str) -> list[str]:
         return sorted(t for t, e in self.tags.get(repo, {}).items() if e.digest == digest)
@@ -244,12 +253,14 @@ class AcrEmulator:
                 if path == "/acr/v1/_catalog":
                     return "registry:catalog:*"
                 m = re.fullmatch(r"/acr/v1/(.+)/_(manifests|tags)(/sha256:[0-9a-f]{64})?",
-                                 path)
+                                 path) or re.fullmatch(r"/acr/v1/(.+)/_tags/[^/]+", path)
                 if m and self.command == "GET":
                     return f"repository:{m.group(1)}:metadata_read"
                 m = re.fullmatch(r"/acr/v1/(.+)", path)
                 if m and self.command == "DELETE":
                     return f"repository:{m.group(1)}:delete"
+                if m and self.command == "GET":  # the repository's attributes
+                    return f"repository:{m.group(1)}:metadata_read"
                 m = re.fullmatch(r"/v2/(.+)/tags/list", path)
                 if m:
                     return f"repository:{m.group(1)}:pull"
@@ -347,6 +358,19 @@ class AcrEmulator:
                     return self._json(200, {"registry": urlsplit(em.url).netloc,
                                             "imageName": repo,
                                             "manifest": self._attributes(repo, digest)})
+                m = re.fullmatch(r"/acr/v1/(.+)/_tags/([^/]+)", path)
+                if m:
+                    repo, tag = m.groups()
+                    entry = em.tags.get(repo, {}).get(tag)
+                    if repo not in em.repos or entry is None:
+                        return self._error(404, "TAG_UNKNOWN", "tag not found")
+                    return self._json(200, {"registry": urlsplit(em.url).netloc,
+                                            "imageName": repo, "tag": {
+                                                "name": tag, "digest": entry.digest,
+                                                "changeableAttributes": {
+                                                    "deleteEnabled": entry.delete_enabled,
+                                                    "writeEnabled": True, "readEnabled": True,
+                                                    "listEnabled": True}}})
                 m = re.fullmatch(r"/acr/v1/(.+)/_tags", path)
                 if m:
                     repo = m.group(1)
@@ -355,6 +379,17 @@ class AcrEmulator:
                         for t, e in sorted(em.tags.get(repo, {}).items())]
                     return self._page(path, entries, "tags", query, {"imageName": repo})
                 m = re.fullmatch(r"/acr/v1/(.+)", path)
+                if m and self.command == "GET":
+                    repo = m.group(1)
+                    if repo not in em.repos:
+                        return self._error(404, "NAME_UNKNOWN", "repository not found")
+                    return self._json(200, {
+                        "registry": urlsplit(em.url).netloc, "imageName": repo,
+                        "manifestCount": len(em.repos[repo]),
+                        "tagCount": len(em.tags.get(repo, {})),
+                        "changeableAttributes": {
+                            "deleteEnabled": repo not in em.locked_repos,
+                            "writeEnabled": True, "readEnabled": True, "listEnabled": True}})
                 if m and self.command == "DELETE":
                     repo = m.group(1)
                     with em.lock:
@@ -436,13 +471,15 @@ class AcrEmulator:
                     if self.command == "DELETE":
                         if not reference.startswith("sha256:"):
                             return self._error(400, "UNSUPPORTED", "delete by digest")
-                        if not entry.delete_enabled or any(
+                        if em.refuse_writes or repo in em.locked_repos or \
+                                not entry.delete_enabled or any(
                                 t.digest == digest and not t.delete_enabled
                                 for t in em.tags.get(repo, {}).values()):
                             # What ACR answers for deleteEnabled: false on the manifest,
-                            # one of its tags or its repository.
+                            # one of its tags or its repository, and for a registry over
+                            # its storage quota.
                             return self._error(
-                                405, "REGISTRY_DISALLOWED_OPERATION",
+                                405, em.refusal_code,
                                 "The operation is disallowed on this registry, repository "
                                 "or image.")
                         del entries[digest]

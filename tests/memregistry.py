@@ -78,9 +78,13 @@ class Fault:
     kind: str  # one of FAULT_KINDS
     pick: int = 0
     # For examples written by hand: fire on the DELETE of this digest instead (``at`` is
-    # then ignored), and act on that manifest (a retag, an out-of-band deletion).
+    # then ignored; several faults may fire on one DELETE, in order), and act on that
+    # manifest (a retag, an out-of-band deletion), in ``target_repo`` when given (else the
+    # DELETE's repository for a retag, any for an out-of-band deletion). Repositories are
+    # deleted from in parallel, so only faults within one repository fire in a known order.
     on: str | None = None
     target: str | None = None
+    target_repo: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,7 +120,7 @@ class MemRegistry:
         self.delete_requests: list[Key] = []  # every DELETE the client sent, in order
         self.deletes_after_stop: list[str] = []
         self.faults: dict[int, Fault] = {}
-        self.faults_on: dict[str, Fault] = {}
+        self.faults_on: dict[str, list[Fault]] = {}
         self.stop: asyncio.Event | None = None
         self.planned: list[Key] = []  # what the plan deletes, for faults to aim at
         self.history: dict[Key, Stored] = {}  # every manifest pushed, deleted or not
@@ -251,7 +255,7 @@ class MemRegistry:
         self.faults_on = {}
         for f in faults:  # so that most faults fire, whatever the size of the plan
             if f.on is not None:
-                self.faults_on.setdefault(f.on, f)
+                self.faults_on.setdefault(f.on, []).append(f)
             else:
                 self.faults.setdefault(f.at % max(1, len(self.planned)), f)
         self.stop = stop
@@ -293,7 +297,7 @@ class MemRegistry:
             self._stopped = True
             return None
         if fault.kind == OUT_OF_BAND:
-            target = self._aim(fault, (repo, digest), repo=None)
+            target = self._aim(fault, (repo, digest), repo=fault.target_repo)
             if target is not None:
                 for tag in self._remove(*target):  # not the run's doing
                     self.fault_tags.pop((target[0], tag), None)
@@ -302,9 +306,9 @@ class MemRegistry:
         # RETAG: a rollback points a tag at a manifest the run is about to delete: a tag
         # taken from another manifest (never the one being deleted: that race is the one
         # the confirmation window bounds) or a new one.
-        target = self._aim(fault, (repo, digest), repo=repo)
+        target = self._aim(fault, (repo, digest), repo=fault.target_repo or repo)
         if target is not None:
-            r = self._repo(repo)
+            repo, r = target[0], self._repo(target[0])
             movable = sorted(t for t, d in r.tags.items()
                              if d not in (digest, target[1]) and not t.startswith("sha256-"))
             choices = [ROLLBACK_TAG, *movable]
@@ -377,11 +381,11 @@ class MemRegistry:
         self.delete_requests.append((repo, ref))
         at = self._delete_count
         self._delete_count += 1
-        fault = self.faults_on.pop(ref, None) or self.faults.get(at)
-        if fault is not None:
-            answer = self._fire(fault, repo, ref)
-            if answer is not None:
-                return answer
+        faults = self.faults_on.pop(ref, None) or \
+            ([self.faults[at]] if at in self.faults else [])
+        answers = [a for f in faults if (a := self._fire(f, repo, ref)) is not None]
+        if answers:
+            return answers[0]
         await asyncio.sleep(0)  # let anything else in flight interleave, as a network would
         if ref not in self._repo(repo).manifests:
             self.not_found.append((repo, ref))

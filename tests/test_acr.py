@@ -192,13 +192,14 @@ def test_entra_id_exchange_and_renewal_during_a_long_run(acr: AcrEmulator, tmp_p
     real_sleep = asyncio.sleep
 
     async def slow_transport_run():
-        # Make the run outlast the tokens: pause between repositories' deletions.
+        # Make the run outlast the tokens: pause before each repository's deletions (the
+        # repositories go a few at a time, in parallel).
         from retention import executor
 
         original = executor.Executor._apply_repository
 
         async def paced(self, *args, **kwargs):
-            await real_sleep(0.5)
+            await real_sleep(2.5)
             return await original(self, *args, **kwargs)
 
         executor.Executor._apply_repository = paced

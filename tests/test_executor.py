@@ -430,8 +430,8 @@ def test_tag_confirmation_reads_at_most_once_per_window(registry, pusher):
         async with open_clients(setup, ["main"]) as clients:
             confirmation = TagConfirmation(clients["main"], "app", window=window)
             for _ in range(4):
-                await confirmation.tags_of("sha256:" + "0" * 64)
-            return confirmation.rereads
+                await confirmation.read("sha256:" + "0" * 64)
+            return confirmation.reads
 
     assert asyncio.run(go(60.0)) == 1
     assert asyncio.run(go(0.0)) == 4

@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from retention.executor import Executor, Report
+from retention.outcomes import DELETED, FAILED
 from retention.planner import Plan
 from retention.registry.client import RetryPolicy
-from retention.report import DELETED, FAILED, to_json
+from retention.report import to_json
 from retention.runs import Connections, RunResult, collect, open_clients, plan_all, registries_of
 from retention.setup import load_setup
 from retention.state import State
@@ -536,7 +537,10 @@ OUT_OF_BAND_CHILD_OF_A_SURVIVING_INDEX = Scenario(
     tags=(("ci/web", "sha-a", "i2"), ("ci/web", "pr-4", "x0"), ("app", "pr-2", "i1"),
           ("app", "pr-3", "x1")),
     policies=(PolicySpec("p1", delete=({"tags": ["pr-*", "sha-*"]},)),),
-    faults=(Fault(0, OUT_OF_BAND, pick=4), Fault(3, RETAG)),
+    # Within ci/web, in its order of deletion: i2's DELETE moves a tag onto x0 (which then
+    # stays, and so do its children) and someone deletes ci/web's copy of i0 meanwhile.
+    faults=(Fault(0, RETAG, on="i2", target="x0"),
+            Fault(0, OUT_OF_BAND, on="i2", target="i0", target_repo="ci/web")),
 )
 
 

@@ -47,6 +47,23 @@ class _OutsideGrammar(ValueError):
     """A listed tag or digest that must not go into a URL path."""
 
 
+def _refuses_delete(entry: dict[str, Any]) -> bool:
+    """Attributes that refuse a DELETE, as read after ACR refused one: deleteEnabled false,
+    or writeEnabled false (which ACR documents as refusing deletes and pushes alike)."""
+    attributes = entry.get("changeableAttributes") or {}
+    return attributes.get("deleteEnabled", True) is False or \
+        attributes.get("writeEnabled", True) is False
+
+
+@dataclass(frozen=True, slots=True)
+class AcrLock:
+    """A lock that explains a refused DELETE: on the ``repository`` (every manifest in it),
+    or on the ``manifest`` (itself, or one of its tags)."""
+
+    scope: str  # "repository" or "manifest"
+    detail: str  # what is locked and how to unlock it
+
+
 def _digest(value: Any) -> str:
     # It names the manifest in the plan and goes into a DELETE's URL: the OCI grammar only.
     if not isinstance(value, str):
@@ -122,18 +139,68 @@ class AcrApi:
         """The tags on one manifest now (one request, whatever the repository's size);
         None when the manifest is gone."""
         path = self._client.path(repository, "_manifests", digest, api="/acr/v1")
+        try:
+            entry = await self._attributes(path, "manifest", repository)
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            return {str(t) for t in entry.get("tags") or ()}
+        except TypeError:
+            raise self._not_attributes(path) from None
+
+    async def lock_of(self, repository: str, digest: str) -> AcrLock | None:
+        """After ACR refused to delete ``digest`` (405): the lock that explains it, read
+        from the attributes of the repository, the manifest and each of its tags; None when
+        none of them is locked, so the refusal is about the registry (its storage quota,
+        say). Raises RegistryError when one cannot be read: then nothing is explained."""
+        unlock = "az acr repository update --name <registry> --delete-enabled true " \
+                 "--write-enabled true"
+        path = self._client.path(repository, api="/acr/v1")
+        if _refuses_delete(await self._attributes(path, None, repository)):
+            return AcrLock("repository", f"the repository {repository} is locked (ACR "
+                           f"changeableAttributes); unlock it ({unlock} --repository "
+                           f"{repository}) if its manifests should go")
+        path = self._client.path(repository, "_manifests", digest, api="/acr/v1")
+        manifest = await self._attributes(path, "manifest", repository)
+        if _refuses_delete(manifest):
+            return AcrLock("manifest", f"the manifest is locked (ACR changeableAttributes); "
+                           f"unlock it ({unlock} --image {repository}@{digest}) if it "
+                           "should go")
+        tags = manifest.get("tags") or []
+        if not isinstance(tags, list):
+            raise self._not_attributes(path)
+        for tag in sorted(str(t) for t in tags):
+            path = self._client.path(repository, "_tags", tag, tag_ok=True,
+                                     api="/acr/v1")
+            if _refuses_delete(await self._attributes(path, "tag", repository)):
+                return AcrLock("manifest", f"its tag {tag} is locked (ACR "
+                               f"changeableAttributes); unlock it ({unlock} --image "
+                               f"{repository}:{tag}) if the manifest should go")
+        return None
+
+    async def _attributes(self, path: str, key: str | None,
+                          repository: str) -> dict[str, Any]:
+        """The attributes object of one repository, manifest or tag (under ``key`` in the
+        answer; the answer itself for a repository)."""
         response = await self._client.request(
             "GET", path, scope=f"repository:{repository}:metadata_read")
-        if response.status_code == 404:
-            return None
         if response.status_code != 200:
             raise self._client.failure(response, f"GET {path}")
         try:
-            entry = response.json()["manifest"]
-            return {str(t) for t in entry.get("tags") or ()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise RegistryError(f"GET {path}: the answer is not ACR's manifest attributes",
-                                registry=self._client.settings.name) from None
+            doc = response.json()
+        except ValueError:
+            doc = None
+        entry = doc.get(key) if key is not None and isinstance(doc, dict) else doc
+        if not isinstance(entry, dict) or not isinstance(
+                entry.get("changeableAttributes") or {}, dict):
+            raise self._not_attributes(path)
+        return entry
+
+    def _not_attributes(self, path: str) -> RegistryError:
+        return RegistryError(f"GET {path}: the answer is not ACR's attributes",
+                             registry=self._client.settings.name)
 
     async def confirmed_empty(self, repository: str) -> bool:
         """True only when ACR's listing positively answers that the repository holds no

@@ -26,8 +26,10 @@ from retention import __version__
 from retention.config import RegistrySettings
 from retention.errors import (
     AuthenticationError,
+    DeleteRefusedError,
     DeletionDisabledError,
     ManifestLockedError,
+    NotSentError,
     RegistryError,
 )
 from retention.names import is_digest, is_reference, is_repository, is_tag, not_canonical
@@ -144,17 +146,20 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
         content: bytes | None = None,
+        not_after: float | None = None,
     ) -> Response:
         """A registry request with the authorization ``scope`` needs (answering a 401 once).
 
         ``retry=False``: one attempt; a retryable answer is returned, a connection error
-        raised, for a caller that must check something again before it tries again."""
+        raised, for a caller that must check something again before it tries again.
+        ``not_after``: see ``send``; it holds for the request sent again after a 401 too."""
         name = self.settings.name
         auth_retried = False
         while True:
             response = await self.send(
                 method, url, headers={**(headers or {}), **self._auth.headers(scope, url)},
-                params=params, follow_redirects=follow_redirects, retry=retry, content=content)
+                params=params, follow_redirects=follow_redirects, retry=retry, content=content,
+                not_after=not_after)
             if response.status_code == 401:
                 if auth_retried:
                     if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
@@ -180,8 +185,14 @@ class RegistryClient:
         content: bytes | None = None,
         follow_redirects: bool = False,
         retry: bool = True,
+        not_after: float | None = None,
     ) -> Response:
         """One request under the retry policy, with the headers given and no others.
+
+        ``not_after`` (a ``time.monotonic()`` value): the request is not sent later than
+        that, checked at the last moment, once it holds its slot (NotSentError). The
+        executor bounds so the time from confirming a manifest's tags to its DELETE, whatever
+        delays the request on its way (a slot freed late, a token fetched first).
 
         Token requests (a realm's ``/token``, ACR's ``/oauth2/token`` and ``/oauth2/exchange``)
         come through here too: they are throttled like every other endpoint, and a 429 there
@@ -194,6 +205,10 @@ class RegistryClient:
             started = time.monotonic()
             try:
                 async with self._slots:
+                    if not_after is not None and time.monotonic() > not_after:
+                        raise NotSentError(
+                            f"{method} {_path(url)} not sent: it was allowed until "
+                            f"{time.monotonic() - not_after:.3f} s ago", registry=name)
                     response = await self._http.request(
                         method, url, headers=headers, params=params, data=data,
                         follow_redirects=follow_redirects, content=content)
@@ -532,15 +547,17 @@ class RegistryClient:
     def retry_policy(self) -> RetryPolicy:
         return self._retry
 
-    async def delete_manifest(self, repository: str, digest: str, *,
-                              retry: bool = True) -> bool:
+    async def delete_manifest(self, repository: str, digest: str, *, retry: bool = True,
+                              not_after: float | None = None) -> bool:
         """Delete by digest. True when deleted now, False when it was already gone.
 
         ``retry=False``: one attempt (a 429 or 503 raises RegistryError with its status):
-        the executor re-confirms the manifest's tags before it tries again."""
+        the executor re-confirms the manifest's tags before it tries again. ``not_after``:
+        not sent after that moment (``send``). On ACR a 405 raises DeleteRefusedError: the
+        caller reads the attributes to know what refused it."""
         path = self.path(repository, "manifests", digest)
         response = await self.request("DELETE", path, scope=f"repository:{repository}:delete",
-                                      retry=retry)
+                                      retry=retry, not_after=not_after)
         if response.status_code in (200, 202):
             return True
         if response.status_code == 404:
@@ -551,6 +568,10 @@ class RegistryClient:
             raise RegistryError(f"DELETE {path}: refused for this manifest (HTTP 403)"
                                 f"{_error_detail(response)}", registry=self.settings.name,
                                 status=403)
+        if self.settings.type == "acr" and response.status_code == 405:
+            raise DeleteRefusedError(
+                f"DELETE {path}: refused (HTTP 405){_error_detail(response)}",
+                registry=self.settings.name, status=405)
         if self._locked(response):
             raise ManifestLockedError(
                 f"DELETE {path}: the manifest is locked (HTTP {response.status_code})"
@@ -606,19 +627,12 @@ class RegistryClient:
         return digest
 
     def _locked(self, response: Response) -> bool:
-        """A refusal about this manifest, not about deletion on the whole registry.
-
-        ACR answers 405 REGISTRY_DISALLOWED_OPERATION for a manifest, tag or repository with
-        ``deleteEnabled: false``; it has no registry-wide switch for deletes, so any 405 there
-        is a lock. distribution answers 405 UNSUPPORTED when deletion is disabled.
+        """A refusal about this manifest, not about deletion on the whole registry, by its
+        error code (ACR's 405 is told apart by the attributes instead: DeleteRefusedError).
+        distribution answers 405 UNSUPPORTED when deletion is disabled.
         """
-        if response.status_code not in (405, 409, 412):
-            return False
-        code = _error_code(response)
-        if code in LOCKED_CODES:
-            return True
-        return self.settings.type == "acr" and response.status_code == 405 \
-            and code != "UNSUPPORTED"
+        return response.status_code in (405, 409, 412) and \
+            _error_code(response) in LOCKED_CODES
 
 
 def _error_code(response: Response) -> str:
