@@ -107,7 +107,8 @@ def test_delete_held_back_by_a_throttled_token_is_not_sent_on_a_stale_read(tmp_p
         (tmp_path / "pw").write_text(PASSWORD)
         config.write_text(config.read_text().replace(
             f"url: {registry.url}", f"url: {registry.url}\n    username: {USER}\n"
-                                    "    password_file: pw"))
+                                    "    password_file: pw\n"
+                                    f"    token_hosts: ['{token_proxy.url.split('//')[1]}']"))
         code, doc, err = cli("run", "--config", str(config), "--output", "json")
         assert code == 0 and isinstance(doc, dict), err
         (action,) = doc["actions"]
@@ -164,7 +165,7 @@ def test_confirm_window_is_validated_with_its_location(tmp_path: Path):
                       "confirm_window: 2 seconds\n")
     code, _, err = cli("validate", "--config", str(config))
     assert code == 2
-    assert f"{config}:4:17: invalid duration '2 seconds'" in err
+    assert f"{config}:4:17: confirm_window: invalid duration '2 seconds'" in err
     config.write_text("registries:\n  main: {url: 'http://127.0.0.1:1'}\npolicies: policies\n"
                       "confirm_window: [2s]\n")
     code, _, err = cli("validate", "--config", str(config))
