@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 
 from tests.pusher import Pusher
-from tests.servers import Fault, FaultProxy, Registry, drop_tags
+from tests.servers import Fault, FaultProxy, Registry, drop_tags, paged_tags
 from tests.test_run_e2e import cli, deleted_digests, write_config
 
 OLD = "2024-01-01T00:00:00Z"
@@ -71,3 +71,42 @@ def test_a_tag_really_removed_leaves_its_manifest_an_orphan(
     assert deleted_digests(doc) == {kept.digest}
     assert proxy.count("HEAD", r"/v2/app/manifests/build$") == 1  # the check's one HEAD
     assert pusher.exists("app", newer.digest)
+
+
+def test_a_link_to_another_repositorys_listing_is_refused(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    """A paged tags/list whose Link leads to another repository's listing (a caching proxy
+    or a registry that mixes them up; same origin, so no credential leaves): app's later
+    pages are never read and other's tags are taken for app's. A manifest tagged only on a
+    lost page (here ``z``, given to it since the last run, when its old tag went) then looks
+    untagged and is deleted. The next page must be the same listing: the same path."""
+    pusher.image("app", "a", created=OLD)
+    moved = pusher.image("app", "old", created=OLD, layers=(b"moved build" * 20,))
+    pusher.image("other", "v1", created=OLD)
+    config = write_config(tmp_path, proxy.url)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and doc["actions"] == []  # app:old -> moved is recorded
+    shutil.rmtree(registry.root / "docker/registry/v2/repositories/app/_manifests/tags/old")
+    pusher.tag("app", "z", moved)  # promoted: tagged z now, z on the listing's page 2
+
+    paged = paged_tags(1)
+
+    def elsewhere(method, path, status, headers, body):
+        status, headers, body = paged(method, path, status, headers, body)
+        if "Link" in headers:
+            headers["Link"] = '</v2/other/tags/list?n=1000>; rel="next"'
+        return status, headers, body
+
+    proxy.inject(Fault("GET", r"^/v2/app/tags/list", "rewrite", times=100,
+                       rewrite=elsewhere))
+    before = len(proxy.requests)
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert proxy.count("DELETE", r"/v2/app/") == 0
+    assert pusher.exists("app", moved.digest) and pusher.exists("app", "z")
+    assert code == 1
+    [error] = [e["message"] for e in doc["errors"] if e["repository"] == "app"]
+    assert "/v2/other/tags/list" in error, error
+    # The Link is not followed: other's listing is read once, for other.
+    assert [p for m, p in proxy.requests[before:] if "/v2/other/tags/list" in p] == \
+        ["/v2/other/tags/list?n=1000"]
+
