@@ -115,12 +115,15 @@ class TagConfirmation:
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
-                 known: frozenset[str] = frozenset(),
+                 known: frozenset[str] = frozenset(), seen_tags: frozenset[str] = frozenset(),
                  monotonic: Callable[[], float] = time.monotonic):
         self._client = client
         self._repository = repository
         self._window = window
         self._known = known
+        # Every tag the plan or an earlier re-read saw here: one the listing leaves out now
+        # is looked up all the same (see _reread).
+        self._seen_tags = set(seen_tags)
         self._monotonic = monotonic
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
@@ -162,7 +165,12 @@ class TagConfirmation:
             for m in await self._acr.manifests(repository):
                 snapshot[m.digest] = set(m.tags)
         else:
-            tags = await client.tags(repository)
+            # A tag seen before and left out of this listing (distribution#4891, a tag moved
+            # onto this very manifest meanwhile) is resolved like a listed one: a listing
+            # that drops it must not make the manifest it names look untagged. A tag really
+            # removed answers 404 and counts for nothing.
+            self._seen_tags.update(await client.tags(repository))
+            tags = sorted(self._seen_tags)
             heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
             for tag, head in zip(tags, heads, strict=True):
                 if head is not None:  # None: the tag vanished between listing and reading
@@ -267,10 +275,12 @@ class Executor:
                              {name: Ledger(inv) for name, inv in inventories.items()})
             actions = parents_first(a for _, a in pairs)
             inventory = inventories.get(registry)
-            known = frozenset(m.digest for r in (inventory.repositories if inventory else ())
-                              if r.name == repository for m in r.manifests)
+            read = [m for r in (inventory.repositories if inventory else ())
+                    if r.name == repository for m in r.manifests]
+            known = frozenset(m.digest for m in read)
+            seen_tags = frozenset(t for m in read for t in (*m.tags, *m.referrer_tags))
             await self._apply_repository(registry, repository, actions, live, report,
-                                         known=known)
+                                         known=known, seen_tags=seen_tags)
             for p in {id(p): p for p, _ in pairs}.values():
                 if repository in p.emptied:
                     mine = [a for q, a in pairs if q is p]
@@ -278,9 +288,11 @@ class Executor:
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
-                                live: _Live, report: Report, *, known: frozenset[str]) -> None:
+                                live: _Live, report: Report, *, known: frozenset[str],
+                                seen_tags: frozenset[str] = frozenset()) -> None:
         client = self._clients[registry]
-        confirmation = TagConfirmation(client, repository, window=self._window, known=known)
+        confirmation = TagConfirmation(client, repository, window=self._window, known=known,
+                                       seen_tags=seen_tags)
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
 

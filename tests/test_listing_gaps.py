@@ -110,3 +110,29 @@ def test_a_link_to_another_repositorys_listing_is_refused(
     assert [p for m, p in proxy.requests[before:] if "/v2/other/tags/list" in p] == \
         ["/v2/other/tags/list?n=1000"]
 
+
+def test_a_tag_the_plan_saw_left_out_of_the_confirming_listing_is_looked_up(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    """The executor's re-read of the tags before a DELETE is a listing too. Between the plan
+    and the DELETE, ``latest`` is rolled back onto the old build the plan deletes, and the
+    listing leaves ``latest`` out (distribution#4891: a tag ``latest-rc`` pushed meanwhile).
+    The plan saw ``latest``: it is looked up, and the old build stays."""
+    old = pusher.image("app", "pr-1", created=OLD)
+    pusher.image("app", "latest", created=OLD, layers=(b"current build" * 20,))
+    config = write_config(tmp_path, proxy.url)  # deletes pr-* older than 1d
+    drop = drop_tags("latest")
+
+    def rollback_then_drop(method, path, status, headers, body):
+        pusher.tag("app", "latest", old)
+        return drop(method, path, status, headers, body)
+
+    # The plan's read of the listing goes untouched; the executor's re-read is the second.
+    proxy.inject(Fault("GET", r"^/v2/app/tags/list", "rewrite", times=100, skip=1,
+                       rewrite=rollback_then_drop))
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert proxy.count("GET", r"^/v2/app/tags/list") >= 2  # the re-read happened
+    assert pusher.exists("app", old.digest) and pusher.exists("app", "latest")
+    (action,) = doc["actions"]
+    assert action["digest"] == old.digest and action["status"] == "skipped", action
+    assert "latest" in action["reason"]
+    assert code == 0
