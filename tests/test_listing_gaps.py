@@ -1,9 +1,10 @@
 """Listings that silently leave something out, on a real registry behind the fault proxy.
 
-distribution 3.1 on S3 drops from tags/list a tag that is a prefix of another
-(distribution/distribution#4891): the manifest only that tag named then looks untagged, an
-orphan an untagged rule deletes. A tag retention saw before and the listing no longer shows
-is looked up (a HEAD by tag) first.
+distribution 3.1.0 on S3 drops from tags/list a tag that another listed tag is a prefix of
+(``0.1.20`` beside ``0.1.2``, distribution/distribution#4891): the manifest only that tag
+named then looks untagged, an orphan an untagged rule deletes. A tag retention saw before
+and the listing no longer shows is looked up (a HEAD by tag) first, at the plan and before
+each DELETE.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ OLD = "2024-01-01T00:00:00Z"
 
 
 def seed(pusher: Pusher):
-    """``build`` is a prefix of ``build-2``: what distribution 3.1 on S3 leaves out."""
+    """``build`` and ``build-2``: one of them prefixes the other, as in distribution#4891
+    (which leaves out the longer one; the tests have the proxy leave out ``build``)."""
     kept = pusher.image("app", "build", created=OLD, layers=(b"tagged build" * 20,))
     newer = pusher.image("app", "build-2", created=OLD, layers=(b"newer build" * 20,))
     return kept, newer
@@ -115,7 +117,7 @@ def test_a_tag_the_plan_saw_left_out_of_the_confirming_listing_is_looked_up(
         tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
     """The executor's re-read of the tags before a DELETE is a listing too. Between the plan
     and the DELETE, ``latest`` is rolled back onto the old build the plan deletes, and the
-    listing leaves ``latest`` out (distribution#4891: a tag ``latest-rc`` pushed meanwhile).
+    listing leaves ``latest`` out (as distribution#4891 would once a tag ``late`` is pushed).
     The plan saw ``latest``: it is looked up, and the old build stays."""
     old = pusher.image("app", "pr-1", created=OLD)
     pusher.image("app", "latest", created=OLD, layers=(b"current build" * 20,))
