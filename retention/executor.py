@@ -173,8 +173,10 @@ class TagConfirmation:
             tags = sorted(self._seen_tags)
             heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
             for tag, head in zip(tags, heads, strict=True):
-                if head is not None:  # None: the tag vanished between listing and reading
+                if head is not None:
                     snapshot.setdefault(head.digest, set()).add(tag)
+                else:  # gone (the tags of a manifest this run deleted, say): not asked again
+                    self._seen_tags.discard(tag)
         self._snapshot, self._read_at = snapshot, started
         self.rereads += 1
 

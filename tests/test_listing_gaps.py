@@ -138,3 +138,22 @@ def test_a_tag_the_plan_saw_left_out_of_the_confirming_listing_is_looked_up(
     assert action["digest"] == old.digest and action["status"] == "skipped", action
     assert "latest" in action["reason"]
     assert code == 0
+
+
+def test_a_tag_deleted_by_the_run_is_looked_up_once_more_not_at_every_re_read(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    """The cost of the above with one read per DELETE (confirm_window 0s): the tags of a
+    manifest the run deleted leave the listing, are looked up once (404) and then never
+    again, not once per later DELETE (quadratic in a repository's deletions)."""
+    from tests.test_executor import PR, run_with_window
+
+    builds = [pusher.image("app", f"pr-{i}", created=OLD, layers=(f"b{i}".encode(),))
+              for i in range(5)]
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    statuses, _ = run_with_window(config, 0.0)
+    assert set(statuses.values()) == {"deleted"} and len(statuses) == 5
+    for i, build in enumerate(builds):
+        deleted_at = proxy.requests.index(("DELETE", f"/v2/app/manifests/{build.digest}"))
+        later = [p for m, p in proxy.requests[deleted_at:]
+                 if m == "HEAD" and p == f"/v2/app/manifests/pr-{i}"]
+        assert len(later) <= 1, (i, later)
