@@ -138,11 +138,14 @@ class TagConfirmation:
     """
 
     def __init__(self, client: RegistryClient, repository: str, *, window: float,
-                 known: frozenset[str] = frozenset()):
+                 known: frozenset[str] = frozenset(), seen_tags: frozenset[str] = frozenset()):
         self._client = client
         self._repository = repository
         self._window = window
         self._known = known
+        # Every tag the plan or an earlier re-read saw here: one the listing leaves out now
+        # is looked up all the same (see _reread).
+        self._seen_tags = set(seen_tags)
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
         self._read_at = float("-inf")  # when the snapshot's read began (never yet)
@@ -203,11 +206,18 @@ class TagConfirmation:
             for m in await self._acr.manifests(repository):
                 snapshot[m.digest] = set(m.tags)
         else:
-            tags = await client.tags(repository)
+            # A tag seen before and left out of this listing (distribution#4891, a tag moved
+            # onto this very manifest meanwhile) is resolved like a listed one: a listing
+            # that drops it must not make the manifest it names look untagged. A tag really
+            # removed answers 404 and counts for nothing.
+            self._seen_tags.update(await client.tags(repository))
+            tags = sorted(self._seen_tags)
             heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
             for tag, head in zip(tags, heads, strict=True):
-                if head is not None:  # None: the tag vanished between listing and reading
+                if head is not None:
                     snapshot.setdefault(head.digest, set()).add(tag)
+                else:  # gone (the tags of a manifest this run deleted, say): not asked again
+                    self._seen_tags.discard(tag)
         self._snapshot, self._read_at = snapshot, started
         self._seen_new.update(snapshot.keys() - self._known)
         self.reads += 1
@@ -383,12 +393,13 @@ class Executor:
                       pairs: list[tuple[PolicyPlan, Action]]) -> None:
             async with at_once[registry]:
                 inventory = inventories.get(registry)
-                known = frozenset(m.digest for r in (inventory.repositories if inventory
-                                                      else ()) if r.name == repository
-                                  for m in r.manifests)
+                read = [m for r in (inventory.repositories if inventory else ())
+                        if r.name == repository for m in r.manifests]
+                known = frozenset(m.digest for m in read)
+                seen_tags = frozenset(t for m in read for t in (*m.tags, *m.referrer_tags))
                 await self._apply_repository(registry, repository,
                                              parents_first(a for _, a in pairs), live, report,
-                                             known=known)
+                                             known=known, seen_tags=seen_tags)
                 for p in {id(p): p for p, _ in pairs}.values():
                     if repository in p.emptied:
                         mine = [a for q, a in pairs if q is p]
@@ -409,9 +420,11 @@ class Executor:
         return report
 
     async def _apply_repository(self, registry: str, repository: str, actions: list[Action],
-                                live: _Live, report: Report, *, known: frozenset[str]) -> None:
+                                live: _Live, report: Report, *, known: frozenset[str],
+                                seen_tags: frozenset[str] = frozenset()) -> None:
         client = self._clients[registry]
-        confirmation = TagConfirmation(client, repository, window=self._window, known=known)
+        confirmation = TagConfirmation(client, repository, window=self._window, known=known,
+                                       seen_tags=seen_tags)
         live.confirmations[(registry, repository)] = confirmation
         before = len(live.went_order)
         # One after another: each DELETE's tag read comes after the previous DELETE.

@@ -261,8 +261,9 @@ class Scanner:
     async def _dropped_tags(self, name: str, listed: Iterable[str]) -> None:
         """Raise when a tag the last read saw is missing from this listing and still
         resolves: the listing is incomplete, and the manifest the tag names would look
-        untagged, an orphan to delete. distribution 3.1 on S3 drops from tags/list a tag
-        that is a prefix of another (distribution/distribution#4891). Only the missing tags
+        untagged, an orphan to delete. distribution 3.1.0 on S3 drops from tags/list a tag
+        that another listed tag is a prefix of (``0.1.20`` beside ``0.1.2``,
+        distribution/distribution#4891). Only the missing tags
         are looked up (a HEAD each); one that answers 404 was really removed."""
         missing = sorted(self._last_tags(name).keys() - set(listed))
         if not missing:

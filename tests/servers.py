@@ -310,8 +310,8 @@ def paged_tags(page_size: int) -> Rewrite:
 
 
 def drop_tags(*dropped: str) -> Rewrite:
-    """Leaves ``dropped`` out of a tags/list answer, as distribution 3.1 on S3 leaves out a
-    tag that is a prefix of another (distribution/distribution#4891)."""
+    """Leaves ``dropped`` out of a tags/list answer, as distribution 3.1.0 on S3 leaves out a
+    tag that another listed tag is a prefix of (distribution/distribution#4891)."""
 
     def rewrite(method: str, path: str, status: int, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -437,3 +437,40 @@ def test_a_token_hosts_entry_that_is_not_a_host_is_a_config_error(tmp_path: Path
     (problem,) = info.value.problems
     assert (problem.line, problem.column) == (4, 42)
     assert "'https://auth.docker.io' is not a host name" in problem.message
+
+
+@pytest.mark.xfail(strict=True, reason="guards the httpx2 rewrite: insecure_skip_verify still "
+                   "applies to every host of the registry's HTTP session (http.py)")
+def test_insecure_skip_verify_is_the_registrys_own_not_its_token_hosts(
+        tmp_path: Path, token_server, token_registry):
+    """Guards the httpx2 rewrite (retention/registry/http.py; issue 30 item 4).
+
+    ``insecure_skip_verify: true`` is for the registry's own certificate (a self-signed one
+    on a lab registry). The token service listed in token_hosts is another host: its
+    certificate is checked as any host's, or whoever answers for it (a man in the middle
+    with a certificate of his own) receives the password. Here the token host is such an
+    impostor (a TLS proxy with an untrusted self-signed certificate, forwarding to the real
+    token service): it must receive nothing, the TLS handshake failing before any request.
+    Today the session's one pyreqwest client accepts any certificate from any host, and the
+    password goes to it."""
+    from tests.servers import self_signed
+
+    front = FaultProxy(token_registry.url)
+    front.url = front.start(tls=self_signed(tmp_path / "registry-tls"))
+    impostor = FaultProxy(token_server.realm.rsplit("/", 1)[0])
+    impostor.url = impostor.start(tls=self_signed(tmp_path / "impostor-tls"))
+    try:
+        front.inject(Fault("*", ".", "rewrite", times=EVERY,
+                           rewrite=set_realm(f"{impostor.url}/token")))
+        client = RegistryClient(RegistrySettings(
+            name="main", url=front.url, credentials=Credentials(USER, Secret(PASSWORD)),
+            insecure_skip_verify=True, token_hosts=(impostor.url.split("/")[2],)),
+            retry=FAST)
+        with pytest.raises(RegistryError) as info:
+            _run(client, _ping)
+        assert PASSWORD not in str(info.value)
+        assert impostor.requests == []  # not a request: the handshake failed
+        assert not any(a.startswith("Basic ") for a in token_server.authorizations_seen)
+    finally:
+        front.stop()
+        impostor.stop()

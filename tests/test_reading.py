@@ -181,6 +181,30 @@ def test_link_back_to_a_page_already_read_fails_the_repository(tmp_path, registr
     assert "never end" in doc["errors"][0]["message"]
 
 
+@pytest.mark.parametrize("link", [
+    "<https://xn--reg-example.com/v2/app/tags/list?n=1>",  # punycode that is no IDNA
+    "<https://reg.example\\@127.0.0.1/v2/app/tags/list?n=1>",  # a backslash in the host
+    "<http://[::1/v2/app/tags/list>",  # an IPv6 address left open
+])
+def test_a_link_no_url_parser_reads_fails_the_repository_not_the_run(
+        tmp_path, registry, pusher: Pusher, proxy, link: str):
+    """A registry's Link that yarl cannot read raised ValueError (UnicodeError for the
+    punycode) out of the scan: the whole run ended in a traceback, every registry unread.
+    It is that repository's unreadable listing."""
+    pusher.image("app", "a", created=OLD)
+    pusher.image("other", "v1", created=OLD)
+    proxy.inject(Fault("GET", r"^/v2/app/tags/list", "rewrite", times=10**6,
+                       rewrite=set_link(f'{link}; rel="next"')))
+    with pytest.raises(RegistryError, match="Link header"):
+        _run(lambda c: c.tags("app"), RegistrySettings(name="main", url=proxy.url))
+    config = write_config(tmp_path, proxy.url)
+    code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    assert "Traceback" not in err
+    assert code == 1 and [e["repository"] for e in doc["errors"]] == ["app"], doc
+    assert "Link header" in doc["errors"][0]["message"]
+    assert pusher.exists("app", "a") and pusher.exists("other", "v1")
+
+
 def test_endless_link_chain_is_capped(registry, pusher: Pusher, proxy, monkeypatch):
     pusher.image("app", "a")
     counter = {"n": 0}

@@ -261,11 +261,18 @@ class RegistryClient:
     def next_page(self, response: Response, link: str) -> URL:
         """The URL of the next page. It must stay on the registry: the request carries
         credentials, which a Link header must not be able to send elsewhere."""
-        url = response.url.join(URL(link, encoded=True))
-        base = URL(self.settings.url)
-        # Scheme, host and port as they are meant, not as written: a host is case-insensitive
-        # (yarl's origin() keeps the capitals) and :443 is https's own port.
-        if not same_origin(url, base):
+        try:
+            url = response.url.join(URL(link, encoded=True))
+            # Scheme, host and port as they are meant, not as written: a host is
+            # case-insensitive (yarl's origin() keeps the capitals) and :443 is https's own
+            # port. Reading the host may raise too (punycode that is no IDNA).
+            elsewhere = not same_origin(url, URL(self.settings.url))
+        except ValueError:
+            # The registry's answer, not ours to crash on: this listing is unreadable.
+            raise RegistryError(f"a Link header that is not a URL ({link[:200]!r}); the rest "
+                                "of the listing is not known", registry=self.settings.name
+                                ) from None
+        if elsewhere:
             raise RegistryError(f"a Link header points away from the registry, to "
                                 f"{url.origin()}; refusing to follow it",
                                 registry=self.settings.name)
@@ -274,6 +281,13 @@ class RegistryClient:
             # its own beside our Authorization header).
             raise RegistryError("a Link header carries credentials of its own; refusing to "
                                 "follow it", registry=self.settings.name)
+        if url.raw_path != response.url.raw_path:
+            # The next page of the same listing: only its query (last, n) differs. A Link to
+            # another path (another repository's tags/list, ``/v2/app/../other/...``) would
+            # lose this listing's later pages and put that one's items in their place.
+            raise RegistryError(f"a Link header leads from {response.url.raw_path} to another "
+                                f"listing, {url.raw_path[:200]}; refusing to follow it",
+                                registry=self.settings.name)
         return url
 
     def failure(self, response: Response, what: str) -> RegistryError:
