@@ -237,16 +237,24 @@ def _md(text: str) -> str:
     """A table cell: no line breaks, no cell separators, no HTML (the reasons quote
     patterns and tags written by whoever opened the pull request)."""
     return (" ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;")
-            .replace(">", "&gt;").replace("|", "\\|").replace("`", "\\`"))
+            .replace(">", "&gt;").replace("\\", "\\\\").replace("|", "\\|")
+            .replace("`", "\\`").replace("*", "\\*").replace("_", "\\_"))
+
+
+def _code(text: str) -> str:
+    """A code span: inside one, markdown reads backslashes as they are, so nothing is
+    escaped; names (canonical repository names) hold no backtick, and none is let in."""
+    return f"`{text.replace('`', '')}`"
 
 
 _MD_CHANGE = {NEWLY_DELETED: "**+** newly deleted", NO_LONGER_DELETED: "**-** no longer deleted",
               PROTECTED_DIFFERENTLY: "protected differently"}
 
 
-def to_markdown(d: Diff, *, rows: int = MARKDOWN_ROWS) -> str:
+def to_markdown(d: Diff, *, rows: int | None = None) -> str:
     """A pull-request comment: a short summary, then the manifests in a collapsible
-    section, at most ``rows`` of them and a count of the rest."""
+    section, at most ``rows`` (MARKDOWN_ROWS) of them and a count of the rest."""
+    rows = MARKDOWN_ROWS if rows is None else rows
     base, head = totals(d.plan_base), totals(d.plan_head)
     out = ["<!-- retention diff -->"]
     if not d.changes:
@@ -258,7 +266,7 @@ def to_markdown(d: Diff, *, rows: int = MARKDOWN_ROWS) -> str:
                f"({human_bytes(head.bytes)}); before it, {base.deletions} "
                f"({human_bytes(base.bytes)}).")
     for e in _errors_json(d):
-        out.append(f"\nwarning: `{_md(e['registry'])}/{_md(e['repository'])}` could not be read: "
+        out.append(f"\nwarning: {_code(e['registry'] + '/' + e['repository'])} could not be read: "
                    f"{_md(e['message'])} (not compared)")
     for a in to_json(d)["aborted"]:
         out.append(f"\nwarning: {a['side']}: policy `{a['policy']}` deletes nothing: "
@@ -279,7 +287,7 @@ def to_markdown(d: Diff, *, rows: int = MARKDOWN_ROWS) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for c in shown:
         out.append(" | ".join((
-            f"| {_MD_CHANGE[c.change]}", f"`{c.policy}`", f"`{_md(c.repository)}`",
+            f"| {_MD_CHANGE[c.change]}", f"`{c.policy}`", _code(c.repository),
             f"`{_short(c.digest)}`", _md(tags_text(c.tags)), human_age(c.time, d.plan_head.now),
             human_bytes(c.bytes), _md(_side_text(c.base)), _md(_side_text(c.head)))) + " |")
     if len(d.changes) > len(shown):
