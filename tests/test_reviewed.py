@@ -342,3 +342,27 @@ def test_config_digest_covers_every_file_in_a_defined_order(tmp_path):
     (other / "policies" / "b" / "c.yaml").write_text("#\n" + PR.replace("name: p", "name: q"))
     assert config_digest(load_setup(other / "retention.yaml").config).digest not in (
         moved.digest, first.digest)
+
+
+def test_a_plan_saved_from_an_inventory_is_as_old_as_the_inventory(tmp_path, registry,
+                                                                    pusher: Pusher):
+    one = pusher.image("app", "pr-1", created=OLD)
+    config = write_config(tmp_path, registry.url, policy=PR)
+    code, inventory, _ = cli("inventory", "-c", str(config), "-o", "json")
+    recorded = inventory["inventories"][0]["collected_at"]
+    inventory["inventories"][0]["collected_at"] = "2020-01-01T00:00:00.000000Z"
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inventory))
+    saved, doc = save(config, tmp_path, "--inventory", str(path))
+    assert recorded != doc["saved"]["at"] == "2020-01-01T00:00:00Z"
+    code, _, err = apply(config, saved)
+    assert code == 2 and "more than --max-age 1d" in err
+    assert pusher.exists("app", one.digest)
+
+
+def test_a_bad_max_age_is_a_usage_error(tmp_path, registry, pusher: Pusher):
+    pusher.image("app", "pr-1", created=OLD)
+    config = write_config(tmp_path, registry.url, policy=PR)
+    saved, _ = save(config, tmp_path)
+    code, _, err = apply(config, saved, "--max-age", "a day")
+    assert code == 2 and "--max-age: invalid duration 'a day'" in err
