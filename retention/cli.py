@@ -73,6 +73,11 @@ _EXAMPLES = {
     "completion": "source <(retention completion bash)\n"
                   "  retention completion zsh > \"${fpath[1]}/_retention\"",
 }
+_EXIT_CODES_MORE = {
+    "apply": ", or a saved\n     plan refused (older than --max-age, made from other config, "
+             "policy or allowlist\n     files, not a saved plan): nothing deleted",
+    "diff": "\n     (0 whatever the change would delete or keep)",
+}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_ENV = "RETENTION_CONFIG"
 
@@ -92,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                 formats: tuple[str, ...] = ("table", "json")) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=f"example:\n  {_EXAMPLES[name]}\n\n{_EXIT_CODES}")
+                           epilog=f"example:\n  {_EXAMPLES[name]}\n\n{_EXIT_CODES}"
+                                  f"{_EXIT_CODES_MORE.get(name, '')}")
         if config:
             p.add_argument("-c", "--config", type=Path, metavar="FILE",
                            help=f"the retention.yaml to use (default: ${CONFIG_ENV}, else "
