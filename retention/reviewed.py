@@ -27,6 +27,7 @@ from retention.config import Config
 from retention.durations import format_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory
+from retention.manifest_times import TIME_SOURCES, ManifestTime
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, only_actions
 from retention.policy import policy_files
 from retention.report import PLANNED, SKIPPED, Outcome, OutcomeKey, outcome_key
@@ -134,6 +135,7 @@ class Approved:
     digest: str
     tags: tuple[str, ...]  # sorted
     media_type: str
+    time: ManifestTime | None  # as the plan showed it, for the report
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +223,12 @@ def _approved(action: Any) -> Approved | None:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         return None
     media_type = action.get("media_type")
+    created, source = _time(action.get("created")), action.get("time_source")
+    time = (ManifestTime(created, source) if created is not None and source in TIME_SOURCES
+            else None)
     return Approved(action["policy"], action["registry"], action["repository"],
                     action["digest"], tuple(sorted(tags)),
-                    media_type if isinstance(media_type, str) else "")
+                    media_type if isinstance(media_type, str) else "", time)
 
 
 def check(saved: SavedPlan, *, now: datetime, max_age: timedelta,
@@ -359,7 +364,7 @@ class Review:
         else:
             reason = f"{NO_LONGER_PLANNED}: it is no longer in the registry"
         action = Action(mine.policy, mine.registry, mine.repository, mine.digest, mine.tags,
-                        mine.media_type, reason)
+                        mine.media_type, reason, time=mine.time)
         self.outcomes[outcome_key(action)] = Outcome(SKIPPED, reason)
         self.gone.append(action)
         log.warning("deletion skipped", policy=mine.policy, registry=mine.registry,

@@ -96,6 +96,7 @@ def test_a_tag_moved_onto_a_saved_deletion_keeps_it(tmp_path, registry, pusher: 
     assert action["status"] == "skipped"
     assert action["reason"].startswith("changed: tags are now ['pr-1', "), action
     assert "the reviewed plan saw ['pr-1']" in action["reason"]
+    assert (action["created"], action["time_source"]) == ("2024-01-01T00:00:00Z", "created")
     assert deleted_digests(done) == {two.digest}
     assert pusher.exists("app", moved_tag) and pusher.exists("app", "pr-1")
 
