@@ -12,8 +12,9 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +25,7 @@ from retention.config import parse_listen
 from retention.durations import parse_duration
 from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
-from retention.kube import in_use_pass
+from retention.kube import NOTHING, InUse, in_use_pass
 from retention.planner import Plan
 from retention.policy import Policy, load_policies, policy_warnings
 from retention.progress import Progress
@@ -58,7 +59,10 @@ _EXIT_CODES = """exit codes:
   2  invalid config, policy, allowlist or usage"""
 _EXAMPLES = {
     "validate": "retention validate -c retention.yaml\n  retention validate policies/",
-    "plan": "retention plan -c retention.yaml --policy ci-builds -o json",
+    "plan": "retention plan -c retention.yaml --policy ci-builds -o json\n"
+            "  retention plan -c retention.yaml --save plan.json   # for review, then apply",
+    "apply": "retention apply plan.json -c retention.yaml --max-age 24h",
+    "diff": "retention diff --base ../main/policies --inventory inventory.json -o markdown",
     "run": "retention run -c retention.yaml --dry-run",
     "inventory": "retention inventory -c retention.yaml -o json > inventory.json\n"
                  "  retention plan -c retention.yaml --inventory inventory.json",
@@ -69,6 +73,11 @@ _EXAMPLES = {
     "schema": "retention schema > policy.schema.json",
     "completion": "source <(retention completion bash)\n"
                   "  retention completion zsh > \"${fpath[1]}/_retention\"",
+}
+_EXIT_CODES_MORE = {
+    "apply": ", or a saved\n     plan refused (older than --max-age, made from other config, "
+             "policy or allowlist\n     files, not a saved plan): nothing deleted",
+    "diff": "\n     (0 whatever the change would delete or keep)",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_ENV = "RETENTION_CONFIG"
@@ -85,11 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"retention {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str, *, config: bool = True,
-                output: bool = False) -> argparse.ArgumentParser:
+    def command(name: str, text: str, *, config: bool = True, output: bool = False,
+                formats: tuple[str, ...] = ("table", "json")) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=f"example:\n  {_EXAMPLES[name]}\n\n{_EXIT_CODES}")
+                           epilog=f"example:\n  {_EXAMPLES[name]}\n\n{_EXIT_CODES}"
+                                  f"{_EXIT_CODES_MORE.get(name, '')}")
         if config:
             p.add_argument("-c", "--config", type=Path, metavar="FILE",
                            help=f"the retention.yaml to use (default: ${CONFIG_ENV}, else "
@@ -97,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL",
                            help=f"log this and above ({', '.join(LOG_LEVELS)})")
         if output:
-            p.add_argument("-o", "--output", choices=("table", "json"), default="table",
-                           help="table (default, for people) or json")
+            p.add_argument("-o", "--output", choices=formats, default="table",
+                           help=f"{', '.join(formats)} (table, the default, is for people)")
         return p
 
     def with_wait(p: argparse.ArgumentParser) -> None:
@@ -120,10 +130,32 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--inventory", type=Path, metavar="FILE",
                            help="plan offline on an inventory written by "
                                 "'retention inventory --output json'")
+            p.add_argument("--save", type=Path, metavar="FILE",
+                           help="also write the plan to FILE, for review and "
+                                "'retention apply FILE'")
         else:
             p.add_argument("--dry-run", action="store_true",
                            help="plan and report, delete nothing, whatever the mode")
             with_wait(p)
+
+    p = command("apply", "delete what a saved plan lists and the policies still delete now",
+                output=True)
+    p.add_argument("file", type=Path, metavar="FILE",
+                   help="a plan written by 'retention plan --save FILE'")
+    p.add_argument("--max-age", default="24h", metavar="DURATION",
+                   help="refuse a plan saved longer ago than this (default 24h)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="report what would be deleted, delete nothing, whatever the mode")
+    with_wait(p)
+
+    p = command("diff", "what a policy change would delete or keep differently; never "
+                "deletes", output=True, formats=("table", "json", "markdown"))
+    p.add_argument("--base", type=Path, required=True, metavar="PATH",
+                   help="the policies to compare with: a file or directory (e.g. the base "
+                        "branch's checkout)")
+    p.add_argument("--inventory", type=Path, metavar="FILE",
+                   help="compare on an inventory written by 'retention inventory --output "
+                        "json' instead of reading the registries")
 
     p = command("inventory", "print what the registries hold, as the planner sees it",
                 output=True)
@@ -282,7 +314,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # `run` is an audit trail (one event per deletion and per protected match, as the daemon
     # logs them); `plan` and `inventory` print their answer and log only what went wrong.
     _configure_logs(setup, err, level=args.log_level or (
-        "info" if args.command in ("run", "serve", "restore") else "warning"))
+        "info" if args.command in ("run", "apply", "serve", "restore") else "warning"))
     if args.command == "inventory":
         return _inventory(setup, args, out, err)
     if args.command == "in-use":
@@ -290,6 +322,10 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return FAILED if eventloop.run(print_in_use(setup.config, out, fmt=args.output)) else OK
     if args.command == "plan":
         return _plan(setup, args, out, err)
+    if args.command == "diff":
+        return _diff(setup, args, out, err)
+    if args.command == "apply":
+        return _apply(setup, args, out, err)
     if args.command in ("run", "restore", "serve"):
         # One enforcing process per state (SPEC "Embedded state").
         with state_lock(setup.config.state_dir, command=args.command, wait=args.wait,
@@ -411,21 +447,10 @@ def _summary(setup: Setup, names: list[str], args: argparse.Namespace, out: Text
     """Where the storage is: the figures of the storage metrics, per repository, with what
     the current policies would reclaim there. It reads what `plan` reads, no more."""
     policies = tuple(p for p in setup.policies if p.registry in names)
-
-    async def read() -> tuple[dict[str, Inventory], Plan]:
-        state = State.open(setup.config.state_dir)
-        try:
-            async with open_clients(setup, names) as clients:
-                inventories = await collect(clients, state, progress=Progress.on(err))
-                now = datetime.now(UTC)
-                in_use = await in_use_pass(setup.config, inventories, state, now=now)
-                return inventories, plan_all(setup, inventories, policies, now=now,
-                                             in_use=in_use,
-                                             restored=restored_holds(setup, state, now))
-        finally:
-            state.close()
-
-    inventories, the_plan = eventloop.run(read())
+    live = _read_live(setup, names, err)
+    inventories = live.inventories
+    the_plan = plan_all(setup, inventories, policies, now=live.now, in_use=live.in_use,
+                        restored=live.restored)
     figures = storage_of(inventories, the_plan)
     top = args.top
     if args.output == "json":
@@ -435,6 +460,34 @@ def _summary(setup: Setup, names: list[str], args: argparse.Namespace, out: Text
             out.write(_summary_table(figures[name], top))
     failed = any(r.error for inv in inventories.values() for r in inv.repositories)
     return FAILED if failed else OK
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """What the registries hold now, with the protections of now, for planning."""
+
+    inventories: dict[str, Inventory]
+    now: datetime
+    in_use: InUse
+    restored: dict[tuple[str, str, str], datetime]
+
+
+def _read_live(setup: Setup, names: list[str], err: TextIO) -> _Live:
+    """Read the registries as `plan` does (recording what it saw), with the clusters' in-use
+    images and the restore holds; no more requests than `plan` makes."""
+
+    async def read() -> _Live:
+        state = State.open(setup.config.state_dir)
+        try:
+            async with open_clients(setup, names) as clients:
+                inventories = await collect(clients, state, progress=Progress.on(err))
+                now = datetime.now(UTC)
+                in_use = await in_use_pass(setup.config, inventories, state, now=now)
+                return _Live(inventories, now, in_use, restored_holds(setup, state, now))
+        finally:
+            state.close()
+
+    return eventloop.run(read())
 
 
 def _shown(figures: RegistryStorage, top: int | None) -> list[RepositoryStorage]:
@@ -483,27 +536,48 @@ def _what(m: Manifest, parents: Mapping[str, str], present: AbstractSet[str]) ->
     return "<untagged: orphan>"
 
 
+def _read_inventory(path: Path, policies: Sequence[Policy]) -> dict[str, Inventory]:
+    """The inventories `inventory --output json` wrote, by registry; each registry the
+    policies use must be there."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        inventories = {inv.registry: inv for inv in
+                       (inventory_from_json(d) for d in doc["inventories"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError([Problem(str(path), 1, 1,
+                                   f"cannot read inventory: {exc}")]) from None
+    missing = [n for n in registries_of(policies) if n not in inventories]
+    if missing:
+        raise UsageError(f"{path} holds no inventory of registry {', '.join(missing)}")
+    return inventories
+
+
 def _plan(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    digest = None
+    if args.save is not None:
+        from retention import reviewed
+
+        # The digest of exactly the files this plan is made from: `apply` refuses the plan
+        # once any of them is edited.
+        setup, digest = reviewed.setup_with_digest(args.config, setup)
     policies = setup.select(args.policy)
     if args.inventory is not None:
-        try:
-            doc = json.loads(args.inventory.read_text(encoding="utf-8"))
-            inventories = {inv.registry: inv for inv in
-                           (inventory_from_json(d) for d in doc["inventories"])}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError([Problem(str(args.inventory), 1, 1,
-                                       f"cannot read inventory: {exc}")]) from None
+        inventories = _read_inventory(args.inventory, policies)
         warn_mistakes(setup, policies, inventories)
         the_plan = plan_all(setup, inventories, policies, now=datetime.now(UTC))
-        missing = [n for n in registries_of(policies) if n not in inventories]
-        if missing:
-            raise UsageError(f"{args.inventory} holds no inventory of registry "
-                             f"{', '.join(missing)}")
         problems: tuple[str, ...] = ()
+        # A plan is as old as what it was made from: a recorded inventory's time.
+        saved_at = min([the_plan.now, *(inventories[n].collected_at
+                                         for n in registries_of(policies))])
     else:
         result = _pass(setup, policies, dry_run=True, err=err)
         the_plan, problems = result.plan, _problems(result)
-    _print(to_json(the_plan, mode="dry-run", problems=problems) if args.output == "json" else
+        saved_at = the_plan.now
+    document = to_json(the_plan, mode="dry-run", problems=problems)
+    if digest is not None:
+        reviewed.save(args.save, document, at=saved_at, digest=digest,
+                      policies=[p.name for p in policies])
+    _print(document if args.output == "json" else
            to_table(the_plan, mode="dry-run", problems=problems), out)
     # Exit 1 wherever `run` would fail before deleting: a pull request's gate sees it.
     failed = problems or any(p.aborted or p.errors for p in the_plan.policies)
@@ -529,6 +603,68 @@ def _run(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> in
                     run_errors=result.report.errors, problems=problems), out)
     return FAILED if result.failed else OK
 
+
+
+def _apply(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Delete what the saved plan lists and a fresh plan still deletes (SPEC "Reviewed
+    deletions"); every refusal (exit 2) comes before the lock and any registry request."""
+    from retention import reviewed
+
+    try:
+        max_age = parse_duration(args.max_age)
+    except ValueError as exc:
+        raise UsageError(f"--max-age: {exc}") from None
+    saved = reviewed.load(args.file)
+    setup, digest = reviewed.setup_with_digest(args.config, setup)
+    reviewed.check(saved, now=datetime.now(UTC), max_age=max_age, digest=digest)
+    policies = (setup.select(list(saved.policies)) if saved.policies else
+                () if saved.policies is not None else setup.policies)
+    with state_lock(setup.config.state_dir, command="apply", wait=args.wait,
+                    on_wait=lambda text: print(f"retention: {text}", file=err)):
+        # The file ages while --wait waits: its age counts until the deletions start.
+        reviewed.check(saved, now=datetime.now(UTC), max_age=max_age, digest=digest)
+        dry_run = args.dry_run or not setup.config.enforce
+        review = reviewed.Review(saved)
+        result = _pass(setup, policies, dry_run=dry_run, err=err, select=review)
+    mode = "dry-run" if dry_run else "enforce"
+    shown = review.shown(result.plan)
+    outcomes = review.outcomes_with(result.report.outcomes)
+    problems = _problems(result)
+    if args.output == "json":
+        document = to_json(shown, mode=mode, outcomes=outcomes,
+                           run_errors=result.report.errors, problems=problems)
+        document["summary"]["not_reviewed"] = len(review.not_reviewed)
+        document["not_reviewed"] = reviewed.not_reviewed_json(review)
+        _print(document, out)
+    else:
+        _print(to_table(shown, mode=mode, outcomes=outcomes, run_errors=result.report.errors,
+                        problems=problems) + reviewed.not_reviewed_text(review), out)
+    return FAILED if result.failed else OK
+
+
+def _diff(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The base policies and the current ones planned on one inventory at one instant;
+    what differs is printed. Never deletes; exit 0 whatever differs."""
+    from retention import diff
+
+    base = load_policies([args.base], registries=setup.config.registries.keys())
+    head = setup.policies
+    names = registries_of((*head, *base))
+    if args.inventory is not None:
+        live = _Live(_read_inventory(args.inventory, (*head, *base)), datetime.now(UTC),
+                     NOTHING, {})
+    else:
+        live = _read_live(setup, names, err)
+    warn_mistakes(setup, head, live.inventories)
+    plans = [plan_all(setup, live.inventories, policies, now=live.now, in_use=live.in_use,
+                      restored=live.restored) for policies in (base, head)]
+    found = diff.diff(*plans)
+    if args.output == "json":
+        _print(diff.to_json(found), out)
+    else:
+        _print(diff.to_markdown(found) if args.output == "markdown" else diff.to_table(found),
+               out)
+    return OK
 
 
 def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
@@ -566,12 +702,13 @@ def _restore(setup: Setup, args: argparse.Namespace, out: TextIO) -> int:
     return FAILED if report.failed else OK
 
 
-def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool, err: TextIO
+def _pass(setup: Setup, policies: tuple[Policy, ...], *, dry_run: bool, err: TextIO,
+          select: Callable[[Plan, Mapping[str, Inventory]], Plan] | None = None
           ) -> RunResult:
     state = State.open(setup.config.state_dir)
     try:
         return eventloop.run(run_pass(setup, policies, dry_run=dry_run, state=state,
-                                      progress=Progress.on(err)))
+                                      progress=Progress.on(err), select=select))
     finally:
         state.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-_FILE_OPTIONS = {"--config", "-c", "--inventory"}
+_FILE_OPTIONS = {"--config", "-c", "--inventory", "--base", "--save"}
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
@@ -546,6 +546,27 @@ def only(plan: Plan, names: Iterable[str], inventories: Mapping[str, Inventory])
                for p in (plans if len(plans) == everyone[registry]
                          else _count_bytes(inventories[registry], plans))}
     return Plan(now=plan.now, policies=tuple(counted[p.policy] for p in chosen))
+
+
+def only_actions(plan: Plan, keep: Callable[[Action], bool],
+                 inventories: Mapping[str, Inventory]) -> Plan:
+    """``plan`` with only the actions ``keep`` accepts (for `retention apply`: what a
+    reviewed plan and today's plan both delete), bytes counted again as if only those
+    deletions happened. A repository some of whose deletions are dropped is no longer
+    emptied by the plan (delete_empty_repositories)."""
+    kept: list[PolicyPlan] = []
+    for p in plan.policies:
+        actions = tuple(a for a in p.actions if keep(a))
+        dropped = {a.repository for a in p.actions if not keep(a)}
+        kept.append(replace(p, actions=actions,
+                            emptied=tuple(r for r in p.emptied if r not in dropped)))
+    by_registry: dict[str, list[PolicyPlan]] = defaultdict(list)
+    for p in kept:
+        by_registry[p.registry].append(p)
+    counted = {p.policy: p for registry, plans in by_registry.items()
+               for p in (_count_bytes(inventories[registry], plans)
+                         if registry in inventories else plans)}
+    return Plan(now=plan.now, policies=tuple(counted[p.policy] for p in kept))
 
 
 def _deletion_order(doomed: Mapping[str, str | None]) -> list[str]:

@@ -166,16 +166,19 @@ def _statuses(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None
     return counts
 
 
-def _applied(outcomes: Mapping[OutcomeKey, Outcome] | None) -> bool:
+def _applied(outcomes: Mapping[OutcomeKey, Outcome] | None, mode: str) -> bool:
     """A run that sent DELETEs (or tried to) says what happened, not what was planned: "2
-    to delete" after both DELETEs failed would read as a success."""
-    return bool(outcomes)
+    to delete" after both DELETEs failed would read as a success. A dry run sends none,
+    even when some actions were skipped before it (`retention apply`)."""
+    return bool(outcomes) and mode != "dry-run"
 
 
 def _counts_text(counts: Mapping[str, int], *, applied: bool, held_back: int = 0) -> str:
     parts = ([f"{counts[DELETED]} deleted", f"{counts[FAILED]} failed",
               f"{counts[SKIPPED] - held_back} skipped"] if applied
              else [f"{counts[PLANNED]} to delete"])
+    if not applied and counts[SKIPPED] - held_back:
+        parts.append(f"{counts[SKIPPED] - held_back} skipped")
     if applied and counts[PLANNED]:
         parts.append(f"{counts[PLANNED]} not attempted")
     if held_back:
@@ -183,9 +186,10 @@ def _counts_text(counts: Mapping[str, int], *, applied: bool, held_back: int = 0
     return ", ".join(parts)
 
 
-def _done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
+def _done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None, mode: str) -> str:
     held = len(p.actions) if p.aborted else 0
-    return _counts_text(_statuses(p, outcomes), applied=_applied(outcomes), held_back=held)
+    return _counts_text(_statuses(p, outcomes), applied=_applied(outcomes, mode),
+                        held_back=held)
 
 
 def _freed(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> int:
@@ -193,20 +197,21 @@ def _freed(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> int:
                for status, _, freed in (_status(p, a, outcomes),) if status == DELETED)
 
 
-def _bytes_done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
-    if _applied(outcomes):
+def _bytes_done(p: PolicyPlan, outcomes: Mapping[OutcomeKey, Outcome] | None,
+                mode: str) -> str:
+    if _applied(outcomes, mode):
         return f"{human_bytes(_freed(p, outcomes))} reclaimed"
     return f"{human_bytes(p.reclaimable_bytes)} reclaimable"
 
 
-def _done_all(plan: Plan, outcomes: Mapping[OutcomeKey, Outcome] | None) -> str:
+def _done_all(plan: Plan, outcomes: Mapping[OutcomeKey, Outcome] | None, mode: str) -> str:
     counts = {PLANNED: 0, DELETED: 0, FAILED: 0, SKIPPED: 0}
     held = 0
     for p in plan.policies:
         for status, n in _statuses(p, outcomes).items():
             counts[status] += n
         held += len(p.actions) if p.aborted else 0
-    applied = _applied(outcomes)
+    applied = _applied(outcomes, mode)
     text = _counts_text(counts, applied=applied, held_back=held)
     if applied:
         return text + f", {human_bytes(sum(_freed(p, outcomes) for p in plan.policies))} " \
@@ -232,8 +237,8 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
                          f"{d.detail} ({d.matched} matched)"))
         for e in p.errors:
             rows.append((p.policy, e.repository, "-", "-", "-", "-", "error", e.message))
-        line = (f"{p.policy}: {_done(p, outcomes)}, {len(p.protected)} protected, "
-                f"{len(p.kept)} kept, {_bytes_done(p, outcomes)}")
+        line = (f"{p.policy}: {_done(p, outcomes, mode)}, {len(p.protected)} protected, "
+                f"{len(p.kept)} kept, {_bytes_done(p, outcomes, mode)}")
         if p.errors:
             line += f", {len(p.errors)} repositories unreadable (nothing deleted there)"
         if p.aborted:
@@ -242,7 +247,7 @@ def to_table(plan: Plan, *, mode: str, outcomes: Mapping[OutcomeKey, Outcome] | 
     out = [f"mode: {mode}", *(columns(header, rows) or ["nothing matched a delete rule"])]
     out.append("")
     out.extend(totals or ["no policies"])
-    out.append(f"total: {_done_all(plan, outcomes)}")
+    out.append(f"total: {_done_all(plan, outcomes, mode)}")
     out.extend(f"error: {e}" for e in run_errors)  # what went wrong applying the plan
     out.extend(f"error: {m}" for m in problems)
     return "\n".join(out) + "\n"

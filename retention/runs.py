@@ -245,9 +245,12 @@ async def run_pass(
     stop: asyncio.Event | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress | None = None,
+    select: Callable[[Plan, Mapping[str, Inventory]], Plan] | None = None,
 ) -> RunResult:
     """Scan, plan and apply the given policies. Raises RegistryError when a registry cannot
-    be scanned at all (unreachable, credentials refused)."""
+    be scanned at all (unreachable, credentials refused). ``select`` narrows the fresh plan
+    before it is applied (`retention apply`: only what a reviewed plan also lists); it is
+    given the inventories the plan was made from."""
     policies = list(policies)
     started = time.monotonic()
     state.prune_journal(clock() - setup.config.journal_keep)
@@ -269,6 +272,8 @@ async def run_pass(
         if metrics:
             metrics.record_plan(the_plan)
             record_storage(metrics, setup, inventories, whole)
+        if select is not None:
+            the_plan = select(the_plan, inventories)
         executor = Executor(clients, state=state, metrics=metrics, clock=clock, stop=stop,
                             confirm_window=setup.config.confirm_window.total_seconds())
         report = await executor.apply(the_plan, dry_run=dry_run, inventories=inventories)
