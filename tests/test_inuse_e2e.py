@@ -307,7 +307,7 @@ def _cluster_settings(tmp_path, kubeconfig):
 
 
 def test_daemon_protects_and_counts_per_cluster(tmp_path, registry, pusher: Pusher, cluster):
-    import httpx
+    import httpx2
 
     from retention.daemon import Daemon
     from tests.test_daemon import every_second, metric, wait_for
@@ -323,7 +323,7 @@ def test_daemon_protects_and_counts_per_cluster(tmp_path, registry, pusher: Push
         daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             text = (await http.get("/metrics")).text
             assert metric(text, "retention_in_use_read_failures_total", cluster="prod") == 0
 
