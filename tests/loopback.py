@@ -10,8 +10,10 @@ asyncio.Event, move a tag between two requests) stays ordered with the client's 
 from __future__ import annotations
 
 import inspect
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx2
 from aiohttp import web
@@ -25,8 +27,10 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 @asynccontextmanager
-async def serving(handler: Handler, *, port: int | None = None) -> AsyncIterator[str]:
-    """Serve ``handler`` on 127.0.0.1 (``port``, or a free one); yields the base URL."""
+async def serving(handler: Handler, *, port: int | None = None,
+                  tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (``port``, or a free one); yields the base URL.
+    ``tls``: (certificate, key) PEM files, to serve HTTPS."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         sent = httpx2.Request(request.method, str(request.url),
@@ -49,9 +53,13 @@ async def serving(handler: Handler, *, port: int | None = None) -> AsyncIterator
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = port or free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 
 from retention.config import Credentials, RegistrySettings, Secret
-from retention.errors import RegistryError
+from retention.errors import AuthenticationError, RegistryError
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.http import HEADERS_READ, HttpSession, TransportError
 from retention.scanner import Scanner
@@ -623,3 +625,207 @@ def test_bodies_and_lengths_come_as_sent():
     got, head = asyncio.run(go())
     assert seen == [None, None]
     assert got.content == b"{}" and head.headers.get("content-length") == "2"
+
+
+# -- caps on what is read of an answer (issue 30) ---------------------------------------------
+
+HUGE = 256 * 1024 * 1024
+_CONFIG = "sha256:" + "c" * 64
+
+
+def _manifest_naming_a_config() -> bytes:
+    return json.dumps({"schemaVersion": 2,
+                       "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": _CONFIG, "size": HUGE},
+                       "layers": []}).encode()
+
+
+async def _scan_a_registry_with_a_huge(what: str, *, declared: bool) -> tuple[Any, int]:
+    """A scan of one repository, "big", whose ``what`` (manifest, tags page, config blob) is a
+    HUGE answer made as it is sent (never held anywhere): with a Content-Length, or chunked.
+    Returns the repository and how many of the HUGE bytes the server got to send."""
+    huge_path = {"manifest": "/v2/big/manifests/v1", "tags": "/v2/big/tags/list",
+                 "config": f"/v2/big/blobs/{_CONFIG}"}[what]
+    manifest = _manifest_naming_a_config()
+    small = {"/v2/": b"{}", "/v2/big/tags/list": b'{"name": "big", "tags": ["v1"]}',
+             "/v2/big/manifests/v1": manifest,
+             f"/v2/big/manifests/sha256:{hashlib.sha256(manifest).hexdigest()}": manifest}
+    sent = [0]
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target = head.split(b" ", 2)[:2]
+                path = target.decode().partition("?")[0]
+                kind = b"manifest.v1" if "/manifests/" in path else b"json"
+                content_type = b"Content-Type: application/vnd.oci.image." + kind + b"+json"
+                if path != huge_path:
+                    body = small.get(path, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+                    status = b"200 OK" if path in small else b"404 Not Found"
+                    writer.write(b"HTTP/1.1 %s\r\n%s\r\nContent-Length: %d\r\n\r\n%s" % (
+                        status, content_type, len(body), b"" if method == b"HEAD" else body))
+                    await writer.drain()
+                    continue
+                framing = b"Content-Length: %d" % HUGE if declared else \
+                    b"Transfer-Encoding: chunked"
+                writer.write(b"HTTP/1.1 200 OK\r\n%s\r\n%s\r\n\r\n" % (content_type, framing))
+                chunk = b" " * 65536
+                frame = chunk if declared else b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                while sent[0] < HUGE:
+                    writer.write(frame)
+                    await writer.drain()
+                    sent[0] += len(chunk)
+                writer.write(b"" if declared else b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    server = await asyncio.start_server(registry, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = RegistrySettings(name="main", url=f"http://127.0.0.1:{port}",
+                                repositories=("big",))
+    try:
+        async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+            inventory = await Scanner(client).scan()
+    finally:
+        server.close()
+    return inventory.repositories[0], sent[0]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(("what", "cap"), [("manifest", 4), ("tags", 16), ("config", 8)])
+def test_a_huge_answer_is_not_read_past_its_cap(what: str, cap: int, declared: bool):
+    """A hostile or broken registry (or storage) answers with 256 MiB: it is read up to its
+    cap (a manifest 4 MiB, a config 8 MiB, a tags page 16 MiB) and no further, so memory
+    stays bounded; a manifest or tags page over the cap makes the repository unreadable
+    (kept, reported), a config over it leaves the image's created time unknown. Never a
+    crash, and never retried (the same answer would be as long)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        repository, sent = asyncio.run(_scan_a_registry_with_a_huge(what, declared=declared))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (cap + 8) * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+    assert sent < 64 * 1024 * 1024  # the server was cut off, not read to the end
+    if what == "config":
+        assert repository.error is None
+        (manifest,) = repository.manifests
+        assert manifest.created is None and manifest.tags == ("v1",)
+    else:
+        assert repository.error is not None and "over the cap" in repository.error
+        assert "failed after" not in repository.error  # not retried
+
+
+# -- ca_file and insecure_skip_verify are the registry's own origin's (issue 30) --------------
+
+
+def _bearer_registry(realm: str, seen: list[str]):
+    """A registry that asks for a token from ``realm`` and takes any."""
+
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return httpx2.Response(401, headers={
+                "WWW-Authenticate": f'Bearer realm="{realm}",service="registry"'})
+        seen.append(request.url.path)
+        return httpx2.Response(200, json={"repositories": ["a"]})
+
+    return registry
+
+
+def _token_service(seen: list[str | None]):
+    def token(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx2.Response(200, json={"token": "t0ken", "expires_in": 300})
+
+    return token
+
+
+@pytest.mark.parametrize("trust", ["ca_file", "insecure_skip_verify"])
+def test_the_registrys_tls_settings_do_not_reach_its_token_service(trust: str, tmp_path: Path):
+    """The token service on another port is another origin: verified against the system's
+    store, neither by the registry's ca_file nor not at all. An insecure registry's password
+    must not go to a token host nobody verified (127.0.0.1 is the registry's own host name,
+    so the password would be sent there)."""
+    from tests.servers import ca_signed, self_signed
+
+    if trust == "ca_file":
+        ca, cert, key = ca_signed(tmp_path / "tls")
+    else:
+        cert, key = self_signed(tmp_path / "tls")
+    token_saw: list[str | None] = []
+    registry_saw: list[str] = []
+
+    async def go() -> None:
+        async with serving(_token_service(token_saw), tls=(cert, key)) as token_url, \
+                serving(_bearer_registry(f"{token_url}/token", registry_saw),
+                        tls=(cert, key)) as registry_url:
+            settings = RegistrySettings(
+                name="main", url=registry_url, credentials=Credentials(USER, Secret(PASSWORD)),
+                **({"ca_file": ca} if trust == "ca_file" else {"insecure_skip_verify": True}))
+            async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+                with pytest.raises(AuthenticationError, match=(
+                        r"token service 127\.0\.0\.1:\d+ unreachable: .*TLS certificate of "
+                        r"127\.0\.0\.1:\d+ \(not the registry's own")):
+                    await client.catalog()
+
+    asyncio.run(go())
+    assert token_saw == []  # not a request, not a password
+    assert registry_saw == []
+
+
+def test_the_registrys_ca_file_does_not_reach_its_storage(tmp_path: Path):
+    """A blob read redirected to storage on another origin: its certificate is verified
+    against the system's store, not against the registry's private CA."""
+    from tests.servers import ca_signed
+
+    ca, cert, key = ca_signed(tmp_path / "tls")
+    blob = b'{"created": "2024-03-04T05:06:07Z"}'
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    storage_saw: list[str] = []
+
+    def storage(request: httpx2.Request) -> httpx2.Response:
+        storage_saw.append(request.url.path)
+        return httpx2.Response(200, content=blob)
+
+    async def go(storage_tls: bool) -> None:
+        async with serving(storage, tls=(cert, key) if storage_tls else None) as storage_url:
+            def registry(request: httpx2.Request) -> httpx2.Response:
+                return httpx2.Response(307, headers={"Location": f"{storage_url}/blob"})
+
+            async with serving(registry, tls=(cert, key)) as registry_url:
+                settings = RegistrySettings(name="main", url=registry_url, ca_file=ca)
+                async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+                    return await client.get_blob("r", digest)
+
+    with pytest.raises(RegistryError, match=r"TLS certificate of 127\.0\.0\.1:\d+ \(not the"):
+        asyncio.run(go(storage_tls=True))
+    assert storage_saw == []
+    # The same registry (its own origin verified by ca_file) and plain-HTTP storage: read.
+    assert asyncio.run(go(storage_tls=False)) == blob
+
+
+@pytest.mark.parametrize("repository", ["a/..", "a/../b", "./a", "a/./b"])
+def test_a_path_with_dot_segments_is_never_sent(repository: str):
+    """httpx2 resolves "." and ".." in a URL's path: /v2/a/../b/manifests/x would go out as
+    /v2/b/manifests/x, a DELETE in another repository than the one the plan names. A name
+    from a catalog is not trusted to be free of them: such a path is refused, not sent."""
+    seen: list[str] = []
+
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.url.path)
+        return httpx2.Response(202)
+
+    async def go() -> None:
+        async with serving(registry) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url), retry=FAST,
+                               sleep=_no_sleep) as client:
+            with pytest.raises(RegistryError, match=r"\. or \.\. segment"):
+                await client.delete_manifest(repository, "sha256:" + "a" * 64, retry=False)
+
+    asyncio.run(go())
+    assert seen == []

@@ -316,10 +316,11 @@ class HttpSession:
         exchange = self._send(client, request, max_bytes, elsewhere)
         if method in ("GET", "HEAD"):
             return await exchange
-        # A write goes on when this task is cancelled (a shutdown): a DELETE cut off half
-        # way may have gone through all the same (journaled "deleting" before it is sent,
-        # restore finds it), and its connection stays taken in the pool until its answer
-        # ends, so that never more than `connections` requests are on their way.
+        # A write goes on when its caller alone is cancelled, its connection taken in the
+        # pool until its answer ends: never more than `connections` requests are on their
+        # way. Closing the session (the end of a run, a shutdown) cuts it off; a DELETE cut
+        # off may have gone through all the same (journaled "deleting" before it is sent,
+        # restore and the next run find it).
         task = asyncio.ensure_future(exchange)
         self._writes.add(task)
         task.add_done_callback(_forget(self._writes))
@@ -391,8 +392,8 @@ class HttpSession:
             raise TransportError(_safe(f"{type(exc).__name__}: {exc}")) from None
 
     async def aclose(self) -> None:
-        # A write cut off by a cancellation still owns its connection: its end is awaited
-        # (bounded by the read timeout) before the pools close under it.
+        for task in self._writes:
+            task.cancel()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         clients, self._clients = self._clients, {}
