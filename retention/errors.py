@@ -46,6 +46,11 @@ class RegistryError(RetentionError):
         super().__init__(prefix + message)
 
 
+class AnswerTooLargeError(RegistryError):
+    """An answer longer than the cap for what it is (a manifest, a config, a page): not read
+    past the cap, nor asked for again."""
+
+
 class AuthenticationError(RegistryError):
     """Credentials were refused, or could not be used safely."""
 

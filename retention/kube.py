@@ -1,9 +1,10 @@
 """Reading Kubernetes clusters for the ``in-use`` protection, with lightkube.
 
 lightkube (asyncio, on httpx2) brings what a cluster client must get right and we must not
-re-implement: kubeconfig contexts, TLS with the cluster's CA, exec credential plugins (EKS,
-GKE, AKS) re-run when a token is refused, the in-cluster service account token re-read from
-its file (it is rotated), and paged lists (``limit``/``continue``). Objects are decoded by
+re-implement: kubeconfig contexts, TLS with the cluster's CA, the in-cluster service account
+token re-read from its file (it is rotated), and paged lists (``limit``/``continue``). Exec
+credential plugins (EKS, GKE, AKS) are run by retention/kubeexec.py, which lightkube's
+transport calls: lightkube refuses ``client.authentication.k8s.io/v1``. Objects are decoded by
 msgspec into typed models, page by page, so memory stays bounded by the page size.
 
 A cluster is read completely or it is unreadable: any error on any kind (unreachable, 401,
@@ -71,14 +72,38 @@ def _resources():
 
 def _client(cluster: ClusterSettings, timeout: float):
     import httpx2
+    import yaml
     from lightkube import AsyncClient, KubeConfig
 
+    from retention.kubeexec import ExecCredentialTransport, exec_plugin
+
     if cluster.kubeconfig is None:
-        config = KubeConfig.from_service_account()
-    else:
-        config = KubeConfig.from_file(cluster.kubeconfig)
-    single = config.get(context_name=cluster.context)
-    return AsyncClient(single, timeout=httpx2.Timeout(timeout), trust_env=False)
+        single = KubeConfig.from_service_account().get()
+        return AsyncClient(single, timeout=httpx2.Timeout(timeout), trust_env=False)
+    doc = yaml.safe_load(cluster.kubeconfig.read_text())
+    single = KubeConfig.from_dict(doc, fname=cluster.kubeconfig).get(
+        context_name=cluster.context)
+    plugin = None
+    if single.user is not None and single.user.exec is not None:
+        plugin = exec_plugin(doc, single.context.user, single.context.cluster,
+                             base=cluster.kubeconfig.parent)
+    if plugin is None:
+        return AsyncClient(single, timeout=httpx2.Timeout(timeout), trust_env=False)
+    # An exec plugin is run here, not by lightkube (which refuses client.authentication
+    # .k8s.io/v1): its token is added by the transport, which verifies the cluster as
+    # lightkube would (its CA, a client certificate if the user has one as well).
+    from lightkube.config.client_adapter import verify_cluster
+
+    verify = verify_cluster(single.cluster, single.user, single.abs_file, trust_env=False)
+    transport = ExecCredentialTransport(
+        httpx2.AsyncHTTPTransport(verify=verify, trust_env=False), plugin, timeout=timeout)
+    users = [{**u, "user": {k: v for k, v in (u.get("user") or {}).items() if k != "exec"}}
+             if isinstance(u, dict) and u.get("name") == single.context.user else u
+             for u in doc.get("users") or ()]
+    single = KubeConfig.from_dict({**doc, "users": users}, fname=cluster.kubeconfig).get(
+        context_name=cluster.context)
+    return AsyncClient(single, timeout=httpx2.Timeout(timeout), trust_env=False,
+                       transport=transport)
 
 
 def _describe(exc: BaseException) -> str:

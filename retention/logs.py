@@ -95,7 +95,7 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries (APScheduler, httpx) log through the standard library: render their lines
+    # Libraries (APScheduler, httpx2) log through the standard library: render their lines
     # the same way, through the same redaction, so every line of output is one JSON event.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
@@ -107,7 +107,7 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
     # One line per HTTP request is noise; retention logs what matters about requests.
-    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
+    for noisy in ("httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # APScheduler's info lines ("Adding job tentatively", "Job ... executed successfully")
     # were a third of the daemon's log and say nothing retention does not say itself.

@@ -1,38 +1,41 @@
-"""The suite's in-memory registries (httpx-style handlers: request -> response) served over
+"""The suite's in-memory registries (httpx2-style handlers: request -> response) served over
 real HTTP on a loopback port, inside the test's own event loop.
 
-retention's HTTP (pyreqwest, retention/registry/http.py) has no way to plug another
-transport under it: the in-memory registries of the property tests reach it the way every
-registry does, through a socket. Served (by aiohttp) in the test's event loop, what a
-handler does (set an asyncio.Event, move a tag between two requests) stays ordered with
-the client's awaits: reqwest's own thread only carries the bytes.
+retention's HTTP (httpx2, retention/registry/http.py) is given no other transport: the
+in-memory registries of the property tests reach it the way every registry does, through a
+socket. Served (by aiohttp) in the test's event loop, what a handler does (set an
+asyncio.Event, move a tag between two requests) stays ordered with the client's awaits.
 """
 
 from __future__ import annotations
 
 import inspect
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-import httpx
+import httpx2
 from aiohttp import web
 
 from tests.servers import free_port
 
-Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+Handler = Callable[[httpx2.Request], httpx2.Response | Awaitable[httpx2.Response]]
 
 # Set by aiohttp itself from the body it sends (a HEAD keeps the handler's Content-Length).
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 @asynccontextmanager
-async def serving(handler: Handler, *, port: int | None = None) -> AsyncIterator[str]:
-    """Serve ``handler`` on 127.0.0.1 (``port``, or a free one); yields the base URL."""
+async def serving(handler: Handler, *, port: int | None = None,
+                  tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (``port``, or a free one); yields the base URL.
+    ``tls``: (certificate, key) PEM files, to serve HTTPS."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        sent = httpx.Request(request.method, str(request.url),
-                             headers=list(request.headers.items()),
-                             content=await request.read())
+        sent = httpx2.Request(request.method, str(request.url),
+                              headers=list(request.headers.items()),
+                              content=await request.read())
         answer = handler(sent)
         if inspect.isawaitable(answer):
             answer = await answer
@@ -50,9 +53,13 @@ async def serving(handler: Handler, *, port: int | None = None) -> AsyncIterator
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = port or free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()

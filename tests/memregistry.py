@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-import httpx
+import httpx2
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -285,7 +285,7 @@ class MemRegistry:
         pool = later or sorted(k for k in present if usable(k))
         return pool[pick % len(pool)] if pool else None
 
-    def _fire(self, fault: Fault, repo: str, digest: str) -> httpx.Response | None:
+    def _fire(self, fault: Fault, repo: str, digest: str) -> httpx2.Response | None:
         self.fired.append(fault)
         if fault.kind == FAIL:
             return _error(500, "UNKNOWN", "injected failure")
@@ -320,11 +320,11 @@ class MemRegistry:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         method = request.method
         if path == "/v2/" and method == "GET":
-            return httpx.Response(200, json={})
+            return httpx2.Response(200, json={})
         if path == "/v2/_catalog" and method == "GET":
             return self._page(request, sorted(self.repos), "repositories", {})
         m = _PATH.match(path)
@@ -341,9 +341,9 @@ class MemRegistry:
             data = self.blobs.get(ref)
             if data is None:
                 return _error(404, "BLOB_UNKNOWN", "blob unknown to registry")
-            return httpx.Response(200, content=data,
-                                  headers={"Docker-Content-Digest": ref,
-                                           "Content-Type": "application/octet-stream"})
+            return httpx2.Response(200, content=data,
+                                   headers={"Docker-Content-Digest": ref,
+                                            "Content-Type": "application/octet-stream"})
         if kind == "manifests" and ref is not None:
             if method in ("GET", "HEAD"):
                 answer = self._get_manifest(repo, ref, head=method == "HEAD")
@@ -355,13 +355,13 @@ class MemRegistry:
         self._unexpected(request, known=True)
         return _error(405, "UNSUPPORTED", "not supported")
 
-    def _unexpected(self, request: httpx.Request, *, known: bool) -> None:
+    def _unexpected(self, request: httpx2.Request, *, known: bool) -> None:
         # A 404 for an unknown repository is an ordinary answer; anything else is not
         # something retention should ask.
         if known and request.method != "GET":
             self.unexpected.append(f"{request.method} {request.url.path}")
 
-    def _get_manifest(self, repo: _Repo, ref: str, *, head: bool) -> httpx.Response:
+    def _get_manifest(self, repo: _Repo, ref: str, *, head: bool) -> httpx2.Response:
         digest = ref if ref.startswith("sha256:") else repo.tags.get(ref)
         stored = repo.manifests.get(digest) if digest else None
         if stored is None:
@@ -369,10 +369,10 @@ class MemRegistry:
         headers = {"Docker-Content-Digest": digest, "Content-Type": stored.media_type}
         if head:
             headers["Content-Length"] = str(len(stored.body))
-            return httpx.Response(200, headers=headers)
-        return httpx.Response(200, content=stored.body, headers=headers)
+            return httpx2.Response(200, headers=headers)
+        return httpx2.Response(200, content=stored.body, headers=headers)
 
-    async def _delete(self, repo: str, ref: str) -> httpx.Response:
+    async def _delete(self, repo: str, ref: str) -> httpx2.Response:
         if self._stopped:
             self.deletes_after_stop.append(f"{repo}@{ref}")
         if not ref.startswith("sha256:"):
@@ -391,10 +391,10 @@ class MemRegistry:
             self.not_found.append((repo, ref))
             return _error(404, "MANIFEST_UNKNOWN", "manifest unknown")
         self.deleted.append(Deletion(repo, ref, self._remove(repo, ref)))
-        return httpx.Response(202)
+        return httpx2.Response(202)
 
-    def _page(self, request: httpx.Request, items: list[str], key: str,
-              extra: dict[str, object]) -> httpx.Response:
+    def _page(self, request: httpx2.Request, items: list[str], key: str,
+              extra: dict[str, object]) -> httpx2.Response:
         params = request.url.params
         n = min(int(params.get("n") or self.page_size), self.page_size)
         last = params.get("last")
@@ -404,8 +404,8 @@ class MemRegistry:
         if len(rest) > n:
             path = urlsplit(str(request.url)).path
             headers["Link"] = f'<{path}?last={quote(page[-1], safe="")}&n={n}>; rel="next"'
-        return httpx.Response(200, json={**extra, key: page}, headers=headers)
+        return httpx2.Response(200, json={**extra, key: page}, headers=headers)
 
 
-def _error(status: int, code: str, message: str) -> httpx.Response:
-    return httpx.Response(status, json={"errors": [{"code": code, "message": message}]})
+def _error(status: int, code: str, message: str) -> httpx2.Response:
+    return httpx2.Response(status, json={"errors": [{"code": code, "message": message}]})

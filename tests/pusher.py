@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
+import httpx2
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -38,7 +38,7 @@ class Pushed:
 
 class Pusher:
     def __init__(self, url: str, *, auth: tuple[str, str] | None = None):
-        self.client = httpx.Client(base_url=url, auth=auth, timeout=30)
+        self.client = httpx2.Client(base_url=url, auth=auth, timeout=30)
         self._known_blobs: set[tuple[str, str]] = set()
 
     def close(self) -> None:
@@ -186,7 +186,7 @@ def seed_many(url: str, names: list[str], *, workers: int = 16) -> Pushed:
     }
 
     def one(name: str) -> None:
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with httpx2.Client(base_url=url, timeout=30) as c:
             for digest, _ in image.blobs:
                 r = c.post(f"/v2/{name}/blobs/uploads/",
                            params={"mount": digest, "from": names[0]})

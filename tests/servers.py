@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
-import httpx
+import httpx2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -125,9 +125,9 @@ def start_registry(workdir: Path, *, auth: dict | None = None, delete: bool = Tr
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {log_path.read_text()}")
         try:
-            if httpx.get(url + "/v2/", timeout=1, verify=False).status_code in (200, 401):
+            if httpx2.get(url + "/v2/", timeout=1, verify=False).status_code in (200, 401):
                 return Registry(url, config_path, root, proc, log_path)
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"docker-registry did not start on {url}: {log_path.read_text()}")

@@ -236,19 +236,14 @@ def test_concurrency_limit_is_respected(registry, pusher: Pusher, proxy):
     assert active["max"] >= 2
 
 
-def _catalog_and_stack(s: RegistrySettings, **client_kw) -> tuple[list[str], bool]:
-    """The catalog, and whether the registry was spoken to through OpenSSL (the fallback)."""
-    async def go():
-        async with RegistryClient(s, **client_kw) as client:
-            found = await client.catalog()
-            return found, bool(client._http._openssl_origins)
-    return asyncio.run(go())
+def _catalog(s: RegistrySettings, **client_kw) -> list[str]:
+    return call(s, lambda c: c.catalog(), **client_kw)
 
 
 def test_tls_verification(tmp_path: Path):
-    """A self-signed certificate marked as a CA (what ``openssl req -x509`` makes): rustls
-    refuses a CA certificate as a server's own, OpenSSL, Go and curl accept it, so such a
-    registry is spoken to through OpenSSL, verified against ca_file all the same."""
+    """A self-signed certificate marked as a CA (what ``openssl req -x509`` makes), used as
+    the server's own: OpenSSL, Go and curl accept it when it is trusted (rustls refused
+    it), so such a registry is verified against ca_file like any other."""
     from tests.servers import self_signed
 
     cert, key = self_signed(tmp_path / "tls")
@@ -257,19 +252,18 @@ def test_tls_verification(tmp_path: Path):
     try:
         assert reg.url.startswith("https://")
         for ca_file in (None, other):
-            # Untrusted through OpenSSL too (any server can present a CA certificate): the
-            # host goes back to rustls, not kept on the fallback.
-            assert _refused_and_stack(settings(reg.url, ca_file=ca_file)) is False
-        assert _catalog_and_stack(settings(reg.url, ca_file=cert)) == ([], True)
-        assert _catalog_and_stack(settings(reg.url, insecure_skip_verify=True)) == ([], False)
+            with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
+                _catalog(settings(reg.url, ca_file=ca_file), retry=FAST)
+        assert _catalog(settings(reg.url, ca_file=cert)) == []
+        assert _catalog(settings(reg.url, insecure_skip_verify=True)) == []
     finally:
         reg.stop()
 
 
-def test_both_tls_stacks_use_the_ca_file_as_read_at_the_start(tmp_path: Path):
-    """A mounted Secret may be rotated (or removed) while a run goes on: the OpenSSL
-    fallback, made at the first such server, uses the bytes read at the start, as rustls
-    does, instead of reading the file again (a FileNotFoundError ended the whole run)."""
+def test_the_ca_file_is_used_as_read_at_the_start(tmp_path: Path):
+    """A mounted Secret may be rotated (or removed) while a run goes on: the TLS context,
+    made at the first request, uses the bytes read at the start instead of reading the file
+    again (a FileNotFoundError ended the whole run)."""
     import shutil
 
     from tests.servers import self_signed
@@ -283,27 +277,17 @@ def test_both_tls_stacks_use_the_ca_file_as_read_at_the_start(tmp_path: Path):
     async def go():
         async with RegistryClient(settings(reg.url, ca_file=mounted), retry=FAST) as client:
             mounted.unlink()
-            return await client.catalog(), bool(client._http._openssl_origins)
+            return await client.catalog()
 
     try:
-        assert asyncio.run(go()) == ([], True)
+        assert asyncio.run(go()) == []
     finally:
         reg.stop()
 
 
-def _refused_and_stack(s: RegistrySettings) -> bool:
-    """Refused as not trusted; then whether the host stayed on OpenSSL."""
-    async def go():
-        async with RegistryClient(s, retry=FAST) as client:
-            with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
-                await client.catalog()
-            return bool(client._http._openssl_origins)
-    return asyncio.run(go())
-
-
 def test_a_certificate_naming_its_host_in_the_cn_only_is_refused(tmp_path: Path):
-    """No subjectAltName: refused through rustls and through OpenSSL alike, as Go (docker)
-    refuses it; Python's ssl alone would take the host from the CN."""
+    """No subjectAltName: refused, as Go (docker) refuses it; Python's ssl by default would
+    take the host from the CN."""
     from tests.servers import self_signed
 
     cert, key = self_signed(tmp_path / "tls", "localhost", san=False)
@@ -317,8 +301,8 @@ def test_a_certificate_naming_its_host_in_the_cn_only_is_refused(tmp_path: Path)
 
 
 def test_tls_with_a_certificate_from_a_private_ca(tmp_path: Path):
-    """A server certificate issued by a private CA: trusted through ca_file (by rustls, no
-    fallback), refused without it and with another CA's file."""
+    """A server certificate issued by a private CA: trusted through ca_file, refused
+    without it and with another CA's file."""
     from tests.servers import ca_signed
 
     ca, cert, key = ca_signed(tmp_path / "tls")
@@ -328,7 +312,7 @@ def test_tls_with_a_certificate_from_a_private_ca(tmp_path: Path):
         for ca_file in (None, other_ca):
             with pytest.raises(RegistryError, match=r"not trusted.*set ca_file"):
                 call(settings(reg.url, ca_file=ca_file), lambda c: c.catalog(), retry=FAST)
-        assert _catalog_and_stack(settings(reg.url, ca_file=ca)) == ([], False)
+        assert _catalog(settings(reg.url, ca_file=ca)) == []
     finally:
         reg.stop()
 
@@ -351,14 +335,14 @@ def test_config_blob_read_through_a_redirect(registry, pusher: Pusher, proxy):
 
 def test_link_header_to_another_host_is_refused():
     """A registry (or whoever answers for it) must not steer credentials elsewhere."""
-    import httpx
+    import httpx2
 
     from tests.loopback import serving
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.host == "127.0.0.1":
-            return httpx.Response(200, json={"repositories": ["a"]},
-                                  headers={"Link": '<https://evil.test/v2/_catalog?n=1>; '
+            return httpx2.Response(200, json={"repositories": ["a"]},
+                                   headers={"Link": '<https://evil.test/v2/_catalog?n=1>; '
                                                    'rel="next"'})
         raise AssertionError(f"request sent to {request.url}")
 

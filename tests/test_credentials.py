@@ -439,11 +439,9 @@ def test_a_token_hosts_entry_that_is_not_a_host_is_a_config_error(tmp_path: Path
     assert "'https://auth.docker.io' is not a host name" in problem.message
 
 
-@pytest.mark.xfail(strict=True, reason="guards the httpx2 rewrite: insecure_skip_verify still "
-                   "applies to every host of the registry's HTTP session (http.py)")
 def test_insecure_skip_verify_is_the_registrys_own_not_its_token_hosts(
         tmp_path: Path, token_server, token_registry):
-    """Guards the httpx2 rewrite (retention/registry/http.py; issue 30 item 4).
+    """Issue 30 item 4 (retention/registry/http.py scopes TLS settings to the origin).
 
     ``insecure_skip_verify: true`` is for the registry's own certificate (a self-signed one
     on a lab registry). The token service listed in token_hosts is another host: its

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 from apscheduler.triggers.interval import IntervalTrigger
 
 from retention.daemon import Daemon, DaemonOptions
@@ -68,7 +68,7 @@ def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Push
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
         base = f"http://127.0.0.1:{daemon.port}"
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx2.AsyncClient(base_url=base) as http:
             async def scrape():
                 return (await http.get("/metrics")).text
 
@@ -128,7 +128,7 @@ def test_scheduled_run_metrics_and_reload(tmp_path: Path, registry, pusher: Push
     assert asyncio.run(scenario()) == 0
 
 
-async def _ready(http: httpx.AsyncClient) -> bool:
+async def _ready(http: httpx2.AsyncClient) -> bool:
     return (await http.get("/readyz")).status_code == 200
 
 
@@ -140,7 +140,7 @@ def test_failed_run_does_not_stop_the_loop(tmp_path: Path):
         daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             async def failures():
                 text = (await http.get("/metrics")).text
                 value = metric(text, "retention_runs_total", policy="orphans",
@@ -167,19 +167,19 @@ def test_serve_process_sighup_and_sigterm(tmp_path: Path, registry):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(base + "/readyz").status_code == 200:
+                if httpx2.get(base + "/readyz").status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             time.sleep(0.1)
         else:
             raise AssertionError(f"daemon not ready: {proc.stderr.read() if proc.poll() else ''}")
-        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx2.get(base + "/healthz").status_code == 200
         (tmp_path / "policies" / "p.yaml").write_text("name: [broken\n")
         os.kill(proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            text = httpx.get(base + "/metrics").text
+            text = httpx2.get(base + "/metrics").text
             if metric(text, "retention_config_reload_failures_total") == 1:
                 break
             time.sleep(0.1)
@@ -297,7 +297,7 @@ def test_counters_exported_at_zero_from_start_and_after_reload(tmp_path: Path, r
         daemon = Daemon(config, options=every_second(trigger=never))
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             async def scrape():
                 return (await http.get("/metrics")).text
 

@@ -1,19 +1,22 @@
-"""The registry client's HTTP layer (retention/registry/http.py, pyreqwest) where it does
+"""The registry client's HTTP layer (retention/registry/http.py, httpx2) where it does
 something of its own: credentials stay on the registry's origin across redirects, the
-environment's proxies are used (or bypassed), and an answer that stalls is retried."""
+environment's proxies are used (or bypassed), an answer that stalls is retried, answers are
+read up to a cap, and ca_file / insecure_skip_verify stay on the registry's own origin."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from pathlib import Path
+from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from retention.config import Credentials, RegistrySettings, Secret
-from retention.errors import RegistryError
+from retention.errors import AuthenticationError, RegistryError
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.http import HEADERS_READ, HttpSession, TransportError
 from retention.scanner import Scanner
@@ -31,10 +34,10 @@ def test_redirect_to_storage_does_not_carry_the_registrys_credentials(basic_regi
     pusher.close()
     storage_saw: list[str | None] = []
 
-    def storage(request: httpx.Request) -> httpx.Response:
+    def storage(request: httpx2.Request) -> httpx2.Response:
         storage_saw.append(request.headers.get("authorization"))
         # The backend serves the blob (fetched here from the registry, with credentials).
-        return httpx.get(basic_registry.url + request.url.path, auth=(USER, PASSWORD))
+        return httpx2.get(basic_registry.url + request.url.path, auth=(USER, PASSWORD))
 
     proxy = FaultProxy(basic_registry.url)
     proxy.url = proxy.start()
@@ -60,9 +63,9 @@ def test_proxy_from_the_environment_and_no_proxy(monkeypatch):
     """HTTP_PROXY is used for a registry (as curl and httpx do); NO_PROXY bypasses it."""
     forwarded: list[str] = []
 
-    def forward_proxy(request: httpx.Request) -> httpx.Response:
+    def forward_proxy(request: httpx2.Request) -> httpx2.Response:
         forwarded.append(str(request.url))  # absolute-form: the registry's own URL
-        return httpx.Response(200, json={"repositories": ["through-proxy"]})
+        return httpx2.Response(200, json={"repositories": ["through-proxy"]})
 
     async def catalog(url: str) -> list[str]:
         async with RegistryClient(RegistrySettings(name="main", url=url)) as client:
@@ -76,8 +79,8 @@ def test_proxy_from_the_environment_and_no_proxy(monkeypatch):
             direct = await catalog(direct_url)
             return via_proxy, direct
 
-    def registry(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"repositories": ["direct"]})
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"repositories": ["direct"]})
 
     async def main():
         async with serving(registry) as direct_url:
@@ -120,8 +123,8 @@ def test_an_answer_that_stalls_is_retried(registry, tmp_path: Path):
 def test_a_delete_whose_connection_drops_is_sent_once(tls: str | None, tmp_path: Path):
     """The registry may have deleted before the connection dropped: what happens next is the
     executor's to decide (check with a HEAD, re-confirm tags), never a silent resend by the
-    HTTP library on a new connection. Over plain HTTP and HTTPS through rustls, and through
-    OpenSSL for a certificate rustls refuses (a CA's own, self-signed)."""
+    HTTP library on a new connection. Over plain HTTP and HTTPS, a CA's own self-signed
+    certificate included."""
     import ssl
 
     from tests.servers import ca_signed, self_signed
@@ -192,8 +195,8 @@ def test_a_signed_storage_url_stays_out_of_errors_and_logs():
         server = await asyncio.start_server(storage, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
 
-        def registry(request: httpx.Request) -> httpx.Response:
-            return httpx.Response(307, headers={
+        def registry(request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(307, headers={
                 "Location": f"http://127.0.0.1:{port}/blob?X-Amz-Credential=AKIA&{signature}"})
 
         try:
@@ -214,14 +217,14 @@ def test_a_signed_storage_url_stays_out_of_errors_and_logs():
 
 def test_link_paging_when_the_configured_host_is_written_with_capitals():
     """Host names are case-insensitive: a registry configured as https://MyRegistry.example
-    that writes a relative Link stays on its own origin (httpx compared scheme, lowercased
-    host and port; yarl's origin() keeps the case as written)."""
+    that writes a relative Link stays on its own origin (scheme, lowercased host and
+    port)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if "last" not in request.url.params:
-            return httpx.Response(200, json={"repositories": ["a"]},
-                                  headers={"Link": '</v2/_catalog?last=a&n=1000>; rel="next"'})
-        return httpx.Response(200, json={"repositories": ["b"]})
+            return httpx2.Response(200, json={"repositories": ["a"]},
+                                   headers={"Link": '</v2/_catalog?last=a&n=1000>; rel="next"'})
+        return httpx2.Response(200, json={"repositories": ["b"]})
 
     async def go() -> list[str]:
         async with serving(handler) as url:
@@ -250,12 +253,12 @@ def test_a_redirect_to_storage_uses_the_proxy_the_environment_names_for_it(monke
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     forwarded: list[str] = []
 
-    def forward_proxy(request: httpx.Request) -> httpx.Response:
+    def forward_proxy(request: httpx2.Request) -> httpx2.Response:
         forwarded.append(str(request.url))
-        return httpx.Response(200, content=blob)
+        return httpx2.Response(200, content=blob)
 
-    def registry(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(307, headers={"Location": "http://storage.invalid:9000/blob"})
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(307, headers={"Location": "http://storage.invalid:9000/blob"})
 
     async def go() -> bytes | None:
         async with serving(forward_proxy) as proxy_url, serving(registry) as registry_url:
@@ -311,11 +314,11 @@ def test_a_link_with_credentials_in_it_is_a_registry_error():
     own are never sent (beside ours or instead of them). It must end as a RegistryError for
     the listing, not escape and crash the whole run."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if request.headers.get("authorization") is None:
-            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+            return httpx2.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
         port = request.url.port
-        return httpx.Response(200, json={"repositories": ["a"]}, headers={
+        return httpx2.Response(200, json={"repositories": ["a"]}, headers={
             "Link": f'<http://u:p@127.0.0.1:{port}/v2/_catalog?last=a>; rel="next"'})
 
     async def go() -> None:
@@ -329,12 +332,12 @@ def test_a_link_with_credentials_in_it_is_a_registry_error():
     asyncio.run(go())
 
 
-def test_a_token_realm_yarl_cannot_read_is_a_registry_error():
-    """A realm urllib reads but yarl refuses (a backslash in its authority): the ValueError
-    yarl raises must end as this registry's error, not escape and crash the whole run."""
+def test_a_token_realm_with_a_backslash_in_its_authority_is_a_registry_error():
+    """A realm urllib reads one way and httpx2 another (a backslash in its authority): it
+    must end as this registry's error, not escape and crash the whole run."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, headers={
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(401, headers={
             "WWW-Authenticate": 'Bearer realm="http://127.0.0.1\\\\@x/token",service="r"'})
 
     async def go() -> None:
@@ -352,12 +355,12 @@ def test_a_link_back_to_a_page_already_read_is_caught(host: str):
     """Loop detection compares the URL answered for (response.url) with the next
     Link's target: both must be spelled alike, the first page's ?n= query included."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if "last" not in request.url.params:
-            return httpx.Response(200, json={"repositories": ["a"]},
-                                  headers={"Link": '</v2/_catalog?last=a&n=1000>; rel="next"'})
-        return httpx.Response(200, json={"repositories": ["b"]},
-                              headers={"Link": '</v2/_catalog?n=1000>; rel="next"'})
+            return httpx2.Response(200, json={"repositories": ["a"]},
+                                   headers={"Link": '</v2/_catalog?last=a&n=1000>; rel="next"'})
+        return httpx2.Response(200, json={"repositories": ["b"]},
+                               headers={"Link": '</v2/_catalog?n=1000>; rel="next"'})
 
     async def go() -> None:
         async with serving(handler) as url:
@@ -378,15 +381,15 @@ def test_credentials_dropped_on_leaving_the_origin_stay_dropped():
     seen: list[tuple[str, str | None]] = []
     urls: dict[str, str] = {}
 
-    def registry(request: httpx.Request) -> httpx.Response:
+    def registry(request: httpx2.Request) -> httpx2.Response:
         seen.append((request.url.path, request.headers.get("authorization")))
         if request.url.path == "/v2/r/blobs/x":
-            return httpx.Response(307, headers={"Location": f"{urls['storage']}/x"})
-        return httpx.Response(200, content=b"blob")
+            return httpx2.Response(307, headers={"Location": f"{urls['storage']}/x"})
+        return httpx2.Response(200, content=b"blob")
 
-    def storage(request: httpx.Request) -> httpx.Response:
+    def storage(request: httpx2.Request) -> httpx2.Response:
         seen.append(("storage" + request.url.path, request.headers.get("authorization")))
-        return httpx.Response(302, headers={"Location": f"{urls['registry']}/back"})
+        return httpx2.Response(302, headers={"Location": f"{urls['registry']}/back"})
 
     async def go():
         async with serving(registry) as urls["registry"], serving(storage) as urls["storage"]:
@@ -406,8 +409,8 @@ def test_credentials_dropped_on_leaving_the_origin_stay_dropped():
 
 
 def test_a_redirect_loop_is_a_connection_error_not_a_hang():
-    def registry(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(302, headers={"Location": "/v2/r/blobs/x"})
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(302, headers={"Location": "/v2/r/blobs/x"})
 
     async def go():
         async with serving(registry) as url, \
@@ -419,19 +422,19 @@ def test_a_redirect_loop_is_a_connection_error_not_a_hang():
         asyncio.run(go())
 
 
-# -- review of the move to pyreqwest ----------------------------------------------------------
+# -- review of the move to pyreqwest, kept on httpx2 -------------------------------------------
 
 
 def test_a_next_link_on_a_header_line_of_its_own_is_followed():
     """rel="prev" and rel="next" as two Link header lines: reading only the first line would
     end the listing after page 1, and what is on the later pages would look absent."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if "last" not in request.url.params:
-            return httpx.Response(200, json={"repositories": ["a"]}, headers=[
+            return httpx2.Response(200, json={"repositories": ["a"]}, headers=[
                 ("Link", '</v2/_catalog?n=1000>; rel="prev"'),
                 ("Link", '</v2/_catalog?last=a&n=1000>; rel="next"')])
-        return httpx.Response(200, json={"repositories": ["b"]})
+        return httpx2.Response(200, json={"repositories": ["b"]})
 
     async def go() -> list[str]:
         async with serving(handler) as url, \
@@ -458,19 +461,18 @@ def test_a_next_link_on_a_header_line_of_its_own_is_followed():
 def test_next_link_reads_every_shape_rfc_8288_allows(links: list[str], expected: str | None):
     """A rel="next" missed ends a listing after its first page, and what is on the later
     pages looks absent (untagged, deletable)."""
-    from multidict import CIMultiDict, CIMultiDictProxy
-
     from retention.registry.client import next_link
+    from retention.registry.http import AnswerHeaders
 
-    assert next_link(CIMultiDictProxy(CIMultiDict([("Link", v) for v in links]))) == expected
+    assert next_link(AnswerHeaders.of([("Link", v) for v in links])) == expected
 
 
 def test_a_link_header_that_cannot_be_read_fails_the_listing():
     """Whether it names a next page is unknown: the listing is not taken as complete."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"tags": ["v1"], "name": "r"},
-                              headers={"Link": '</v2/r/tags/list?last=v1>; rel="next" junk'})
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"tags": ["v1"], "name": "r"},
+                               headers={"Link": '</v2/r/tags/list?last=v1>; rel="next" junk'})
 
     async def go() -> None:
         async with serving(handler) as url, \
@@ -488,9 +490,9 @@ def test_a_registry_url_with_credentials_in_it_sends_nothing():
     leaving (those credentials beside ours, or instead of them)."""
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request.url.path)
-        return httpx.Response(200, json={"repositories": ["a"]})
+        return httpx2.Response(200, json={"repositories": ["a"]})
 
     async def go() -> None:
         async with serving(handler) as url:
@@ -511,15 +513,15 @@ def test_a_registry_url_with_credentials_in_it_sends_nothing():
 
 
 def test_every_header_the_client_reads_is_kept():
-    """An answer through reqwest keeps only HEADERS_READ: a header read anywhere else in
-    retention would silently never be there."""
+    """An answer keeps only HEADERS_READ: a header read anywhere else in retention would
+    silently never be there."""
     names = set()
     for source in (Path(__file__).parent.parent / "retention").rglob("*.py"):
         text = source.read_text()
         # An answer's headers: response.headers, or headers handed on (next_link's); not
         # the request_headers an answer carries.
         names |= set(re.findall(
-            r"(?<![\w.])(?:response\.)?headers\.(?:get|getall)\(\s*\"([^\"]+)\"", text))
+            r"(?<![\w.])(?:response\.)?headers\.(?:get|get_list)\(\s*\"([^\"]+)\"", text))
     names = {n.lower() for n in names}
     assert {"docker-content-digest", "link", "www-authenticate"} <= names  # the scan works
     assert names <= set(HEADERS_READ)
@@ -552,8 +554,8 @@ def test_a_header_beyond_ascii_that_nothing_reads_is_left_out():
 
 
 def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
-    """reqwest will not read such a value as text; it must end as this registry's error (the
-    repository unread), not a ValueError that ends the whole run."""
+    """A Link (or Location, or digest) beyond ASCII is not guessed at: it ends as this
+    registry's error (the repository unread), not a ValueError that ends the whole run."""
     answer = (b'HTTP/1.1 200 OK\r\nContent-Length: 20\r\nLink: </v2/\xc3\xa9>; rel="next"'
               b'\r\n\r\n{"repositories": []}')
     with pytest.raises(RegistryError, match=r"(?i)link header is not text"):
@@ -561,10 +563,10 @@ def test_an_answer_with_a_header_beyond_ascii_is_a_registry_error():
 
 
 def test_a_cancelled_request_holds_its_slot_until_it_ends():
-    """A request handed to reqwest goes on when its caller is cancelled (a shutdown's
-    cancellation) and the caller's slot is given back at once: reqwest's own limit
-    (max_connections) must hold the next request until it ends, so that never more than
-    `concurrency` requests are on their way."""
+    """A write (a DELETE) goes on when its caller is cancelled (a shutdown's cancellation)
+    and the caller's slot is given back at once: the connection pool's own limit must hold
+    the next request until it ends, so that never more than `concurrency` requests are on
+    their way."""
     events: list[str] = []
 
     async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -608,9 +610,9 @@ def test_bodies_and_lengths_come_as_sent():
     registry sent it, and a HEAD keeps its Content-Length."""
     seen: list[str | None] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request.headers.get("accept-encoding"))
-        return httpx.Response(200, content=b"{}", headers={"Content-Length": "2"})
+        return httpx2.Response(200, content=b"{}", headers={"Content-Length": "2"})
 
     async def go():
         async with serving(handler) as url:
@@ -623,3 +625,207 @@ def test_bodies_and_lengths_come_as_sent():
     got, head = asyncio.run(go())
     assert seen == [None, None]
     assert got.content == b"{}" and head.headers.get("content-length") == "2"
+
+
+# -- caps on what is read of an answer (issue 30) ---------------------------------------------
+
+HUGE = 256 * 1024 * 1024
+_CONFIG = "sha256:" + "c" * 64
+
+
+def _manifest_naming_a_config() -> bytes:
+    return json.dumps({"schemaVersion": 2,
+                       "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": _CONFIG, "size": HUGE},
+                       "layers": []}).encode()
+
+
+async def _scan_a_registry_with_a_huge(what: str, *, declared: bool) -> tuple[Any, int]:
+    """A scan of one repository, "big", whose ``what`` (manifest, tags page, config blob) is a
+    HUGE answer made as it is sent (never held anywhere): with a Content-Length, or chunked.
+    Returns the repository and how many of the HUGE bytes the server got to send."""
+    huge_path = {"manifest": "/v2/big/manifests/v1", "tags": "/v2/big/tags/list",
+                 "config": f"/v2/big/blobs/{_CONFIG}"}[what]
+    manifest = _manifest_naming_a_config()
+    small = {"/v2/": b"{}", "/v2/big/tags/list": b'{"name": "big", "tags": ["v1"]}',
+             "/v2/big/manifests/v1": manifest,
+             f"/v2/big/manifests/sha256:{hashlib.sha256(manifest).hexdigest()}": manifest}
+    sent = [0]
+
+    async def registry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target = head.split(b" ", 2)[:2]
+                path = target.decode().partition("?")[0]
+                kind = b"manifest.v1" if "/manifests/" in path else b"json"
+                content_type = b"Content-Type: application/vnd.oci.image." + kind + b"+json"
+                if path != huge_path:
+                    body = small.get(path, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+                    status = b"200 OK" if path in small else b"404 Not Found"
+                    writer.write(b"HTTP/1.1 %s\r\n%s\r\nContent-Length: %d\r\n\r\n%s" % (
+                        status, content_type, len(body), b"" if method == b"HEAD" else body))
+                    await writer.drain()
+                    continue
+                framing = b"Content-Length: %d" % HUGE if declared else \
+                    b"Transfer-Encoding: chunked"
+                writer.write(b"HTTP/1.1 200 OK\r\n%s\r\n%s\r\n\r\n" % (content_type, framing))
+                chunk = b" " * 65536
+                frame = chunk if declared else b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                while sent[0] < HUGE:
+                    writer.write(frame)
+                    await writer.drain()
+                    sent[0] += len(chunk)
+                writer.write(b"" if declared else b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    server = await asyncio.start_server(registry, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = RegistrySettings(name="main", url=f"http://127.0.0.1:{port}",
+                                repositories=("big",))
+    try:
+        async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+            inventory = await Scanner(client).scan()
+    finally:
+        server.close()
+    return inventory.repositories[0], sent[0]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(("what", "cap"), [("manifest", 4), ("tags", 16), ("config", 8)])
+def test_a_huge_answer_is_not_read_past_its_cap(what: str, cap: int, declared: bool):
+    """A hostile or broken registry (or storage) answers with 256 MiB: it is read up to its
+    cap (a manifest 4 MiB, a config 8 MiB, a tags page 16 MiB) and no further, so memory
+    stays bounded; a manifest or tags page over the cap makes the repository unreadable
+    (kept, reported), a config over it leaves the image's created time unknown. Never a
+    crash, and never retried (the same answer would be as long)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        repository, sent = asyncio.run(_scan_a_registry_with_a_huge(what, declared=declared))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (cap + 8) * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+    assert sent < 64 * 1024 * 1024  # the server was cut off, not read to the end
+    if what == "config":
+        assert repository.error is None
+        (manifest,) = repository.manifests
+        assert manifest.created is None and manifest.tags == ("v1",)
+    else:
+        assert repository.error is not None and "over the cap" in repository.error
+        assert "failed after" not in repository.error  # not retried
+
+
+# -- ca_file and insecure_skip_verify are the registry's own origin's (issue 30) --------------
+
+
+def _bearer_registry(realm: str, seen: list[str]):
+    """A registry that asks for a token from ``realm`` and takes any."""
+
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return httpx2.Response(401, headers={
+                "WWW-Authenticate": f'Bearer realm="{realm}",service="registry"'})
+        seen.append(request.url.path)
+        return httpx2.Response(200, json={"repositories": ["a"]})
+
+    return registry
+
+
+def _token_service(seen: list[str | None]):
+    def token(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx2.Response(200, json={"token": "t0ken", "expires_in": 300})
+
+    return token
+
+
+@pytest.mark.parametrize("trust", ["ca_file", "insecure_skip_verify"])
+def test_the_registrys_tls_settings_do_not_reach_its_token_service(trust: str, tmp_path: Path):
+    """The token service on another port is another origin: verified against the system's
+    store, neither by the registry's ca_file nor not at all. An insecure registry's password
+    must not go to a token host nobody verified (127.0.0.1 is the registry's own host name,
+    so the password would be sent there)."""
+    from tests.servers import ca_signed, self_signed
+
+    if trust == "ca_file":
+        ca, cert, key = ca_signed(tmp_path / "tls")
+    else:
+        cert, key = self_signed(tmp_path / "tls")
+    token_saw: list[str | None] = []
+    registry_saw: list[str] = []
+
+    async def go() -> None:
+        async with serving(_token_service(token_saw), tls=(cert, key)) as token_url, \
+                serving(_bearer_registry(f"{token_url}/token", registry_saw),
+                        tls=(cert, key)) as registry_url:
+            settings = RegistrySettings(
+                name="main", url=registry_url, credentials=Credentials(USER, Secret(PASSWORD)),
+                **({"ca_file": ca} if trust == "ca_file" else {"insecure_skip_verify": True}))
+            async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+                with pytest.raises(AuthenticationError, match=(
+                        r"token service 127\.0\.0\.1:\d+ unreachable: .*TLS certificate of "
+                        r"127\.0\.0\.1:\d+ \(not the registry's own")):
+                    await client.catalog()
+
+    asyncio.run(go())
+    assert token_saw == []  # not a request, not a password
+    assert registry_saw == []
+
+
+def test_the_registrys_ca_file_does_not_reach_its_storage(tmp_path: Path):
+    """A blob read redirected to storage on another origin: its certificate is verified
+    against the system's store, not against the registry's private CA."""
+    from tests.servers import ca_signed
+
+    ca, cert, key = ca_signed(tmp_path / "tls")
+    blob = b'{"created": "2024-03-04T05:06:07Z"}'
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    storage_saw: list[str] = []
+
+    def storage(request: httpx2.Request) -> httpx2.Response:
+        storage_saw.append(request.url.path)
+        return httpx2.Response(200, content=blob)
+
+    async def go(storage_tls: bool) -> None:
+        async with serving(storage, tls=(cert, key) if storage_tls else None) as storage_url:
+            def registry(request: httpx2.Request) -> httpx2.Response:
+                return httpx2.Response(307, headers={"Location": f"{storage_url}/blob"})
+
+            async with serving(registry, tls=(cert, key)) as registry_url:
+                settings = RegistrySettings(name="main", url=registry_url, ca_file=ca)
+                async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
+                    return await client.get_blob("r", digest)
+
+    with pytest.raises(RegistryError, match=r"TLS certificate of 127\.0\.0\.1:\d+ \(not the"):
+        asyncio.run(go(storage_tls=True))
+    assert storage_saw == []
+    # The same registry (its own origin verified by ca_file) and plain-HTTP storage: read.
+    assert asyncio.run(go(storage_tls=False)) == blob
+
+
+@pytest.mark.parametrize("repository", ["a/..", "a/../b", "./a", "a/./b"])
+def test_a_path_with_dot_segments_is_never_sent(repository: str):
+    """httpx2 resolves "." and ".." in a URL's path: /v2/a/../b/manifests/x would go out as
+    /v2/b/manifests/x, a DELETE in another repository than the one the plan names. A name
+    from a catalog is not trusted to be free of them: such a path is refused, not sent."""
+    seen: list[str] = []
+
+    def registry(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.url.path)
+        return httpx2.Response(202)
+
+    async def go() -> None:
+        async with serving(registry) as url, \
+                RegistryClient(RegistrySettings(name="main", url=url), retry=FAST,
+                               sleep=_no_sleep) as client:
+            with pytest.raises(RegistryError, match=r"\. or \.\. segment"):
+                await client.delete_manifest(repository, "sha256:" + "a" * 64, retry=False)
+
+    asyncio.run(go())
+    assert seen == []

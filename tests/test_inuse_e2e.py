@@ -5,6 +5,8 @@ decisions made by `retention run`."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import stat
 import sys
 import time
@@ -195,38 +197,107 @@ def test_one_cluster_forbidden_on_one_kind_stops_all_deletions(tmp_path, registr
         staging.stop()
 
 
-def test_kubeconfig_with_exec_plugin(tmp_path, registry, pusher: Pusher, cluster):
+def _exec_plugin(tmp_path: Path, token_file: Path, *, answer_version: str | None = None
+                 ) -> tuple[Path, Path]:
+    """A plugin script as client-go's plugins behave: it reads KUBERNETES_EXEC_INFO (refusing
+    to run without it) and answers an ExecCredential of the version asked for. Returns the
+    script and the file where each call's KUBERNETES_EXEC_INFO is written."""
+    calls = tmp_path / "calls"
+    plugin = tmp_path / "get-token"
+    plugin.write_text(f"""#!{sys.executable}
+import json, os, pathlib, sys
+info = os.environ.get("KUBERNETES_EXEC_INFO")
+if not info:
+    sys.exit("KUBERNETES_EXEC_INFO is not set")
+with open({str(calls)!r}, "a") as f:
+    f.write(info + "\\n")
+print(json.dumps({{"apiVersion": {answer_version!r} or json.loads(info)["apiVersion"],
+                  "kind": "ExecCredential",
+                  "status": {{"token": pathlib.Path({str(token_file)!r}).read_text()}}}}))
+""")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
+    return plugin, calls
+
+
+@pytest.mark.parametrize("version", ["v1beta1", "v1"])
+def test_kubeconfig_with_exec_plugin(tmp_path, registry, pusher: Pusher, cluster, version):
+    """client.authentication.k8s.io/v1 (what kubectl writes since Kubernetes 1.22; lightkube
+    alone refuses it) and v1beta1."""
     used = pusher.image("svc", "v2", created=OLD, layers=(b"svc",))
     cluster.add(pod("default", "svc-1", [ref(registry, "svc", "v2")]))
+    token_file = tmp_path / "issued-token"
+    token_file.write_text(cluster.token)
+    plugin, calls = _exec_plugin(tmp_path, token_file)
+    kubeconfig = cluster.kubeconfig(tmp_path / "exec.yaml", user={"exec": {
+        "apiVersion": f"client.authentication.k8s.io/{version}", "command": str(plugin),
+        "interactiveMode": "Never", "env": [{"name": "AWS_PROFILE", "value": "prod"}]}})
+    config = write_config(tmp_path, registry.url, [("prod", kubeconfig)])
+    code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0, err
+    assert protected(doc) == {used.digest: "in-use"}
+    infos = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert len(infos) == 1  # one token for all the kinds' requests
+    assert infos[0] == {"apiVersion": f"client.authentication.k8s.io/{version}",
+                        "kind": "ExecCredential", "spec": {"interactive": False}}
+
+    # The token expires in the middle of a read: the API answers 401 once, the plugin runs
+    # again and the read carries on.
+    cluster.rotate_after = cluster.served + 2
+    cluster.on_rotate = token_file.write_text
+    readings = asyncio.run(kube.read_clusters(load_setup(config).config.in_use.clusters))
+    assert readings[0].error is None, readings[0].error
+    assert cluster.unauthorized >= 1 and len(calls.read_text().splitlines()) >= 3
+
+
+@pytest.mark.parametrize(("exec_fields", "answer_version", "expected"), [
+    ({"interactiveMode": "Always"}, None, "needs a terminal (interactiveMode: Always)"),
+    ({}, None, "v1 without interactiveMode"),
+    ({"interactiveMode": "Never"}, "client.authentication.k8s.io/v1beta1",
+     "answered ExecCredential client.authentication.k8s.io/v1beta1, not the ExecCredential "
+     "client.authentication.k8s.io/v1"),
+    ({"interactiveMode": "Never", "apiVersion": "client.authentication.k8s.io/v2"}, None,
+     "apiVersion 'client.authentication.k8s.io/v2' is not one of"),
+])
+def test_exec_plugins_kubectl_would_refuse_make_the_cluster_unreadable(
+        tmp_path, cluster, exec_fields, answer_version, expected):
+    token_file = tmp_path / "issued-token"
+    token_file.write_text(cluster.token)
+    plugin, _ = _exec_plugin(tmp_path, token_file, answer_version=answer_version)
+    kubeconfig = cluster.kubeconfig(tmp_path / "exec.yaml", user={"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
+        **exec_fields}})
+    [reading] = asyncio.run(kube.read_clusters((_cluster_settings(tmp_path, kubeconfig),)))
+    assert reading.error is not None and expected in str(reading.error)
+    assert reading.uses == ()
+
+
+def test_exec_plugin_with_cluster_info_and_an_expiring_token(tmp_path, cluster):
+    """provideClusterInfo: the plugin is told the cluster's server and CA (EKS's and
+    Pinniped's plugins need them). A token past its expirationTimestamp is not used: the
+    plugin runs again before the next request, instead of waiting for a 401."""
     token_file = tmp_path / "issued-token"
     token_file.write_text(cluster.token)
     calls = tmp_path / "calls"
     plugin = tmp_path / "get-token"
     plugin.write_text(f"""#!{sys.executable}
-import json, pathlib
+import json, os, pathlib
 with open({str(calls)!r}, "a") as f:
-    f.write("call\\n")
-print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1",
-                  "kind": "ExecCredential",
-                  "status": {{"token": pathlib.Path({str(token_file)!r}).read_text()}}}}))
+    f.write(os.environ["KUBERNETES_EXEC_INFO"] + "\\n")
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": pathlib.Path({str(token_file)!r}).read_text(),
+                             "expirationTimestamp": "2020-01-01T00:00:00Z"}}}}))
 """)
     plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
     kubeconfig = cluster.kubeconfig(tmp_path / "exec.yaml", user={"exec": {
-        "apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin),
-        "interactiveMode": "Never"}})
-    config = write_config(tmp_path, registry.url, [("prod", kubeconfig)])
-    code, doc, err = cli("run", "--config", str(config), "--output", "json")
-    assert code == 0, err
-    assert protected(doc) == {used.digest: "in-use"}
-    assert calls.read_text().count("call") == 1  # one token for all the kinds' requests
-
-    # The token expires in the middle of a read: the API answers 401 once, the library
-    # runs the plugin again and carries on.
-    cluster.rotate_after = cluster.served + 2
-    cluster.on_rotate = token_file.write_text
-    readings = asyncio.run(kube.read_clusters(load_setup(config).config.in_use.clusters))
-    assert readings[0].error is None, readings[0].error
-    assert cluster.unauthorized >= 1 and calls.read_text().count("call") >= 3
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
+        "interactiveMode": "IfAvailable", "provideClusterInfo": True}})
+    [reading] = asyncio.run(kube.read_clusters((_cluster_settings(tmp_path, kubeconfig),)))
+    assert reading.error is None, reading.error
+    infos = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert len(infos) > 1 and cluster.unauthorized == 0  # renewed before each request
+    info = infos[0]["spec"]["cluster"]
+    assert info["server"] == cluster.url
+    assert base64.b64decode(info["certificate-authority-data"]) == cluster.ca_file.read_bytes()
 
 
 def test_paged_lists_and_expired_continue(tmp_path, cluster, monkeypatch):
@@ -307,7 +378,7 @@ def _cluster_settings(tmp_path, kubeconfig):
 
 
 def test_daemon_protects_and_counts_per_cluster(tmp_path, registry, pusher: Pusher, cluster):
-    import httpx
+    import httpx2
 
     from retention.daemon import Daemon
     from tests.test_daemon import every_second, metric, wait_for
@@ -323,7 +394,7 @@ def test_daemon_protects_and_counts_per_cluster(tmp_path, registry, pusher: Push
         daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             text = (await http.get("/metrics")).text
             assert metric(text, "retention_in_use_read_failures_total", cluster="prod") == 0
 

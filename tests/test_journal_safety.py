@@ -4,7 +4,7 @@ nothing is half-restored, and nothing is deleted without a durable journal."""
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from tests.pusher import OCI_INDEX, OCI_MANIFEST, Pusher
 from tests.servers import Fault, FaultProxy, Registry
@@ -69,7 +69,7 @@ def test_restore_does_not_resurrect_what_someone_else_deleted(
         tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
     image = pusher.image("app", "pr-1", created=OLD, layers=(b"f3" * 30,))
     config = write_config(tmp_path, proxy.url, policy=PR)
-    on_request(proxy, "DELETE", image.digest, lambda: httpx.delete(
+    on_request(proxy, "DELETE", image.digest, lambda: httpx2.delete(
         f"{registry.url}/v2/app/manifests/{image.digest}").raise_for_status())
     code, doc, _ = cli("run", "--config", str(config), "--output", "json")
     assert not pusher.exists("app", image.digest)
@@ -111,8 +111,8 @@ def test_tags_list_404_with_known_digests_alive_deletes_nothing(
                        body=b"<html>404 Not Found</html>"))
     code, doc, _ = cli("run", "--config", str(config), "--output", "json")
     assert pusher.exists("app", image.digest), doc
-    head = httpx.head(f"{registry.url}/v2/app/manifests/v1",
-                      headers={"Accept": ", ".join([OCI_MANIFEST, OCI_INDEX])})
+    head = httpx2.head(f"{registry.url}/v2/app/manifests/v1",
+                       headers={"Accept": ", ".join([OCI_MANIFEST, OCI_INDEX])})
     assert head.status_code == 200
 
 

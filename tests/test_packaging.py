@@ -4,9 +4,11 @@ validate, and the JSON Schema agrees with the loader."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -117,3 +119,56 @@ def test_helm_values_schema_rejects_a_bad_mode(tmp_path: Path):
     values["config"]["mode"] = "delete-everything"
     (chart / "values.yaml").write_text(yaml.safe_dump(values))
     assert any(m.get("Path") == "values.yaml" for m in helm_lint(chart))
+
+
+def _distribution(requirement: str) -> str:
+    """A requirement's distribution name, normalized (PEP 503)."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imported_modules() -> dict[str, set[str]]:
+    """Top-level modules the package imports (stdlib and itself aside) -> the files."""
+    found: dict[str, set[str]] = {}
+    for source in (ROOT / "retention").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "retention":
+                    found.setdefault(top, set()).add(source.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_every_module_the_package_imports_is_declared_and_every_dependency_used():
+    """Nothing is imported only by accident of another package (yarl and multidict came
+    with aiohttp), and nothing is shipped that the package does not import (a second HTTP
+    stack left behind)."""
+    import importlib.metadata
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_distribution(r) for r in project["dependencies"]}
+    extras = {_distribution(r) for name, rs in project["optional-dependencies"].items()
+              if name != "test" for r in rs}  # the package must not import a test tool
+    installed = {module: {_distribution(d) for d in dists}
+                 for module, dists in importlib.metadata.packages_distributions().items()}
+
+    def provider(module: str, declared: set[str]) -> str | None:
+        # Installed: the distribution that brings the module. Not installed (an extra, such
+        # as azure-identity for `azure`): a declared name that starts with it.
+        for dist in installed.get(module) or sorted(declared):
+            if dist in declared and (module in installed or dist.startswith(module)):
+                return dist
+        return None
+
+    imported = _imported_modules()
+    undeclared = {m: sorted(files) for m, files in imported.items()
+                  if provider(m, runtime | extras) is None}
+    assert undeclared == {}, f"imported but not declared in pyproject.toml: {undeclared}"
+    used = {provider(m, runtime) for m in imported}
+    assert runtime - used == set(), "declared but never imported by the package"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -62,8 +62,8 @@ class Served:
     procs: list[subprocess.Popen]
 
     def query(self, expr: str) -> list[dict]:
-        response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr},
-                             timeout=10)
+        response = httpx2.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr},
+                              timeout=10)
         assert response.status_code == 200, (expr, response.status_code, response.text)
         answer = response.json()
         assert answer["status"] == "success", (expr, answer)
@@ -107,8 +107,8 @@ def served(tmp_path: Path, registry, pusher: Pusher) -> Iterator[Served]:
 
         def prometheus_ready() -> bool:  # it answers 503 while it opens its storage
             try:
-                return httpx.get(f"{served.prometheus_url}/-/ready", timeout=5).is_success
-            except httpx.TransportError:
+                return httpx2.get(f"{served.prometheus_url}/-/ready", timeout=5).is_success
+            except httpx2.TransportError:
                 return False
 
         wait_until("Prometheus to be ready", prometheus_ready, timeout=60, procs=procs)
@@ -123,7 +123,7 @@ def served(tmp_path: Path, registry, pusher: Pusher) -> Iterator[Served]:
 def scraped(served: Served, expr: str) -> bool:
     try:
         return bool(served.query(expr))
-    except httpx.TransportError:
+    except httpx2.TransportError:
         return False
 
 

@@ -10,7 +10,7 @@ import json
 import os
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
+import httpx2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,7 @@ class StubRegistry:
         self.manifests[digest] = body
         return digest
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         if path == "/v2/app/tags/list":
             return self._tags(request)
@@ -77,16 +77,16 @@ class StubRegistry:
             digest = self.tags.get(reference, reference)
             body = self.manifests.get(digest)
             if body is None:
-                return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
-            return httpx.Response(200, content=b"" if request.method == "HEAD" else body,
-                                  headers={"Docker-Content-Digest": digest,
-                                           "Content-Type": OCI_MANIFEST})
+                return httpx2.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+            return httpx2.Response(200, content=b"" if request.method == "HEAD" else body,
+                                   headers={"Docker-Content-Digest": digest,
+                                            "Content-Type": OCI_MANIFEST})
         if path.startswith("/v2/app/blobs/"):
             data = self.blobs.get(path.rsplit("/", 1)[1])
-            return httpx.Response(200, content=data) if data else httpx.Response(404)
-        return httpx.Response(404, json={"errors": [{"code": "NAME_UNKNOWN"}]})
+            return httpx2.Response(200, content=data) if data else httpx2.Response(404)
+        return httpx2.Response(404, json={"errors": [{"code": "NAME_UNKNOWN"}]})
 
-    def _tags(self, request: httpx.Request) -> httpx.Response:
+    def _tags(self, request: httpx2.Request) -> httpx2.Response:
         query = parse_qs(urlsplit(str(request.url)).query)
         n = min(int(query.get("n", [self.page_size])[0]), self.page_size)
         last = query.get("last", [None])[0]
@@ -100,18 +100,18 @@ class StubRegistry:
         if page == self.fail_at:
             kind = self.failure
             if kind.isdigit():
-                return httpx.Response(int(kind), json={"errors": [{"code": "INJECTED"}]},
-                                      headers={"Retry-After": "0"})
+                return httpx2.Response(int(kind), json={"errors": [{"code": "INJECTED"}]},
+                                       headers={"Retry-After": "0"})
             if kind == "garbled":
-                return httpx.Response(200, content=json.dumps(doc).encode()[:-7],
-                                      headers=headers)
+                return httpx2.Response(200, content=json.dumps(doc).encode()[:-7],
+                                       headers=headers)
             if kind == "no-key":
-                return httpx.Response(200, json={"name": "app"}, headers=headers)
+                return httpx2.Response(200, json={"name": "app"}, headers=headers)
             if kind == "loop":
                 headers["Link"] = f'</v2/app/tags/list?n={n}>; rel="next"'
             if kind == "offsite":
                 headers["Link"] = '<https://elsewhere.test/v2/app/tags/list>; rel="next"'
-        return httpx.Response(200, json=doc, headers=headers)
+        return httpx2.Response(200, json=doc, headers=headers)
 
 
 def scan_and_plan(stub: StubRegistry):

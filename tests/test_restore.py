@@ -15,7 +15,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from retention.config import load_config
 from retention.restore import Item, decide, push_order, select
@@ -59,7 +59,7 @@ def delete_all(config: Path, seeded: dict[str, Pushed]) -> None:
 
 def answers(url: str, repo: str, kind: str, digest: str) -> int:
     accept = ", ".join([OCI_MANIFEST, OCI_INDEX])
-    return httpx.get(f"{url}/v2/{repo}/{kind}/{digest}", headers={"Accept": accept}).status_code
+    return httpx2.get(f"{url}/v2/{repo}/{kind}/{digest}", headers={"Accept": accept}).status_code
 
 
 def restore(config: Path, *extra: str) -> tuple[int, dict, str]:
@@ -155,8 +155,8 @@ def test_a_tag_pushed_again_in_between_is_left_alone(tmp_path, registry: Registr
     assert entry["status"] == "tag-moved"
     assert f"tag pr-1 now points to sha256:{new.digest[7:19]}" in entry["detail"]
     assert answers(registry.url, "app", "manifests", old.digest) == 200
-    head = httpx.head(f"{registry.url}/v2/app/manifests/pr-1",
-                      headers={"Accept": OCI_MANIFEST})
+    head = httpx2.head(f"{registry.url}/v2/app/manifests/pr-1",
+                       headers={"Accept": OCI_MANIFEST})
     assert head.headers["docker-content-digest"] == new.digest
 
 

@@ -18,13 +18,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import structlog
-from multidict import CIMultiDictProxy
-from yarl import URL
+from httpx2 import URL
 
 from retention import __version__
 from retention.config import RegistrySettings
 from retention.errors import (
+    AnswerTooLargeError,
     AuthenticationError,
     DeleteRefusedError,
     DeletionDisabledError,
@@ -35,7 +36,15 @@ from retention.errors import (
 from retention.names import is_digest, is_reference, is_repository, is_tag, not_canonical
 from retention.registry.auth import Authenticator
 from retention.registry.entra import EntraExchange
-from retention.registry.http import HttpSession, Response, TransportError, same_origin
+from retention.registry.http import (
+    MAX_ANSWER_BYTES,
+    AnswerHeaders,
+    AnswerTooLarge,
+    HttpSession,
+    Response,
+    TransportError,
+    same_origin,
+)
 from retention.registry.mediatypes import (
     ACCEPT,
     DOCKER_SCHEMA1,
@@ -52,6 +61,11 @@ SCHEMA1 = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 LOCKED_CODES = frozenset({"REGISTRY_DISALLOWED_OPERATION", "DISALLOWED_OPERATION"})
 # distribution answers 400 PAGINATION_NUMBER_INVALID above 1000; some registries allow less.
 PAGE_SIZES = (1000, 100, None)
+# The caps on what is read of an answer (docs/operations.md, "Limits"): a manifest as large
+# as distribution accepts (its own limit on a push), an image config, and any other
+# document (MAX_ANSWER_BYTES: a page of tags, a token). A longer answer is not read past
+# the cap: a hostile or broken registry cannot fill the daemon's memory.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 # The error codes with which a registry says a repository does not exist (OCI distribution
 # spec; ACR answers the same on its own API).
@@ -90,6 +104,11 @@ class FetchedManifest:
 
 def _pull(name: str) -> str:
     return f"repository:{name}:pull"
+
+
+def _raw_path(url: URL) -> bytes:
+    """A URL's path as it is sent, without its query."""
+    return url.raw_path.split(b"?", 1)[0]
 
 
 class RegistryClient:
@@ -147,6 +166,7 @@ class RegistryClient:
         retry: bool = True,
         content: bytes | None = None,
         not_after: float | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ) -> Response:
         """A registry request with the authorization ``scope`` needs (answering a 401 once).
 
@@ -159,7 +179,7 @@ class RegistryClient:
             response = await self.send(
                 method, url, headers={**(headers or {}), **self._auth.headers(scope, url)},
                 params=params, follow_redirects=follow_redirects, retry=retry, content=content,
-                not_after=not_after)
+                not_after=not_after, max_bytes=max_bytes)
             if response.status_code == 401:
                 if auth_retried:
                     if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
@@ -186,8 +206,10 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
         not_after: float | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ) -> Response:
         """One request under the retry policy, with the headers given and no others.
+        ``max_bytes``: the cap on the answer's body (AnswerTooLargeError beyond it).
 
         ``not_after`` (a ``time.monotonic()`` value): the request is not sent later than
         that, checked at the last moment, once it holds its slot (NotSentError). The
@@ -211,14 +233,18 @@ class RegistryClient:
                             f"{time.monotonic() - not_after:.3f} s ago", registry=name)
                     response = await self._http.request(
                         method, url, headers=headers, params=params, data=data,
-                        follow_redirects=follow_redirects, content=content)
+                        follow_redirects=follow_redirects, content=content,
+                        max_bytes=max_bytes)
+            except AnswerTooLarge as exc:
+                self._record(method, "error", started)
+                # The same answer again would be as long: not retried.
+                raise AnswerTooLargeError(f"{method} {_path(url)}: {exc}",
+                                          registry=name) from None
             except TransportError as exc:
                 self._record(method, "error", started)
                 if exc.untrusted_certificate:
                     # Retrying cannot fix trust: say what to do instead.
-                    raise RegistryError(
-                        f"the TLS certificate of {self.settings.host} is not trusted ({exc}); "
-                        "set ca_file to the CA that signed it", registry=name) from None
+                    raise RegistryError(self._untrusted(exc), registry=name) from None
                 attempt += 1
                 if attempt >= attempts:
                     raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "
@@ -247,6 +273,16 @@ class RegistryClient:
                 continue
             return response
 
+    def _untrusted(self, exc: TransportError) -> str:
+        if exc.host is None:
+            return (f"the TLS certificate of {self.settings.host} is not trusted ({exc}); set "
+                    "ca_file to the CA that signed it")
+        # ca_file and insecure_skip_verify are the registry's own origin's: a token service
+        # or storage elsewhere is verified against the system's store.
+        return (f"the TLS certificate of {exc.host} (not the registry's own scheme, host and "
+                f"port: ca_file and insecure_skip_verify do not apply there) is not trusted "
+                f"({exc}); add its CA to the system's store (SSL_CERT_FILE)")
+
     def _record(self, method: str, code: str, started: float) -> None:
         if self._observe is not None:
             self._observe(method, code, time.monotonic() - started)
@@ -262,31 +298,36 @@ class RegistryClient:
         """The URL of the next page. It must stay on the registry: the request carries
         credentials, which a Link header must not be able to send elsewhere."""
         try:
-            url = response.url.join(URL(link, encoded=True))
+            url = response.url.join(link)
+            base = URL(self.settings.url)
             # Scheme, host and port as they are meant, not as written: a host is
-            # case-insensitive (yarl's origin() keeps the capitals) and :443 is https's own
-            # port. Reading the host may raise too (punycode that is no IDNA).
-            elsewhere = not same_origin(url, URL(self.settings.url))
-        except ValueError:
+            # case-insensitive and :443 is https's own port. Reading the host may raise too.
+            elsewhere = not same_origin(url, base)
+        except (httpx2.InvalidURL, ValueError):
             # The registry's answer, not ours to crash on: this listing is unreadable.
-            raise RegistryError(f"a Link header that is not a URL ({link[:200]!r}); the rest "
-                                "of the listing is not known", registry=self.settings.name
-                                ) from None
+            raise RegistryError(f"a Link header whose target cannot be read ({link[:200]!r}); "
+                                "the rest of the listing is not known",
+                                registry=self.settings.name) from None
         if elsewhere:
             raise RegistryError(f"a Link header points away from the registry, to "
-                                f"{url.origin()}; refusing to follow it",
+                                f"{url.scheme}://{url.netloc.decode()}; refusing to follow it",
                                 registry=self.settings.name)
-        if url.user is not None or url.password is not None:
+        if url.userinfo:
             # Not ours to send (and the HTTP session refuses a URL with a user:password of
             # its own beside our Authorization header).
             raise RegistryError("a Link header carries credentials of its own; refusing to "
                                 "follow it", registry=self.settings.name)
-        if url.raw_path != response.url.raw_path:
+        here, there = _raw_path(response.url), _raw_path(url)
+        # As written, too: the URL library resolves dot segments (``a/../a`` is ``a``), and a
+        # percent-escape reads as another name on some registry or proxy.
+        written = urlsplit(link).path
+        if there != here or "%" in written or any(
+                segment in (".", "..") for segment in written.split("/")):
             # The next page of the same listing: only its query (last, n) differs. A Link to
             # another path (another repository's tags/list, ``/v2/app/../other/...``) would
             # lose this listing's later pages and put that one's items in their place.
-            raise RegistryError(f"a Link header leads from {response.url.raw_path} to another "
-                                f"listing, {url.raw_path[:200]}; refusing to follow it",
+            raise RegistryError(f"a Link header leads from {here.decode(errors='replace')} to "
+                                f"another listing, {link[:200]!r}; refusing to follow it",
                                 registry=self.settings.name)
         return url
 
@@ -377,7 +418,7 @@ class RegistryClient:
             if str(url) in read:
                 raise RegistryError(
                     f"GET {path}: the Link header of page {page} leads back to a page already "
-                    f"read ({url.raw_path_qs}); the listing would never end",
+                    f"read ({url.raw_path.decode()}); the listing would never end",
                     registry=self.settings.name)
             page += 1
             if page > MAX_PAGES:
@@ -455,10 +496,13 @@ class RegistryClient:
         """The manifest body, verified: against the digest when fetched by digest; against
         the registry's Docker-Content-Digest when fetched by tag (a cold scan reads each tag
         once, body and digest in one answer). Schema 1 is the exception, its bytes never
-        hash to its digest: it is returned under the registry's digest, never parsed."""
+        hash to its digest: it is returned under the registry's digest, never parsed.
+
+        One longer than MAX_MANIFEST_BYTES raises AnswerTooLargeError, unread: what it
+        refers to is unknown, so its repository is unreadable (kept whole)."""
         path = self.path(repository, "manifests", reference, tag_ok=True)
         response = await self.request("GET", path, scope=_pull(repository),
-                                      headers={"Accept": ACCEPT})
+                                      headers={"Accept": ACCEPT}, max_bytes=MAX_MANIFEST_BYTES)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -490,18 +534,22 @@ class RegistryClient:
 
     async def get_blob(self, repository: str, digest: str, *,
                        max_bytes: int = MAX_CONFIG_BYTES) -> bytes | None:
-        """A small blob (an image config). None when missing or larger than max_bytes."""
+        """A small blob (an image config). None when missing or larger than max_bytes (not
+        read past it: its facts, such as its created time, are then unknown)."""
         path = self.path(repository, "blobs", digest)
         # Redirects lead to storage backends (S3, Azure blob); our Authorization header is
         # dropped when a redirect leaves the registry's origin.
-        response = await self.request("GET", path, scope=_pull(repository),
-                                      follow_redirects=True)
+        try:
+            response = await self.request("GET", path, scope=_pull(repository),
+                                          follow_redirects=True, max_bytes=max_bytes)
+        except AnswerTooLargeError as exc:
+            log.warning("blob too large to read", registry=self.settings.name,
+                        repository=repository, digest=digest, error=str(exc))
+            return None
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise self.failure(response, f"GET {path}")
-        if len(response.content) > max_bytes:
-            return None
         if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
             raise RegistryError(f"GET {path}: the blob does not match its digest",
                                 registry=self.settings.name)
@@ -661,7 +709,7 @@ def _path(url: str | URL) -> str:
         return url.path
     if not url.startswith(("http://", "https://")):
         return url
-    # urllib, not yarl: this names a URL in an error, perhaps one yarl could not read.
+    # urllib, not httpx2: this names a URL in an error, perhaps one httpx2 could not read.
     return urlsplit(url).path
 
 
@@ -675,14 +723,14 @@ class LinkError(ValueError):
     """A Link header that cannot be read through: whether it names a next page is unknown."""
 
 
-def next_link(headers: CIMultiDictProxy[str]) -> str | None:
+def next_link(headers: AnswerHeaders) -> str | None:
     """The target of rel="next" in the Link headers: all of them, since a registry (or a
     proxy) may send rel="prev" and rel="next" on lines of their own; rel is a list of
     relation types ("next prev"). Raises LinkError when a header cannot be read through:
     taking it for "no next page" would end a listing early, its later pages absent."""
     # Every header read through first: a header with a rel="next" and then text that
     # cannot be read is not known to say what it seems to.
-    links = [link for value in headers.getall("link", ()) for link in _links(value)]
+    links = [link for value in headers.get_list("link") for link in _links(value)]
     for target, params in links:
         relations = params.get("rel")
         if relations is None and "rel*" in params:  # rel*=UTF-8''next
