@@ -353,6 +353,7 @@ class Executor:
         stop: asyncio.Event | None = None,
         confirm_window: float = CONFIRM_WINDOW,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        progress: Callable[[int, int], None] | None = None,
     ):
         self._clients = clients
         self._state = state
@@ -361,6 +362,8 @@ class Executor:
         self._stop = stop or asyncio.Event()
         self._window = confirm_window
         self._sleep = sleep
+        self._progress = progress  # (deletions done, of planned): for a terminal
+        self._done = self._planned = 0
 
     async def apply(self, plan: Plan, *, dry_run: bool,
                     inventories: Mapping[str, Inventory]) -> Report:
@@ -383,6 +386,7 @@ class Executor:
         if not groups:
             return report
         live = _Live(report.outcomes)
+        self._done, self._planned = 0, sum(len(pairs) for pairs in groups.values())
         # Repositories in parallel, a few at a time per registry: each one's tag reads share
         # the registry's `concurrency` slots with the others', and a read slowed past the
         # window by that sharing has to be made again.
@@ -430,6 +434,9 @@ class Executor:
         # One after another: each DELETE's tag read comes after the previous DELETE.
         for a in actions:
             await self._delete(client, a, confirmation, live, report)
+            self._done += 1
+            if self._progress is not None:
+                self._progress(self._done, self._planned)
         if not self._stop.is_set() and any(
                 by_us and (a.registry, a.repository) == (registry, repository)
                 for a, by_us, _, _ in live.went_order[before:]):

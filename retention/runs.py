@@ -274,8 +274,11 @@ async def run_pass(
             record_storage(metrics, setup, inventories, whole)
         if select is not None:
             the_plan = select(the_plan, inventories)
+        step = None if progress is None else (
+            lambda done, total: progress.step("deletions done", done, total))
         executor = Executor(clients, state=state, metrics=metrics, clock=clock, stop=stop,
-                            confirm_window=setup.config.confirm_window.total_seconds())
+                            confirm_window=setup.config.confirm_window.total_seconds(),
+                            progress=step)
         report = await executor.apply(the_plan, dry_run=dry_run, inventories=inventories)
     result = RunResult(the_plan, report, dry_run, state_error=state_problem(state))
     if metrics:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.servers import free_port
@@ -36,9 +36,9 @@ def start_serve(config: Path, port: int, *, ready: bool = False) -> subprocess.P
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+            if httpx2.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
                 return proc
-        except httpx.TransportError:
+        except httpx2.TransportError:
             pass
         time.sleep(0.1)
     proc.kill()
@@ -81,9 +81,9 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def timed_get(url: str) -> tuple[float, httpx.Response]:
+def timed_get(url: str) -> tuple[float, httpx2.Response]:
     started = time.monotonic()
-    response = httpx.get(url, timeout=5)
+    response = httpx2.get(url, timeout=5)
     return time.monotonic() - started, response
 
 
@@ -159,9 +159,9 @@ def test_a_request_sent_slowly_but_within_the_timeout_is_answered(tmp_path: Path
                 answer += chunk
         assert answer.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 "))
         assert answer.endswith(b"\r\n\r\nok\n")
-        assert httpx.head(f"http://127.0.0.1:{port}/healthz").status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/nothing").status_code == 404
-        assert httpx.post(f"http://127.0.0.1:{port}/metrics").status_code == 405
+        assert httpx2.head(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert httpx2.get(f"http://127.0.0.1:{port}/nothing").status_code == 404
+        assert httpx2.post(f"http://127.0.0.1:{port}/metrics").status_code == 405
     finally:
         stop_serve(proc)
 
@@ -192,14 +192,14 @@ def test_serve_listen_binds_only_the_address_given(tmp_path: Path, registry):
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.2:{port}/healthz").status_code == 200:
+            with contextlib.suppress(httpx2.TransportError):
+                if httpx2.get(f"http://127.0.0.2:{port}/healthz").status_code == 200:
                     break
             time.sleep(0.1)
         else:
             raise AssertionError("serve --listen did not answer")
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{port}/healthz")
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(f"http://127.0.0.1:{port}/healthz")
     finally:
         stop_serve(proc)
     bad = subprocess.run([RETENTION, "serve", "--config", str(config), "--listen", "9090"],

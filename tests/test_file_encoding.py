@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from retention.daemon import Daemon
@@ -88,7 +88,7 @@ def test_a_rejected_reload_is_counted_logged_and_the_next_change_read(tmp_path: 
     def until(name: str, value: float, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if metric(httpx.get(base + "/metrics").text, name) == value:
+            if metric(httpx2.get(base + "/metrics").text, name) == value:
                 return
             time.sleep(0.2)
         raise AssertionError(f"{name} never reached {value}")
@@ -96,7 +96,7 @@ def test_a_rejected_reload_is_counted_logged_and_the_next_change_read(tmp_path: 
     try:
         config.write_bytes(good + LATIN1 + b"\n")
         until("retention_config_reload_failures_total", 1)
-        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx2.get(base + "/healthz").status_code == 200
         proc.send_signal(signal.SIGHUP)  # read again on SIGHUP, rejected again
         until("retention_config_reload_failures_total", 2)
         # The fix (with a second policy, to see it taken) is read at the next change.
@@ -104,7 +104,7 @@ def test_a_rejected_reload_is_counted_logged_and_the_next_change_read(tmp_path: 
         (tmp_path / "policies" / "p.yaml").write_text(
             POLICY + "---\n" + POLICY.replace("name: orphans", "name: second"))
         until("retention_policies_loaded", 2)
-        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx2.get(base + "/healthz").status_code == 200
     finally:
         logs = stop_serve(proc)
     line = good.count(b"\n") + 1

@@ -157,7 +157,7 @@ def test_storage_series_exported_at_zero_and_by_the_daemons_runs(tmp_path: Path,
                                                                  pusher: Pusher):
     import asyncio
 
-    import httpx
+    import httpx2
 
     from retention.daemon import Daemon
     from tests.test_daemon import every_second, wait_for
@@ -170,7 +170,7 @@ def test_storage_series_exported_at_zero_and_by_the_daemons_runs(tmp_path: Path,
         daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             first = (await http.get("/metrics")).text
 
             async def measured():

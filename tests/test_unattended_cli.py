@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from retention.daemon import Daemon
@@ -58,9 +58,9 @@ def wait_healthy(port: int) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+            if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
                 return
-        except httpx.TransportError:
+        except httpx2.TransportError:
             pass
         time.sleep(0.1)
     raise AssertionError(f"the daemon on port {port} did not answer /healthz")
@@ -105,7 +105,7 @@ def test_daemon_on_unusable_state_counts_failures_until_moved_aside(tmp_path: Pa
         daemon = Daemon(config, options=every_second())
         task = asyncio.create_task(daemon.run())
         await wait_for(lambda: asyncio.sleep(0, daemon.port))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{daemon.port}") as http:
             async def outcome(name: str, at_least: float = 1) -> str | None:
                 text = (await http.get("/metrics")).text
                 value = metric(text, "retention_runs_total", policy="ci", outcome=name)
@@ -295,6 +295,11 @@ def test_terminal_output_colours_progress_and_explicit_log_format(tmp_path: Path
     shown = _on_terminal(["run", "-c", str(config)], {})
     assert "\x1b[" in shown  # console logs, coloured, on a terminal
     assert "main: repositories read 1/1" in shown  # progress
+    enforced = config.read_text().replace("mode: dry-run", "mode: enforce")
+    config.write_text(enforced)
+    assert "deletions done 1/1" in _on_terminal(["run", "-c", str(config)], {})
+    pusher.image("ci/app", "pr-1", created=OLD)
+    config.write_text(enforced.replace("mode: enforce", "mode: dry-run"))
     plain = _on_terminal(["run", "-c", str(config)], {"NO_COLOR": "1"})
     assert "\x1b[" not in plain
     config.write_text(config.read_text() + "log_format: json\n")
@@ -443,3 +448,13 @@ def test_closed_pipe_ends_quietly_with_the_commands_code(tmp_path: Path, registr
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.startswith("registry main")
+
+
+def test_https_to_a_plain_http_registry_says_so(tmp_path: Path, registry):
+    config = setup_dir(tmp_path, registry.url.replace("http://", "https://"))
+    result = retention("plan", "-c", str(config))
+    no_traceback(result)
+    assert result.returncode == 1
+    assert "the server answered plain HTTP, not TLS" in result.stderr
+    assert "write its url with http://" in result.stderr
+    assert "corrupt" not in result.stderr and "attempts" not in result.stderr

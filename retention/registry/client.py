@@ -245,6 +245,9 @@ class RegistryClient:
                 if exc.untrusted_certificate:
                     # Retrying cannot fix trust: say what to do instead.
                     raise RegistryError(self._untrusted(exc), registry=name) from None
+                if exc.plain_http:
+                    raise RegistryError(f"{method} {_path(url)}: {exc}", registry=name
+                                        ) from None
                 attempt += 1
                 if attempt >= attempts:
                     raise RegistryError(f"{method} {_path(url)} failed after {attempt} attempts: "

@@ -57,10 +57,11 @@ class TransportError(Exception):
     host:port that presented it, None when that was the registry's own origin."""
 
     def __init__(self, message: str, *, untrusted_certificate: bool = False,
-                 host: str | None = None):
+                 host: str | None = None, plain_http: bool = False):
         super().__init__(message)
         self.untrusted_certificate = untrusted_certificate
         self.host = host
+        self.plain_http = plain_http  # https:// to a plain-HTTP server: not worth a retry
 
 
 class AnswerTooLarge(TransportError):
@@ -178,12 +179,24 @@ def _refuse_cookies() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
+# How OpenSSL says that what came back to its TLS hello was no TLS at all: a plain-HTTP
+# server's "HTTP/1.1 400" read as a TLS record.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
+
+
 def _failure(exc: BaseException, host: str | None) -> TransportError:
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return TransportError(_safe(f"TLS: {cause.verify_message or cause}"),
                                   untrusted_certificate=True, host=host)
+        if isinstance(cause, ssl.SSLError) and any(
+                marker in str(cause.reason or cause).upper() for marker in _NOT_TLS):
+            # Not "received corrupt message": what to do. Retrying cannot change it.
+            return TransportError(
+                f"the server answered plain HTTP, not TLS ({host or 'the registry'}): if it "
+                "serves plain http, write its url with http:// (and know that credentials "
+                "then cross the network in clear)", plain_http=True)
         cause = cause.__cause__ or cause.__context__
     detail = str(exc) or "the connection ended"
     return TransportError(_safe(f"no answer: {type(exc).__name__}: {detail}"))
