@@ -33,6 +33,7 @@ from retention.inventory import Inventory, referrer_tag_subject
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, RegistryClient
+from retention.registry.ghcr import GhcrApi
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, outcome_key
 from retention.state import State
@@ -122,7 +123,11 @@ class TagConfirmation:
         self._window = window
         self._known = known
         self._monotonic = monotonic
-        self._acr = AcrApi(client) if client.settings.type == "acr" else None
+        # A registry that answers one manifest's tags in one request (ACR; GHCR by the
+        # version's id): every DELETE gets its own read, and the re-read lists every
+        # manifest, untagged ones too.
+        self._acr: AcrApi | GhcrApi | None = AcrApi(client) \
+            if client.settings.type == "acr" else getattr(client, "github", None)
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
         self._read_at: float | None = None
         self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
@@ -134,7 +139,7 @@ class TagConfirmation:
             tags = await self._acr.manifest_tags(self._repository, digest)
             if tags is None:
                 # Gone, or a transient 404: either way its tags are not confirmed.
-                raise RegistryError(f"ACR answered 404 for {_short(digest)}'s tags",
+                raise RegistryError(f"the registry answered 404 for {_short(digest)}'s tags",
                                     registry=self._client.settings.name, status=404)
             return tags
         await self._fresh()

@@ -27,6 +27,7 @@ from retention.inventory import (
 )
 from retention.registry.acr import AcrApi
 from retention.registry.client import FetchedManifest, RegistryClient
+from retention.registry.ghcr import GhcrApi, GhcrClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
@@ -143,6 +144,11 @@ class Scanner:
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
         # no tag-by-tag resolution, no referrers API and no config blobs are needed there.
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
+        # GHCR lists every version of a package (untagged ones, children, referrers) with
+        # its push time, as ACR does; the bodies come from ghcr.io's OCI API.
+        self._github = client.github if isinstance(client, GhcrClient) else None
+        # Where the registry's API gives push times, no image config is read for `created`.
+        self._push_times = self._acr is not None or self._github is not None
 
     async def scan(self) -> Inventory:
         """Scan every repository of the registry (or those its settings list).
@@ -196,6 +202,8 @@ class Scanner:
     async def _scan_repository(self, name: str) -> Repository:
         if self._acr is not None:
             return await self._scan_acr_repository(self._acr, name)
+        if self._github is not None:
+            return await self._scan_ghcr_repository(self._github, name)
         client = self._client
         tags = await client.tags(name)
         await self._dropped_tags(name, tags)
@@ -254,6 +262,18 @@ class Scanner:
         locked = {d for d in facts if d not in listing or not listing[d].delete_enabled
                   or d in locked_by_tag}
         return self._repository(name, facts, tags_of, pushed=pushed, locked=locked)
+
+    async def _scan_ghcr_repository(self, github: GhcrApi, name: str) -> Repository:
+        versions = await github.versions(name, missing_ok=True)
+        listing = {v.digest: v for v in versions}
+        await self._dropped_tags(name, {t for v in versions for t in v.tags})
+        facts: dict[str, ManifestFacts] = {}
+        await self._resolve(name, set(listing), facts, set(), set(listing), referrers=False)
+        tags_of = {d: list(v.tags) for d, v in listing.items()}
+        pushed = {d: v.created for d, v in listing.items()}
+        repository = self._repository(name, facts, tags_of, pushed=pushed)
+        # GitHub refuses to delete a package's last tagged version: the planner keeps one.
+        return replace(repository, last_tagged_undeletable=True)
 
     async def _dropped_tags(self, name: str, listed: Iterable[str]) -> None:
         """Raise when a tag the last read saw is missing from this listing and still
@@ -337,7 +357,7 @@ class Scanner:
     async def _facts(self, repository: str, digest: str, confirmed: set[str],
                      fetched: FetchedManifest | None = None) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)
-        if cached is not None and (cached.config_read or self._acr is not None):
+        if cached is not None and (cached.config_read or self._push_times):
             # Facts are immutable, existence is not: someone may have deleted the digest
             # since it was cached. A HEAD is cheap; a resurrected manifest would be
             # "deleted" again and its bytes counted as reclaimed.
@@ -367,14 +387,14 @@ class Scanner:
         blobs: tuple[Blob, ...] = ()
         if parsed.config is not None:
             blobs = (parsed.config, *parsed.layers)
-            if parsed.config_media_type in IMAGE_CONFIGS and self._acr is None:
+            if parsed.config_media_type in IMAGE_CONFIGS and not self._push_times:
                 body = await self._client.get_blob(repository, parsed.config.digest)
                 created = config_created(body) if body is not None else None
         facts = ManifestFacts(
             digest=digest, media_type=parsed.media_type, size=size, blobs=blobs,
             children=tuple(c.digest for c in parsed.children), subject=parsed.subject,
             artifact_type=parsed.artifact_type, created=created,
-            config_read=self._acr is None, annotated=parsed.created_annotation,
+            config_read=not self._push_times, annotated=parsed.created_annotation,
             attestations=parsed.attestations,
         )
         self._cache.put_facts(facts)
