@@ -136,7 +136,8 @@ class GhcrEmulator:
     per_hour: int = 500  # and an hour
     secondary_status: int = 403
     secondary_retry_after: bool = True
-    max_per_page: int = 100
+    max_per_page: int = 100  # GitHub's cap on per_page
+    packages_per_page: int = 100  # a lower cap for the packages listing (to page few)
     packages: dict[str, dict[int, Version]] = field(default_factory=dict)
     faults: list[ApiFault] = field(default_factory=list)
     api_requests: list[tuple[str, str]] = field(default_factory=list)
@@ -367,7 +368,8 @@ class GhcrEmulator:
                         return self._error(400, "package_type is required", headers)
                     entries = [self._package(name) for name in sorted(em.packages)
                                if em.active(name)]
-                    return self._page(path, query, entries, headers)
+                    return self._page(path, query, entries, headers,
+                                      cap=em.packages_per_page)
                 if len(rest) < 3 or rest[0] != "container" or rest[2] != "versions":
                     return self._error(404, "Not Found", headers)
                 package = unquote(rest[1])
@@ -424,8 +426,9 @@ class GhcrEmulator:
                 version.deleted_at = None
                 self._send(204, None, headers)
 
-            def _page(self, path: str, query: dict, entries: list, headers: dict) -> None:
-                per_page = min(int(query.get("per_page", ["30"])[0]), em.max_per_page)
+            def _page(self, path: str, query: dict, entries: list, headers: dict, *,
+                      cap: int = 100) -> None:
+                per_page = min(int(query.get("per_page", ["30"])[0]), em.max_per_page, cap)
                 page = int(query.get("page", ["1"])[0])
                 chunk = entries[(page - 1) * per_page: page * per_page]
                 links = []

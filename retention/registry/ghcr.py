@@ -134,7 +134,10 @@ class GhcrApi:
         self._sleep = sleep
         self._ids: dict[tuple[str, str], int] = {}
         self._blocked_until = 0.0  # epoch seconds: no request before
-        self._strikes = 0  # limit answers since the last answer that was not one
+        # Limit answers since the last answer that was not one, for writes (DELETE, POST:
+        # GitHub's content-creating limit) and reads apart: a read that goes through
+        # between two limited DELETEs does not mean the DELETEs' limit is over.
+        self._strikes: Counter[bool] = Counter()
         self._exhausted: str | None = None
         self.requests: Counter[str] = Counter()  # method -> requests sent, for the log
         self.waited = 0.0  # seconds spent waiting out limits
@@ -189,8 +192,6 @@ class GhcrApi:
             delay = self._blocked_until - self._wall()
             if delay <= 0:
                 return
-            if delay > MAX_WAIT:
-                self._exhaust(delay)
             log.info("github rate limit: waiting", registry=self._settings.name,
                      seconds=round(delay, 1))
             self.waited += delay
@@ -203,14 +204,14 @@ class GhcrApi:
             "(every deletion is either done or not started); the next run goes on")
         raise RateLimitExhaustedError(self._exhausted, registry=self._settings.name)
 
-    def _block(self, seconds: float, kind: str, message: str) -> None:
+    def _block(self, seconds: float, kind: str, message: str, *, margin: float = 0.0) -> None:
         if seconds > MAX_WAIT:
             self._exhaust(seconds)
-        self._blocked_until = max(self._blocked_until, self._wall() + seconds)
+        self._blocked_until = max(self._blocked_until, self._wall() + seconds + margin)
         log.warning("github rate limit", registry=self._settings.name, kind=kind,
                     seconds=round(seconds, 1), message=message[:200])
 
-    async def _limit(self, response: Response, headers: dict[str, str]) -> bool:
+    async def _limit(self, method: str, response: Response, headers: dict[str, str]) -> bool:
         """Whether ``response`` is a rate limit (then it is waited for before the next
         request). A 403 is one only when its message or x-ratelimit-remaining: 0 says so;
         else it is a permission error."""
@@ -222,24 +223,26 @@ class GhcrApi:
         lowered = message.lower()
         remaining = response.headers.get("x-ratelimit-remaining")
         retry_after = _seconds(response.headers.get("retry-after"), now)
-        backoff = SECONDARY_WAIT * 2 ** self._strikes
+        write = method != "GET"
+        backoff = SECONDARY_WAIT * 2 ** self._strikes[write]
         if retry_after is not None:
             wait, kind = retry_after, "secondary"
         elif remaining == "0" and (reset := _epoch(response.headers.get("x-ratelimit-reset"))):
-            wait, kind = reset - now + 1, "primary"
+            wait, kind = reset - now, "primary"
         elif "secondary rate limit" in lowered or "abuse" in lowered:
             wait, kind = backoff, "secondary"
         elif remaining == "0" or "rate limit" in lowered:
             # A primary limit whose reset the answer does not show: GET /rate_limit tells
             # (it does not count against the primary limit).
             reset = await self._core_reset(headers)
-            wait, kind = (reset - now + 1, "primary") if reset else (backoff, "primary")
+            wait, kind = (reset - now, "primary") if reset else (backoff, "primary")
         elif status == 429:
             wait, kind = backoff, "secondary"
         else:
             return False
-        self._strikes += 1
-        self._block(max(wait, 1.0), kind, message)
+        self._strikes[write] += 1
+        # A second past a primary reset: x-ratelimit-reset is in whole seconds.
+        self._block(max(wait, 1.0), kind, message, margin=1.0 if kind == "primary" else 0.0)
         return True
 
     async def _core_reset(self, headers: dict[str, str]) -> float | None:
@@ -260,7 +263,8 @@ class GhcrApi:
         if response.headers.get("x-ratelimit-remaining") == "0":
             reset = _epoch(response.headers.get("x-ratelimit-reset"))
             if reset is not None:
-                self._blocked_until = max(self._blocked_until, reset + 1)
+                self._block(max(reset - self._wall(), 0.0), "primary",
+                            "x-ratelimit-remaining: 0", margin=1.0)
 
     async def call(self, method: str, url: str | URL, *, what: str,
                    params: dict[str, Any] | None = None) -> Response:
@@ -299,7 +303,7 @@ class GhcrApi:
                 attempt += 1
                 await self._sleep(retry.backoff(attempt - 1))
                 continue
-            if await self._limit(response, headers):
+            if await self._limit(method, response, headers):
                 limited += 1
                 if method == "DELETE":
                     raise RateLimitedError(f"{what}: GitHub's rate limit; not applied, tried "
@@ -309,7 +313,7 @@ class GhcrApi:
                     raise RegistryError(f"{what}: still rate-limited after {limited} waits",
                                         registry=self._settings.name, status=429)
                 continue
-            self._strikes = 0
+            self._strikes[method != "GET"] = 0
             self._note(response)
             if response.status_code in (500, 502, 503, 504) and method == "GET" \
                     and attempt + 1 < retry.attempts:
