@@ -516,3 +516,59 @@ def test_request_counts_are_exported_like_any_registry(ghcr, gh_pusher):
                 d for d in ghcr.digests("my-org/app") if not ghcr.tags_of("my-org/app", d))[0])
     asyncio.run(go())
     assert seen[("GET", "200")] >= 3 and seen[("DELETE", "204")] == 1
+
+
+# -- restore -------------------------------------------------------------------------------
+
+
+def test_restore_uses_githubs_restore_and_checks_the_digest_is_served(tmp_path, ghcr,
+                                                                      gh_pusher):
+    children = [gh_pusher.image("my-org/app", None, layers=(b"amd",), arch="amd64"),
+                gh_pusher.image("my-org/app", None, layers=(b"arm",), arch="arm64")]
+    index = gh_pusher.index("my-org/app", "pr-1", children)
+    single = gh_pusher.image("my-org/app", "pr-2", layers=(b"single",))
+    gh_pusher.image("my-org/app", "main", layers=(b"main",))
+    for digest in (index.digest, single.digest, *(c.digest for c in children)):
+        ghcr.backdate("my-org/app", digest, OLD)
+    config = write_config(tmp_path, ghcr, policy(
+        "delete: [{tags: [\"pr-*\"], older_than: 1d}]\n"))
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and len(ghcr.deletions) == 4, doc
+    ids = {ghcr.packages["app"][i].digest: i for i in ghcr.deletions}
+    # pr-2 was pushed again meanwhile: its tag is left where it is now.
+    moved = gh_pusher.image("my-org/app", "pr-2", layers=(b"newer",))
+
+    code, doc, _ = cli("restore", "--config", str(config), "--since", "1h", "--output", "json")
+    by = {e["digest"]: e for e in doc["entries"]}
+    assert by[index.digest]["status"] == "restored", by
+    assert by[index.digest]["detail"] == f"version {ids[index.digest]} restored by GitHub; " \
+                                         "tags back: pr-1"
+    assert by[single.digest]["status"] == "tag-moved"
+    assert f"tag pr-2 now points to sha256:{moved.digest[7:19]}" in by[single.digest]["detail"]
+    assert code == 1  # a tag left elsewhere is reported as not fully restored
+    posts = [p for m, p in ghcr.api_requests if m == "POST"]
+    assert sorted(posts) == sorted(f"/orgs/my-org/packages/container/app/versions/{i}/restore"
+                                   for i in ids.values())
+    # Children before their index; no manifest pushed through ghcr.io for them.
+    assert posts.index(f"/orgs/my-org/packages/container/app/versions/{ids[index.digest]}"
+                       "/restore") == 2
+    assert not any(m == "PUT" and "/manifests/" in p for m, p, how in ghcr.oci_requests
+                   if how == "bearer")
+    for digest in ids:
+        assert gh_pusher.exists("my-org/app", digest)
+    assert ghcr.tags_of("my-org/app", index.digest) == ["pr-1"]
+
+
+def test_restore_after_30_days_pushes_the_bytes_again(tmp_path, ghcr, gh_pusher):
+    (orphan,) = orphans(gh_pusher, ghcr, "my-org/app", 2)
+    config = write_config(tmp_path, ghcr, policy("delete: [{untagged: true}]\n"))
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and ghcr.deletions, doc
+    ghcr.packages["app"][ghcr.deletions[0]].deleted_at -= 31 * 86400  # beyond GitHub's
+    code, doc, _ = cli("restore", "--config", str(config), "--digest", orphan,
+                       "--output", "json")
+    assert code == 0, doc
+    (entry,) = doc["entries"]
+    assert entry["status"] == "restored" and entry["detail"] == "pushed"
+    assert not any(m == "POST" for m, _ in ghcr.api_requests)
+    assert orphan in ghcr.digests("my-org/app")  # a new version of the same digest
