@@ -572,3 +572,42 @@ def test_restore_after_30_days_pushes_the_bytes_again(tmp_path, ghcr, gh_pusher)
     assert entry["status"] == "restored" and entry["detail"] == "pushed"
     assert not any(m == "POST" for m, _ in ghcr.api_requests)
     assert orphan in ghcr.digests("my-org/app")  # a new version of the same digest
+
+
+# -- the rate-limit budget (docs/registries.md) ----------------------------------------------
+
+
+def test_a_token_deletes_500_versions_an_hour(tmp_path, ghcr: GhcrEmulator, gh_pusher):
+    """Measured against the emulator's documented limits (GitHub's: 5,000 requests an hour;
+    80 content-creating requests a minute, 500 an hour): the DELETEs are the bound. Each
+    deletion costs 2 requests (the version's read, its DELETE), the listing one per 100
+    versions: 500 deletions an hour, in bursts of 80 a minute, the rest the next hour."""
+    clock = FakeClock()
+    ghcr.clock = clock.time
+    start = clock.now
+    base = gh_pusher.image("my-org/app", "latest", layers=(b"shared",))
+    for i in range(540):  # untagged versions, pushed by digest
+        gh_pusher.manifest("my-org/app", None, {
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": base.blobs[0][0], "size": base.blobs[0][1]},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": base.blobs[1][0], "size": base.blobs[1][1]}],
+            "annotations": {"n": str(i)}}, "application/vnd.oci.image.manifest.v1+json")
+    config = write_config(tmp_path, ghcr, policy("delete: [{untagged: true}]\n"))
+    result = run(config, clock=clock)
+    assert set(statuses(result).values()) == {"deleted"} and len(ghcr.deletions) == 540
+    assert ghcr.races == []
+    times = sorted(v.deleted_at - start for v in ghcr.packages["app"].values()
+                   if v.deleted_at is not None)
+    assert sum(1 for t in times if t < 3600) == 500
+    assert max(Counter(int(t // 60) for t in times if t < 3600).values()) == 80
+    assert 3600 <= times[500] < 3700
+    requests = Counter(m for m, p in ghcr.api_requests if p != "/rate_limit")
+    limited = sum(1 for _, _, s in ghcr.api_answered if s == 403)
+    assert requests["DELETE"] == 540 + limited
+    # The reads: each version's, the listing's pages, and the listing again whenever the
+    # executor looks for versions pushed meanwhile (once a confirm window).
+    # (a few dozen here; bounded loosely: their number follows the machine's speed).
+    assert 540 + limited <= requests["GET"] < 1.5 * (540 + limited)
+    assert (requests["GET"] + requests["DELETE"]) / 540 < 2.6  # of the 5,000 an hour
