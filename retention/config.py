@@ -22,7 +22,10 @@ from retention.textfiles import read_text
 from retention.yamlnodes import Reader, compose_documents
 
 MODES = ("dry-run", "enforce")
-REGISTRY_TYPES = ("oci", "acr")
+REGISTRY_TYPES = ("oci", "acr", "ghcr")
+GHCR_HOST = "ghcr.io"
+GITHUB_API = "https://api.github.com"
+OWNER_TYPES = ("org", "user")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,11 @@ class RegistrySettings:
     repositories: tuple[str, ...] = ()
     concurrency: int = 8
     aliases: tuple[str, ...] = ()  # other host names clients pull this registry by
+    # GitHub Container Registry (type ghcr): whose packages, and where GitHub's REST API is.
+    # The token is ``credentials.password`` (the same credentials read through ghcr.io).
+    owner: str = ""
+    owner_type: str = "org"  # org or user
+    api_url: str = ""  # scheme://host[/api/v3], no trailing slash
 
     @property
     def host(self) -> str:
@@ -134,7 +142,15 @@ _REGISTRY_KEYS = {
     "repositories": False,
     "concurrency": False,
     "aliases": False,
+    "owner": False,
+    "owner_type": False,
+    "api_url": False,
+    "token_file": False,
+    "token_env": False,
 }
+_GHCR_KEYS = ("owner", "owner_type", "api_url", "token_file", "token_env")
+# A GitHub login: letters, digits and single hyphens inside, at most 39 characters.
+_OWNER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 
 
 def check_cron(reader: Reader, node: yaml.Node, *, what: str) -> str | None:
@@ -404,10 +420,10 @@ def _registry(
             url = f"{parts.scheme}://{parts.netloc}"
 
     host = urlsplit(url).hostname or "" if url else ""
-    rtype = "acr" if host.endswith(".azurecr.io") else "oci"
+    rtype = "acr" if host.endswith(".azurecr.io") else "ghcr" if host == GHCR_HOST else "oci"
     if "type" in fields and (t := reader.string(fields["type"], what=f"{what}.type")):
         if t not in REGISTRY_TYPES:
-            reader.error(fields["type"], f"{what}.type must be oci or acr, not {t!r}")
+            reader.error(fields["type"], f"{what}.type must be oci, acr or ghcr, not {t!r}")
         rtype = t
 
     def text_of(key: str) -> str | None:
@@ -422,25 +438,39 @@ def _registry(
             return None
         return env[var]
 
-    for a, b in (("username", "username_env"), ("password_file", "password_env")):
+    for a, b in (("username", "username_env"), ("password_file", "password_env"),
+                 ("token_file", "token_env")):
         if a in fields and b in fields:
             reader.error(fields[b], f"{what}: give {a} or {b}, not both")
     username = text_of("username") or env_of("username_env")
     password = env_of("password_env")
-    if "password_file" in fields and (pf := text_of("password_file")):
+
+    def secret_file(key: str) -> str | None:
+        if key not in fields or not (name := text_of(key)):
+            return None
         try:
-            password = (base / pf).read_text(encoding="utf-8").strip("\r\n")
+            return (base / name).read_text(encoding="utf-8").strip("\r\n")
         except OSError as exc:
-            reader.error(fields["password_file"], f"{what}.password_file: cannot read "
-                         f"{base / pf}: {exc.strerror}")
-        except UnicodeDecodeError:  # no byte or position of a secret in the message
-            reader.error(fields["password_file"], f"{what}.password_file: {base / pf} is not "
-                         "UTF-8 text")
+            reader.error(fields[key], f"{what}.{key}: cannot read {base / name}: "
+                         f"{exc.strerror}")
+        except UnicodeDecodeError:
+            reader.error(fields[key], f"{what}.{key}: {base / name} is not UTF-8 text")
+        return None
+
+    if "password_file" in fields:
+        password = secret_file("password_file")
+    github = _github(reader, fields, node, what, rtype, url, env_of, secret_file)
+    if github is not None and (token := github[3] if github[3] is not None else password):
+        # The token is the password ghcr.io's token exchange takes (any user name does;
+        # the owner is what docker login users write).
+        username, password = username or github[0], token
     credentials = None
     # Which parts were written (a part written but unreadable is reported where it is
     # written, not a second time as missing).
     user_given = "username" in fields or "username_env" in fields
     password_given = "password_file" in fields or "password_env" in fields
+    if rtype == "ghcr":  # the token is the password, the owner the user: _github checks
+        user_given = password_given = True
     if username is not None and password is not None:
         credentials = Credentials(username, Secret(password))
     elif user_given != password_given and "docker_config" not in fields:
@@ -485,10 +515,15 @@ def _registry(
                                                     what=f"{what}.repositories"):
             # Written as the registry will read it: excludes, pins and in-use compare this
             # very string, and a name the URL normalises would be read (and deleted) elsewhere.
-            if is_repository(repository):
-                repositories.append(repository)
-            else:
+            if not is_repository(repository):
                 reader.error(repo_node, f"{what}.repositories: {not_canonical(repository)}")
+            elif github is not None and not repository.startswith(github[0].lower() + "/"):
+                # On ghcr a repository is a package of the owner: another name is never read.
+                reader.error(repo_node, f"{what}.repositories: {repository!r} is not a "
+                             f"package of owner {github[0]} (write "
+                             f"{github[0].lower()}/<package>)")
+            else:
+                repositories.append(repository)
     concurrency = 8
     if "concurrency" in fields:
         concurrency = reader.integer(fields["concurrency"], what=f"{what}.concurrency",
@@ -508,7 +543,68 @@ def _registry(
         insecure_skip_verify=insecure, token_hosts=tuple(token_hosts),
         repositories=tuple(repositories),
         concurrency=concurrency, aliases=tuple(aliases),
+        **({"owner": github[0], "owner_type": github[1], "api_url": github[2]}
+           if github is not None else {}),
     )
+
+
+def _github(reader: Reader, fields: dict[str, yaml.Node], node: yaml.Node, what: str,
+            rtype: str, url: str | None, env_of, secret_file
+            ) -> tuple[str, str, str, str | None] | None:
+    """(owner, owner_type, api_url, token) of a ghcr registry; None for any other type, whose
+    GitHub keys are errors (a key that does nothing must not look as if it did)."""
+    if rtype != "ghcr":
+        for key in _GHCR_KEYS:
+            if key in fields:
+                reader.error(fields[key], f"{what}.{key} is for type ghcr only (GitHub "
+                             "Container Registry)")
+        return None
+    owner = reader.string(fields["owner"], what=f"{what}.owner") if "owner" in fields else None
+    if "owner" not in fields:
+        reader.error(node, f"{what}: owner is missing: the organization or user whose "
+                     "container packages retention manages (type ghcr)")
+    elif owner is not None and not _OWNER.fullmatch(owner):
+        reader.error(fields["owner"], f"{what}.owner must be a GitHub organization or user "
+                     f"name (letters, digits, hyphens), not {owner!r}")
+        owner = None
+    owner_type = "org"
+    if "owner_type" in fields and (t := reader.string(fields["owner_type"],
+                                                       what=f"{what}.owner_type")):
+        if t not in OWNER_TYPES:
+            reader.error(fields["owner_type"], f"{what}.owner_type must be org or user, "
+                         f"not {t!r}")
+        owner_type = t
+    api_url = GITHUB_API
+    if "api_url" in fields and (text := reader.string(fields["api_url"],
+                                                       what=f"{what}.api_url")):
+        parts = urlsplit(text)
+        problem = None
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problem = ("must start with https:// (GitHub Enterprise Server: "
+                       "https://HOST/api/v3)")
+        elif parts.username is not None or parts.password is not None:
+            problem = "must not carry a user or password: the token is token_file's"
+        elif parts.query or parts.fragment:
+            problem = "must be a URL without query or fragment"
+        elif (host_problem := _host_problem(text)) is not None:
+            problem = host_problem
+        elif url and urlsplit(url).scheme == "https" and parts.scheme != "https":
+            problem = "must be https when the registry is: the token never travels unencrypted"
+        if problem is not None:
+            reader.error(fields["api_url"], f"{what}.api_url {problem}")
+        else:
+            api_url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    token = env_of("token_env") if "token_env" in fields else secret_file("token_file")
+    given = [k for k in ("password_file", "password_env", "docker_config") if k in fields]
+    if ("token_file" in fields or "token_env" in fields) and given:
+        reader.error(fields[given[0]], f"{what}: give token_file (or token_env) or "
+                     f"{given[0]}, not both: on ghcr the GitHub token is both")
+    elif "token_file" not in fields and "token_env" not in fields and not given:
+        reader.error(node, f"{what}: token_file (or token_env) is missing: a GitHub token "
+                     "with read:packages and delete:packages (write:packages for restore)")
+    if owner is None:
+        return None
+    return owner, owner_type, api_url, token
 
 
 _ALIAS = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"

@@ -81,3 +81,16 @@ class ManifestLockedError(RegistryError):
 
 class StateError(RetentionError):
     """The embedded state database cannot be used."""
+
+
+class RateLimitedError(RegistryError):
+    """GitHub refused a request for a rate limit (primary or secondary), whatever status it
+    used (403 or 429): nothing was done, and the request may go again once the limit has
+    been waited out. Its status is 429 so that every caller retries it as throttling."""
+
+
+class RateLimitExhaustedError(DeletionDisabledError):
+    """A rate limit asks to wait longer than retention waits at once (an hour): nothing more
+    is sent to that registry in this run. A DeletionDisabledError because, like a registry
+    that refuses deletes, it stops every further deletion there; each is then either done
+    or not started."""

@@ -47,6 +47,7 @@ from retention.outcomes import DELETED, FAILED, SKIPPED, Outcome, OutcomeKey, Ru
 from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, FetchedManifest, RegistryClient
+from retention.registry.ghcr import GhcrApi
 from retention.scanner import ManifestFacts, body_facts
 from retention.state import State
 
@@ -146,7 +147,11 @@ class TagConfirmation:
         # Every tag the plan or an earlier re-read saw here: one the listing leaves out now
         # is looked up all the same (see _reread).
         self._seen_tags = set(seen_tags)
-        self._acr = AcrApi(client) if client.settings.type == "acr" else None
+        # A registry that answers one manifest's tags in one request (ACR; GHCR by the
+        # version's id): every DELETE gets its own read, and the re-read lists every
+        # manifest, untagged ones too.
+        self._acr: AcrApi | GhcrApi | None = AcrApi(client) \
+            if client.settings.type == "acr" else getattr(client, "github", None)
         self._snapshot: dict[str, set[str]] = {}  # digest -> tags (ACR: every digest)
         self._read_at = float("-inf")  # when the snapshot's read began (never yet)
         self._links: dict[str, frozenset[str] | None] = {}  # new digest -> what it references
@@ -165,7 +170,7 @@ class TagConfirmation:
             self.reads += 1
             if tags is None:
                 # Gone, or a transient 404: either way its tags are not confirmed.
-                raise RegistryError(f"ACR answered 404 for {_short(digest)}'s tags",
+                raise RegistryError(f"the registry answered 404 for {_short(digest)}'s tags",
                                     registry=self._client.settings.name, status=404)
             return TagRead(frozenset(tags), started, fresh=True)
         fresh = not self._reusable()

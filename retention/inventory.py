@@ -77,6 +77,9 @@ class Repository:
     # When it could not be read: the manifests last known there (from the state). They are
     # never planned; they still hold their blobs, so bytes shared with them are not freed.
     last_known: tuple[Manifest, ...] = ()
+    # The registry refuses to delete the last tagged manifest of this repository (GHCR: the
+    # last tagged version of a package): a plan keeps its newest tagged one.
+    last_tagged_undeletable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
                 "error": r.error,
                 "manifests": [manifest_to_json(m) for m in r.manifests],
                 "last_known": [manifest_to_json(m) for m in r.last_known],
+                "last_tagged_undeletable": r.last_tagged_undeletable,
             }
             for r in inv.repositories
         ],
@@ -177,6 +181,7 @@ def inventory_from_json(d: dict[str, Any]) -> Inventory:
                 error=r.get("error"),
                 manifests=tuple(manifest_from_json(m) for m in r.get("manifests", ())),
                 last_known=tuple(manifest_from_json(m) for m in r.get("last_known", ())),
+                last_tagged_undeletable=bool(r.get("last_tagged_undeletable", False)),
             )
             for r in d["repositories"]
         ),

@@ -28,7 +28,7 @@ from retention.inventory import Inventory, Manifest
 from retention.manifest_times import ManifestTime, RepoView
 from retention.patterns import PatternSet
 from retention.policy import KeepRule, Policy
-from retention.ranking import TagSets, delete_matches, keep_matches, rank_tagged
+from retention.ranking import TagSets, _rank_key, delete_matches, keep_matches, rank_tagged
 
 PINNED = "pinned"
 IN_USE = "in-use"
@@ -40,8 +40,9 @@ CHANGED = "changed"
 UNKNOWN_MEDIA_TYPE = "unknown-media-type"
 UNPARSED_PARENT = "unparsed-parent"
 RESTORED = "restored"
+LAST_TAGGED_VERSION = "last-tagged-version"
 PROTECTION_REASONS = (PINNED, IN_USE, LOCKED, INDEX_CHILD, REFERRER, GRACE, CHANGED,
-                      UNKNOWN_MEDIA_TYPE, UNPARSED_PARENT, RESTORED)
+                      UNKNOWN_MEDIA_TYPE, UNPARSED_PARENT, RESTORED, LAST_TAGGED_VERSION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +376,7 @@ class _Deciding:
         deciding.decide_matches()
         deciding.cascade()
         deciding.settle()
+        deciding.keep_last_tagged()
         return deciding
 
     def decision(self, digest: str, policy: str, reason: str, detail: str) -> Decision:
@@ -472,6 +474,29 @@ class _Deciding:
                 changed = True
                 if doomed.pop(digest) is None:  # a direct match: say why it stays
                     self.protect(digest, *reason)
+
+    def keep_last_tagged(self) -> None:
+        """Where the registry refuses to delete a repository's last tagged manifest (GHCR:
+        "You cannot delete the last tagged version of a package"), a plan that would delete
+        every tagged one keeps the newest (``last-tagged-version``), with its children and
+        referrers: a plan GitHub would refuse half-way is never made. Tagged counts every
+        tag, referrer tags too (GitHub's versions do not tell them apart); the newest with
+        an ordinary tag is kept before one with referrer tags only. The newest by time,
+        unknown as newest, ties by digest (as `newest` ranks)."""
+        if not self.view.repo.last_tagged_undeletable:
+            return
+        tagged = [m for m in self.view.repo.manifests if m.tags or m.referrer_tags]
+        if not tagged or any(m.digest not in self.doomed for m in tagged):
+            return
+        ordinary = [m for m in tagged if m.tags] or tagged
+        keep = min(ordinary, key=lambda m: _rank_key(self.view.time[m.digest], m.digest))
+        del self.doomed[keep.digest]
+        if keep.digest in self.matched:  # else a referrer-tagged cascade: it simply stays
+            self.protect(keep.digest, LAST_TAGGED_VERSION, (
+                "the newest tagged version of a package this plan would empty: GitHub "
+                "refuses to delete a package's last tagged version (delete the package "
+                "itself on GitHub if it should go)"))
+        self.settle()
 
     def hold_back(self, aborted: Mapping[str, str]) -> None:
         """Policies aborted by max_deletions delete nothing: what they would have deleted

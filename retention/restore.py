@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from retention.errors import RegistryError, UsageError
 from retention.inventory import referrer_tag_subject
 from retention.names import is_digest, is_repository, is_tag, not_canonical
 from retention.registry.client import RegistryClient
+from retention.registry.ghcr import RESTORE_DAYS, GhcrClient, GhcrVersion
 from retention.registry.mediatypes import ManifestFormatError, parse_manifest
 from retention.report import columns, human_age, tags_text
 from retention.state import JournalEntry, State
@@ -241,6 +242,9 @@ class _Checked:
     missing: dict[Key, list[str]]
     unusable: dict[Key, str]
     errors: dict[Key, str]  # a registry error while checking: failed, not "not restorable"
+    # GHCR: the deleted version GitHub can restore (within 30 days), which no blob check
+    # concerns: GitHub's own restore puts it back, not a push of its bytes.
+    github: dict[Key, GhcrVersion] = field(default_factory=dict)
 
 
 class Restorer:
@@ -270,14 +274,16 @@ class Restorer:
                 except RegistryError as exc:
                     results[key] = Result(item.entry, FAILED, f"could not read its tags: {exc}")
                     continue
-                what = "already present" if checked.present.get(key) else "would push it"
+                what = "already present" if checked.present.get(key) else \
+                    f"would restore version {checked.github[key].id} (GitHub's restore)" \
+                    if key in checked.github else "would push it"
                 tags = [t for t in item.entry.tags if t not in moved]
                 detail = what + (f", then tags {', '.join(tags)}" if tags else "")
                 detail += "".join(f"; tag {t} now points to {_short(d)}: would be left alone"
                                   for t, d in moved.items())
                 results[key] = Result(item.entry, PLANNED, detail)
         else:
-            await self._push(items, good, checked.present, results)
+            await self._push(items, good, checked.present, results, checked.github)
         ordered = tuple(results[k] for k in items if k in results)
         for r in ordered:
             log.info("manifest restored" if r.status in (RESTORED, TAG_MOVED) else
@@ -304,6 +310,13 @@ class Restorer:
             try:
                 checked.present[key] = await client.head_manifest(key[1], key[2]) is not None
                 item = items.get(key)
+                if item is not None and not checked.present[key] and \
+                        isinstance(client, GhcrClient):
+                    version = await client.github.deleted_version(key[1], key[2])
+                    if version is not None and (version.deleted is None or version.deleted
+                                                > self._clock() - timedelta(days=RESTORE_DAYS)):
+                        checked.github[key] = version
+                        continue
                 if item is not None and not checked.present[key]:
                     found = await asyncio.gather(*(client.blob_exists(key[1], b)
                                                    for b in item.blobs))
@@ -326,7 +339,8 @@ class Restorer:
         return moved
 
     async def _push(self, items: Mapping[Key, Item], order: list[Key],
-                    present: Mapping[Key, bool], results: dict[Key, Result]) -> None:
+                    present: Mapping[Key, bool], results: dict[Key, Result],
+                    github: Mapping[Key, GhcrVersion]) -> None:
         """Manifests first (in ``order``), then their tags; each restore journaled before
         its first write and closed after its last, so a restore killed half-way is taken
         up again by the next one."""
@@ -346,8 +360,11 @@ class Restorer:
                 continue
             client = self._clients[entry.registry]
             try:
-                digest = await client.put_manifest(entry.repository, entry.digest, entry.body,
-                                                   entry.media_type)
+                if key in github and isinstance(client, GhcrClient):
+                    digest = await self._github_restore(client, entry, github[key])
+                else:
+                    digest = await client.put_manifest(entry.repository, entry.digest,
+                                                       entry.body, entry.media_type)
             except RegistryError as exc:
                 self._end(journaled[key], results, Result(entry, FAILED, str(exc)))
                 continue
@@ -375,19 +392,51 @@ class Restorer:
                     f"pushed, but its index {_short(failed[0][2])} could not be put back: "
                     "it is an orphan again, and its tags were not restored")))
                 continue
+            by_github = key in github and key in pushed
             try:
-                back, moved = await self._put_tags(items[key])
+                back, moved, missing = (await self._github_tags(items[key]) if by_github
+                                        else (*await self._put_tags(items[key]), []))
             except RegistryError as exc:
                 self._end(journaled[key], results, Result(
                     entry, FAILED, f"manifest back, but its tags are not: {exc}"))
                 continue
-            detail = "pushed" if key in pushed else "already present"
+            detail = (f"version {github[key].id} restored by GitHub" if by_github else
+                      "pushed" if key in pushed else "already present")
             if back:
-                detail += f"; tags put back: {', '.join(back)}"
+                detail += f"; tags {'back' if by_github else 'put back'}: {', '.join(back)}"
             detail += "".join(f"; tag {t} now points to {_short(d)}: left alone"
                               for t, d in moved.items())
-            self._end(journaled[key], results,
-                      Result(entry, TAG_MOVED if moved else RESTORED, detail))
+            detail += "".join(f"; tag {t} is missing: GitHub did not restore it" for t in missing)
+            status = FAILED if missing else TAG_MOVED if moved else RESTORED
+            self._end(journaled[key], results, Result(entry, status, detail))
+
+    async def _github_restore(self, client: GhcrClient, entry: JournalEntry,
+                              version: GhcrVersion) -> str:
+        """GitHub's restore of the deleted version, then ghcr.io must serve the digest
+        again: the digest it serves is returned (checked like a push's)."""
+        await client.github.restore(entry.repository, version)
+        head = await client.head_manifest(entry.repository, entry.digest)
+        if head is None:
+            raise RegistryError(f"GitHub restored version {version.id}, but ghcr.io does not "
+                                f"serve {entry.digest}", registry=client.settings.name)
+        return head.digest
+
+    async def _github_tags(self, item: Item) -> tuple[list[str], dict[str, str], list[str]]:
+        """After GitHub's restore, each journaled tag: back, pointing elsewhere (left
+        there), or missing. Nothing is pushed."""
+        client, entry = self._clients[item.entry.registry], item.entry
+        back: list[str] = []
+        moved: dict[str, str] = {}
+        missing: list[str] = []
+        for tag in entry.tags:
+            head = await client.head_manifest(entry.repository, tag)
+            if head is None:
+                missing.append(tag)
+            elif head.digest != entry.digest:
+                moved[tag] = head.digest
+            else:
+                back.append(tag)
+        return back, moved, missing
 
     async def _put_tags(self, item: Item) -> tuple[list[str], dict[str, str]]:
         client, entry = self._clients[item.entry.registry], item.entry

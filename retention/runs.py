@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ from retention.policy import Policy, policy_warnings
 from retention.progress import Progress
 from retention.registry.client import RegistryClient, RetryPolicy
 from retention.registry.entra import EntraExchange, TokenCredential, default_credential
+from retention.registry.ghcr import GhcrClient
 from retention.scanner import Scanner
 from retention.setup import Setup
 from retention.state import State
@@ -44,6 +45,10 @@ class Connections:
     # For ACR without username/password: Microsoft Entra ID. None: DefaultAzureCredential
     # when azure-identity is installed.
     azure_credential: TokenCredential | None = None
+    # How the clients wait (retries, GitHub's rate limits) and, for GitHub's
+    # x-ratelimit-reset, what time it is (epoch seconds). None: asyncio.sleep, time.time.
+    sleep: Callable[[float], Awaitable[None]] | None = None
+    wall: Callable[[], float] | None = None
 
 
 def make_client(settings: RegistrySettings, *, metrics: Metrics | None = None,
@@ -59,11 +64,16 @@ def make_client(settings: RegistrySettings, *, metrics: Metrics | None = None,
                              "username and password_file")
         else:
             entra = EntraExchange(credential, registry=settings.name)
+    waits = {"sleep": connections.sleep} if connections.sleep is not None else {}
+    if settings.type == "ghcr":
+        return GhcrClient(settings, observe=metrics.observer(settings.name) if metrics else None,
+                          retry=connections.retry, wall=connections.wall or time.time, **waits)
     return RegistryClient(
         settings,
         observe=metrics.observer(settings.name) if metrics else None,
         retry=connections.retry,
         entra=entra,
+        **waits,
     )
 
 

@@ -27,6 +27,7 @@ from retention.inventory import (
 )
 from retention.registry.acr import AcrApi
 from retention.registry.client import FetchedManifest, RegistryClient
+from retention.registry.ghcr import GhcrApi, GhcrClient
 from retention.registry.mediatypes import (
     IMAGE_CONFIGS,
     ManifestFormatError,
@@ -146,6 +147,11 @@ class Scanner:
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
         # no tag-by-tag resolution, no referrers API and no config blobs are needed there.
         self._acr = AcrApi(client) if client.settings.type == "acr" else None
+        # GHCR lists every version of a package (untagged ones, children, referrers) with
+        # its push time, as ACR does; the bodies come from ghcr.io's OCI API.
+        self._github = client.github if isinstance(client, GhcrClient) else None
+        # Where the registry's API gives push times, no image config is read for `created`.
+        self._push_times = self._acr is not None or self._github is not None
 
     async def scan(self) -> Inventory:
         """Scan every repository of the registry (or those its settings list).
@@ -199,6 +205,8 @@ class Scanner:
     async def _scan_repository(self, name: str) -> Repository:
         if self._acr is not None:
             return await self._scan_acr_repository(self._acr, name)
+        if self._github is not None:
+            return await self._scan_ghcr_repository(self._github, name)
         client = self._client
         tags = await client.tags(name)
         await self._dropped_tags(name, tags)
@@ -257,6 +265,18 @@ class Scanner:
         locked = {d for d in facts if d not in listing or not listing[d].delete_enabled
                   or d in locked_by_tag}
         return self._repository(name, facts, tags_of, pushed=pushed, locked=locked)
+
+    async def _scan_ghcr_repository(self, github: GhcrApi, name: str) -> Repository:
+        versions = await github.versions(name, missing_ok=True)
+        listing = {v.digest: v for v in versions}
+        await self._dropped_tags(name, {t for v in versions for t in v.tags})
+        facts: dict[str, ManifestFacts] = {}
+        await self._resolve(name, set(listing), facts, set(), set(listing), referrers=False)
+        tags_of = {d: list(v.tags) for d, v in listing.items()}
+        pushed = {d: v.created for d, v in listing.items()}
+        repository = self._repository(name, facts, tags_of, pushed=pushed)
+        # GitHub refuses to delete a package's last tagged version: the planner keeps one.
+        return replace(repository, last_tagged_undeletable=True)
 
     async def _dropped_tags(self, name: str, listed: Iterable[str]) -> None:
         """Raise when a tag the last read saw is missing from this listing and still
@@ -341,7 +361,7 @@ class Scanner:
     async def _facts(self, repository: str, digest: str, confirmed: set[str],
                      fetched: FetchedManifest | None = None) -> ManifestFacts | None:
         cached = self._cache.get_facts(digest)
-        if cached is not None and (cached.config_read or self._acr is not None):
+        if cached is not None and (cached.config_read or self._push_times):
             # Facts are immutable, existence is not: someone may have deleted the digest
             # since it was cached. A HEAD is cheap; a resurrected manifest would be
             # "deleted" again and its bytes counted as reclaimed.
@@ -363,11 +383,11 @@ class Scanner:
             return facts
         created = None
         if parsed.config is not None and parsed.config_media_type in IMAGE_CONFIGS \
-                and self._acr is None:
+                and not self._push_times:
             body = await self._client.get_blob(repository, parsed.config.digest)
             created = config_created(body) if body is not None else None
         facts = replace(parsed_facts(digest, fetched, parsed), created=created,
-                        config_read=self._acr is None)
+                        config_read=not self._push_times)
         self._cache.put_facts(facts)
         return facts
 

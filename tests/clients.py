@@ -119,9 +119,12 @@ class OciLayout:
         return BuildxImage(index["digest"], platform["digest"], attestation["digest"])
 
 
-def skopeo_copy(layout: Path, tag: str, host: str, repo: str) -> None:
-    """Copy a tagged index with all its manifests, byte for byte."""
+def skopeo_copy(layout: Path, tag: str, host: str, repo: str, *,
+                creds: str | None = None) -> None:
+    """Copy a tagged index with all its manifests, byte for byte. ``creds``: user:password
+    for the destination (the token exchange as docker login does it)."""
     _run(["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
+          *([f"--dest-creds={creds}"] if creds else []),
           f"oci:{layout}:{tag}", f"docker://{host}/{repo}:{tag}"])
 
 

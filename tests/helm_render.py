@@ -239,7 +239,7 @@ def materialize(rendered: Rendered, root: Path) -> Path:
     config["state_dir"] = str(reroot(config["state_dir"]))
     for registry in config["registries"].values():
         netloc = urlsplit(registry["url"]).netloc
-        for key in ("password_file", "docker_config", "ca_file"):
+        for key in ("password_file", "docker_config", "ca_file", "token_file"):
             if key not in registry:
                 continue
             _, volume = mounted_volume(deployment, registry[key])

@@ -249,3 +249,31 @@ def test_listen_on_pod_ip_binds_the_downward_api_address():
         in chosen["env"]
     validate_object(render(_merge(MINIMAL, {"service": {"listenOnPodIP": True}}))
                     .one("Deployment"))
+
+
+def test_github_container_registry_takes_its_token_from_a_secret(tmp_path: Path):
+    def only(registry: dict) -> dict:
+        return {"registries": {"gh": registry}, "policies": MINIMAL["policies"]}
+
+    values = only({"url": "https://ghcr.io", "owner": "my-org",
+                   "existingSecret": "github-token", "tokenKey": "pat"})
+    rendered = render(values)
+    check_rendered(rendered, tmp_path)  # the token file is on the Secret's mount
+    config = yaml.safe_load(rendered.one("ConfigMap", "-config")["data"]["retention.yaml"])
+    gh = config["registries"]["gh"]
+    assert gh["token_file"] == "/var/run/secrets/retention/gh/pat"
+    assert (gh["owner"], gh["owner_type"]) == ("my-org", "org")
+    assert "password_file" not in gh and "username" not in gh
+    volumes = rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "secret-gh", "secret": {"secretName": "github-token"}} in volumes
+    ghes = render(only({"url": "https://containers.ghe.example.com", "type": "ghcr",
+                        "owner": "me", "ownerType": "user",
+                        "apiUrl": "https://ghe.example.com/api/v3",
+                        "existingSecret": "github-token"}))
+    check_rendered(ghes, tmp_path / "ghes")
+    gh = yaml.safe_load(ghes.one("ConfigMap", "-config")["data"]["retention.yaml"]
+                        )["registries"]["gh"]
+    assert (gh["api_url"], gh["owner_type"], gh["token_file"]) == (
+        "https://ghe.example.com/api/v3", "user", "/var/run/secrets/retention/gh/token")
+    with pytest.raises(RenderError, match=r"registries.gh.existingSecret is required"):
+        render(only({"url": "https://ghcr.io", "owner": "my-org"}))

@@ -61,7 +61,8 @@ def credential_refusal(url: str, settings: RegistrySettings) -> str | None:
     The one rule for every credential of every kind: the registry's own origin (scheme, host
     and port: another port of the same host may be another service), or a host listed in
     ``token_hosts`` (``host`` is the scheme's own port, ``host:port`` that one); never plain
-    http when the registry is https; never a URL with a user or password of its own."""
+    http when the registry is https; never a URL with a user or password of its own. On
+    GitHub Container Registry (type ghcr) the origin of ``api_url`` is the registry's too."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if "@" in parts.netloc:
@@ -79,6 +80,14 @@ def credential_refusal(url: str, settings: RegistrySettings) -> str | None:
     own = _host_port(own_scheme, registry.netloc) if own_scheme in _DEFAULT_PORTS else None
     if scheme == own_scheme and target == own:
         return None
+    if settings.type == "ghcr" and settings.api_url:
+        # GitHub's REST API (api.github.com, or /api/v3 of an Enterprise Server) takes the
+        # same token as ghcr.io: its origin is the registry's own second one.
+        api = urlsplit(settings.api_url)
+        api_scheme = api.scheme.lower()
+        if scheme == api_scheme and api_scheme in _DEFAULT_PORTS and \
+                target == _host_port(api_scheme, api.netloc):
+            return None
     for entry in settings.token_hosts:
         if _host_port(scheme, entry.strip().lower()) == target:
             return None

@@ -71,7 +71,10 @@ class AnswerTooLarge(TransportError):
 
 # The answer headers the client reads, and all an answer keeps.
 HEADERS_READ = ("link", "location", "docker-content-digest", "content-type", "content-length",
-                "www-authenticate", "retry-after")
+                "www-authenticate", "retry-after",
+                # GitHub's primary rate limit (GHCR): an answer with none left holds the next
+                # request until the reset, instead of spending one on a refusal.
+                "x-ratelimit-remaining", "x-ratelimit-reset")
 _READ = frozenset(name.encode() for name in HEADERS_READ)
 
 
