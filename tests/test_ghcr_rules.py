@@ -8,14 +8,13 @@ import json
 from dataclasses import replace
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from retention.config import Credentials, RegistrySettings
 from retention.errors import AuthenticationError, RateLimitExhaustedError
 from retention.inventory import Inventory, inventory_from_json, inventory_to_json
 from retention.registry.auth import credential_refusal
 from retention.registry.ghcr import GhcrClient
-from retention.registry.http import Response
+from retention.registry.http import AnswerHeaders, Response
 from retention.secrets import Secret
 from tests.factories import deleted as deleted_names
 from tests.factories import inv, make_plan, man, protected
@@ -87,9 +86,8 @@ SETTINGS = RegistrySettings(name="gh", url="https://ghcr.io", type="ghcr", owner
 
 
 def answer(status: int, message: str = "", **headers: str) -> Response:
-    found = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
-    return Response(status, json.dumps({"message": message}).encode(),
-                    CIMultiDictProxy(found))
+    found = AnswerHeaders.of((k.replace("_", "-"), v) for k, v in headers.items())
+    return Response(status, json.dumps({"message": message}).encode(), found)
 
 
 def limit(*responses: Response, method: str = "GET", now: float = 1_000_000.0):

@@ -764,8 +764,11 @@ def test_the_registrys_tls_settings_do_not_reach_its_token_service(trust: str, t
         async with serving(_token_service(token_saw), tls=(cert, key)) as token_url, \
                 serving(_bearer_registry(f"{token_url}/token", registry_saw),
                         tls=(cert, key)) as registry_url:
+            # The token service is the registry's own (listed in token_hosts): only its
+            # certificate, verified against the system's store, stops the password.
             settings = RegistrySettings(
                 name="main", url=registry_url, credentials=Credentials(USER, Secret(PASSWORD)),
+                token_hosts=(token_url.split("//", 1)[1],),
                 **({"ca_file": ca} if trust == "ca_file" else {"insecure_skip_verify": True}))
             async with RegistryClient(settings, retry=FAST, sleep=_no_sleep) as client:
                 with pytest.raises(AuthenticationError, match=(
@@ -824,7 +827,9 @@ def test_a_path_with_dot_segments_is_never_sent(repository: str):
         async with serving(registry) as url, \
                 RegistryClient(RegistrySettings(name="main", url=url), retry=FAST,
                                sleep=_no_sleep) as client:
-            with pytest.raises(RegistryError, match=r"\. or \.\. segment"):
+            # Refused by the names' grammar first (RegistryClient.path), and by the HTTP
+            # session's own check of every path below it: either way nothing is sent.
+            with pytest.raises(RegistryError, match=r"\. or \.\. segment|not a canonical"):
                 await client.delete_manifest(repository, "sha256:" + "a" * 64, retry=False)
 
     asyncio.run(go())

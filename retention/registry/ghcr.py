@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import structlog
-from yarl import URL
+from httpx2 import URL
 
 from retention.config import RegistrySettings
 from retention.errors import (
@@ -358,10 +358,17 @@ class GhcrApi:
                                     "not known", registry=self._settings.name) from None
             if link is None:
                 return entries
-            following = response.url.join(URL(link, encoded=True))
-            if not same_origin(following, base) or following.user or following.password:
-                raise RegistryError(f"{what}: a Link header points away from {base.origin()};"
-                                    " refusing to follow it", registry=self._settings.name)
+            try:
+                following = response.url.join(link)
+                away = not same_origin(following, base) or bool(following.userinfo)
+            except ValueError:  # httpx2.InvalidURL too: the registry's answer, not a crash
+                raise RegistryError(f"{what}: a Link header whose target cannot be read "
+                                    f"({link[:200]!r})", registry=self._settings.name
+                                    ) from None
+            if away:
+                raise RegistryError(f"{what}: a Link header points away from "
+                                    f"{base.scheme}://{base.netloc.decode()}; refusing to "
+                                    "follow it", registry=self._settings.name)
             if str(following) in read:
                 raise RegistryError(f"{what}: the Link header of page {page} leads back to a "
                                     "page already read; the listing would never end",
