@@ -105,6 +105,7 @@ async def collect(clients: Mapping[str, RegistryClient], state: State, *,
         scanner = Scanner(client, cache=state, sightings=state,
                           known_digests=lambda repo: state.known_digests(name, repo),
                           last_tags=lambda repo: state.last_tags(name, repo), clock=now,
+                          known_repositories=lambda: state.known_repositories(name),
                           progress=step)
         return with_last_known(await scanner.scan(), state)
 

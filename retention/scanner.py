@@ -25,6 +25,7 @@ from retention.inventory import (
     referrer_tag_subject,
     split_tags,
 )
+from retention.names import is_repository
 from retention.registry.acr import AcrApi
 from retention.registry.client import FetchedManifest, RegistryClient
 from retention.registry.ghcr import GhcrApi, GhcrClient
@@ -121,6 +122,7 @@ class Scanner:
         options: ScanOptions | None = None,
         sightings: Sightings | None = None,
         progress: Callable[[int, int], None] | None = None,
+        known_repositories: Callable[[], Iterable[str]] | None = None,
     ):
         """``known_digests(repo)`` yields digests seen there before (from the state), so
         manifests that lost their last tag are still found on registries that cannot list
@@ -132,6 +134,10 @@ class Scanner:
         A tag there that the listing no longer shows is looked up before the manifest it
         named may count as untagged (see _dropped_tags).
 
+        ``known_repositories()``: the repositories seen before (the state). One the catalog
+        no longer lists but that still answers makes the catalog incomplete (distribution
+        #4903 drops repositories while paging): it is kept whole, unreadable for the run.
+
         ``sightings``: each repository read completely is recorded there as soon as it is
         read (in the time the registry spends answering the others), and its manifests carry
         the times it knows (untagged since, first seen). Without it they carry none."""
@@ -142,6 +148,7 @@ class Scanner:
         self._known = known_digests or (lambda _repo: ())
         self._remembers = known_digests is not None
         self._last_tags = last_tags or (lambda _repo: {})
+        self._known_repositories = known_repositories or (lambda: ())
         self._clock = clock
         self._options = options or ScanOptions()
         # ACR lists every manifest (untagged ones, referrers) with its push time and locks:
@@ -180,6 +187,8 @@ class Scanner:
         refused = [e for _, e in results if e is not None]
         if results and len(refused) == len(results):
             raise refused[0]  # the credentials, not one repository's permissions
+        if self._acr is None and self._github is None and not self._client.settings.repositories:
+            results.extend((r, None) for r in await self._dropped_repositories(names))
         settings = self._client.settings
         collected_at = self._clock()
         repositories = tuple(r for r, _ in results)
@@ -187,6 +196,29 @@ class Scanner:
             repositories = tuple(_untagged_from(r, collected_at) for r in repositories)
         return Inventory(registry=settings.name, host=settings.host,
                          repositories=repositories, collected_at=collected_at)
+
+    async def _dropped_repositories(self, listed: list[str]) -> list[Repository]:
+        """Repositories seen before that the catalog no longer lists (one request each,
+        none when nothing is missing): one that still answers is there, and the catalog
+        that left it out is incomplete; it stays unread (kept whole, its blobs held by what
+        was last known there). One the registry says is gone (NAME_UNKNOWN) was deleted."""
+        missing = sorted(set(self._known_repositories()) - set(listed))
+        out = []
+        for name in missing:
+            if not is_repository(name):
+                continue  # never requested (see names.py); the state holds only read ones
+            try:
+                tags = await self._client.tags(name)
+            except RegistryError as exc:
+                out.append(Repository(name, error=f"left out of the catalog, and checking "
+                                      f"whether it still exists failed: {exc}"))
+                continue
+            if tags:
+                out.append(Repository(name, error=(
+                    "left out of the registry's catalog, yet it still holds tags: the catalog "
+                    "is incomplete (distribution#4903 drops repositories while paging), so "
+                    "this repository is not read this run and nothing is deleted in it")))
+        return out
 
     async def scan_repository(self, name: str) -> Repository:
         return (await self._scan_one(name))[0]

@@ -276,6 +276,14 @@ class State:
                 (registry, repository)).fetchall()
         return dict(rows)
 
+    def known_repositories(self, registry: str) -> list[str]:
+        """The repositories of ``registry`` where some manifest was seen."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT repository FROM manifests WHERE registry=?",
+                (registry,)).fetchall()
+        return [r[0] for r in rows]
+
     def known_digests(self, registry: str, repository: str) -> list[str]:
         with self._lock:
             rows = self._db.execute(

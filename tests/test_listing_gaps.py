@@ -9,6 +9,7 @@ each DELETE.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from tests.pusher import Pusher
@@ -157,3 +158,60 @@ def test_a_tag_deleted_by_the_run_is_looked_up_once_more_not_at_every_re_read(
         later = [p for m, p in proxy.requests[deleted_at:]
                  if m == "HEAD" and p == f"/v2/app/manifests/pr-{i}"]
         assert len(later) <= 1, (i, later)
+
+
+def drop_repositories(*dropped: str):
+    """Leaves ``dropped`` out of a _catalog answer, as distribution's catalog paging drops
+    repositories (distribution/distribution#4903)."""
+
+    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
+                body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if status != 200:
+            return status, headers, body
+        doc = json.loads(body)
+        doc["repositories"] = [r for r in doc.get("repositories") or [] if r not in dropped]
+        return status, headers, json.dumps(doc).encode()
+
+    return rewrite
+
+
+def test_a_repository_the_catalog_leaves_out_is_kept_whole_and_holds_its_blobs(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    shared = b"a layer both repositories hold" * 40
+    held = pusher.image("app", "v1", created=OLD, layers=(shared,))
+    orphan = pusher.image("other", "v1", created=OLD, layers=(shared, b"own" * 30))
+    config = write_config(tmp_path, proxy.url)  # deletes every orphan, untagged_grace 0s
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and doc["actions"] == []  # both repositories are recorded
+    pusher.image("other", "v1", created=OLD, layers=(b"re-pushed" * 20,))
+
+    proxy.inject(Fault("GET", r"^/v2/_catalog", "rewrite", times=100,
+                       rewrite=drop_repositories("app")))
+    listed_before = proxy.count("GET", r"^/v2/app/tags/list")
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 1  # the catalog is incomplete: said, not hidden
+    [error] = [e["message"] for e in doc["errors"] if e["repository"] == "app"]
+    assert "left out of the registry's catalog" in error and "#4903" in error
+    # The other repository goes on: its orphan is deleted, but the layer it shares with the
+    # repository the catalog left out is not counted as freed (app still holds it).
+    assert deleted_digests(doc) == {orphan.digest}
+    [action] = doc["actions"]
+    own = [size for blob, size in orphan.blobs if blob not in dict(held.blobs)]
+    assert len(own) == 1  # its own layer; the shared layer and config are app's too
+    assert action["bytes"] == orphan.size + sum(own)
+    # One request to check it (the catalog is not trusted for it, nor is it read).
+    assert proxy.count("GET", r"^/v2/app/tags/list") == listed_before + 1
+    assert proxy.count("HEAD", r"^/v2/app/") == 0
+
+
+def test_a_repository_really_gone_from_the_catalog_is_not_an_error(
+        tmp_path, registry: Registry, pusher: Pusher, proxy: FaultProxy):
+    pusher.image("app", "v1", created=OLD)
+    pusher.image("other", "v1", created=OLD)
+    config = write_config(tmp_path, proxy.url)
+    assert cli("run", "--config", str(config), "--output", "json")[0] == 0
+    # Removed from the registry's storage: gone for every client (NAME_UNKNOWN).
+    shutil.rmtree(registry.root / "docker/registry/v2/repositories/app")
+    code, doc, _ = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0, doc
+    assert not [e for e in doc["errors"] if e["repository"] == "app"]
