@@ -42,11 +42,13 @@ LABEL org.opencontainers.image.title="retention" \
       org.opencontainers.image.description="Keeps container registries at a sane size: YAML retention policies, safe deletion by digest, Prometheus metrics" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0"
-# Nothing installs packages at run time: the base image's pip, setuptools and wheel go, and
-# ensurepip with the copies it bundles (setuptools 65 among them, CVE-2024-6345), so the
-# Python packages in the image are exactly those the SBOM lists.
-RUN python -m pip uninstall --yes --no-input setuptools wheel pip \
+# Nothing installs packages at run time: the base image's pip, setuptools, wheel and
+# packaging (wheel's) go, and ensurepip with the copies it bundles (setuptools 65 among them,
+# CVE-2024-6345). The build stops if the base's Python still has any package, so the Python
+# packages in the image are exactly those the SBOM lists.
+RUN python -m pip uninstall --yes --no-input setuptools wheel packaging pip \
     && rm -rf /usr/local/bin/pip /usr/local/lib/python3.11/ensurepip \
+    && python -I -c 'import importlib.metadata as m, sys; left = sorted(d.metadata["Name"] for d in m.distributions()); sys.exit(f"packages left beside the venv: {left}" if left else 0)' \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin retention
 COPY --from=build /opt/retention /opt/retention
 COPY --from=build /opt/sbom/sbom.cdx.json /usr/share/doc/retention/sbom.cdx.json

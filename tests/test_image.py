@@ -99,7 +99,7 @@ def test_every_pip_install_is_from_a_lock_with_hashes_or_retention_without_depen
             assert "--python /opt/retention/bin/python install" in command, command
 
 
-def test_the_final_stage_ships_the_venv_and_sbom_and_no_pip_or_setuptools():
+def test_the_final_stage_ships_the_venv_and_sbom_and_no_pip_or_setuptools(tmp_path: Path):
     final = stages()[1]
     copies = {i.args for i in final if i.keyword == "COPY"}
     assert copies == {"--from=build /opt/retention /opt/retention",
@@ -107,9 +107,20 @@ def test_the_final_stage_ships_the_venv_and_sbom_and_no_pip_or_setuptools():
     runs = commands(final)
     assert not [c for c in runs if " install" in c], runs
     [uninstall] = [c for c in runs if "pip uninstall" in c]
-    assert set(uninstall.split()) >= {"pip", "setuptools", "wheel", "--yes"}, uninstall
+    assert set(uninstall.split()) >= {"pip", "setuptools", "wheel", "packaging", "--yes"}
     removed = next(c for c in runs if c.startswith("rm -rf "))
     assert {"/usr/local/bin/pip", "/usr/local/lib/python3.11/ensurepip"} <= set(removed.split())
+    # ... and the build stops if anything else is left beside the venv: that check, run here
+    # on a Python with packages and on one without.
+    [guard] = [c for c in runs if c.startswith("python -I -c ")]
+    with_pip, bare = tmp_path / "with-pip", tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", with_pip], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True)
+    for venv, status, said in ((with_pip, 1, "packages left beside the venv: ['pip', "),
+                               (bare, 0, "")):
+        result = subprocess.run(["/bin/sh", "-c", f"{venv}/bin/{guard}"],
+                                capture_output=True, text=True, check=False)
+        assert (result.returncode, result.stderr[:len(said)]) == (status, said), result.stderr
     assert any(i.keyword == "ENV" and 'PATH="/opt/retention/bin:' in i.args for i in final)
 
 
