@@ -202,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = read_lock(args.lock)
         document = sbom(lock, installed_wheels(args.report, lock), args.wheel)
-    except (SbomError, OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except KeyError as error:
+        print(f"sbom: {args.report}: not a pip installation report (no {error})",
+              file=sys.stderr)
+        return 1
+    except (SbomError, OSError, ValueError, zipfile.BadZipFile) as error:
         print(f"sbom: {error}", file=sys.stderr)
         return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
