@@ -402,12 +402,15 @@ def test_a_primary_limit_waits_for_its_reset(tmp_path, ghcr: GhcrEmulator, gh_pu
     assert set(statuses(result).values()) == {"deleted"} and len(ghcr.deletions) == 2
     assert ghcr.races == []
     # The answer that spent the last request said so (x-ratelimit-remaining: 0): the next
-    # request waited for the reset instead of meeting a refusal.
-    assert [s for _, _, s in ghcr.api_answered].count(403) == 0
+    # request waits for the reset instead of meeting a refusal; one already on its way then
+    # (two packages are read at once) may still meet it, once.
+    assert [s for _, _, s in ghcr.api_answered].count(403) <= 1
     # Waited until the reset (whole seconds), an hour after the window began, and a second
     # more.
-    (waited,) = clock.slept
+    # (A request already on its way when the limit was spent waits the second left.)
+    (waited,) = [s for s in clock.slept if s > 60]
     assert 3600 <= waited <= 3601
+    assert sum(clock.slept) <= 3602
 
 
 def test_a_403_that_is_no_limit_is_a_permission_error(tmp_path, ghcr, gh_pusher):
