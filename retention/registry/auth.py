@@ -151,7 +151,7 @@ class Authenticator:
 
     def headers(self, scope: str, url: object = None) -> dict[str, str]:
         """The Authorization for a request of ``scope``. ``url``: where it goes, a path on
-        the registry or an absolute URL (text or yarl's), which the rule checks: a credential
+        the registry or an absolute URL (text or httpx2's), which the rule checks: a credential
         for another origin raises AuthenticationError instead."""
         token = self._tokens.get(scope)
         if token is not None and token.expires > self._clock():
