@@ -309,19 +309,28 @@ def paged_tags(page_size: int) -> Rewrite:
     return rewrite
 
 
-def drop_tags(*dropped: str) -> Rewrite:
-    """Leaves ``dropped`` out of a tags/list answer, as distribution 3.1.0 on S3 leaves out a
-    tag that another listed tag is a prefix of (distribution/distribution#4891)."""
-
+def _drop_listed(key: str, dropped: tuple[str, ...]) -> Rewrite:
     def rewrite(method: str, path: str, status: int, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], bytes]:
         if status != 200:
             return status, headers, body
         doc = json.loads(body)
-        doc["tags"] = [t for t in doc.get("tags") or [] if t not in dropped]
+        doc[key] = [t for t in doc.get(key) or [] if t not in dropped]
         return status, headers, json.dumps(doc).encode()
 
     return rewrite
+
+
+def drop_tags(*dropped: str) -> Rewrite:
+    """Leaves ``dropped`` out of a tags/list answer, as distribution 3.1.0 on S3 leaves out a
+    tag that another listed tag is a prefix of (distribution/distribution#4891)."""
+    return _drop_listed("tags", dropped)
+
+
+def drop_repositories(*dropped: str) -> Rewrite:
+    """Leaves ``dropped`` out of a _catalog answer, as distribution's catalog paging drops
+    repositories (distribution/distribution#4903)."""
+    return _drop_listed("repositories", dropped)
 
 
 def set_link(link: str | None) -> Rewrite:

@@ -9,11 +9,17 @@ each DELETE.
 
 from __future__ import annotations
 
-import json
 import shutil
 
 from tests.pusher import Pusher
-from tests.servers import Fault, FaultProxy, Registry, drop_tags, paged_tags
+from tests.servers import (
+    Fault,
+    FaultProxy,
+    Registry,
+    drop_repositories,
+    drop_tags,
+    paged_tags,
+)
 from tests.test_run_e2e import cli, deleted_digests, write_config
 
 OLD = "2024-01-01T00:00:00Z"
@@ -158,21 +164,6 @@ def test_a_tag_deleted_by_the_run_is_looked_up_once_more_not_at_every_re_read(
         later = [p for m, p in proxy.requests[deleted_at:]
                  if m == "HEAD" and p == f"/v2/app/manifests/pr-{i}"]
         assert len(later) <= 1, (i, later)
-
-
-def drop_repositories(*dropped: str):
-    """Leaves ``dropped`` out of a _catalog answer, as distribution's catalog paging drops
-    repositories (distribution/distribution#4903)."""
-
-    def rewrite(method: str, path: str, status: int, headers: dict[str, str],
-                body: bytes) -> tuple[int, dict[str, str], bytes]:
-        if status != 200:
-            return status, headers, body
-        doc = json.loads(body)
-        doc["repositories"] = [r for r in doc.get("repositories") or [] if r not in dropped]
-        return status, headers, json.dumps(doc).encode()
-
-    return rewrite
 
 
 def test_a_repository_the_catalog_leaves_out_is_kept_whole_and_holds_its_blobs(
