@@ -142,7 +142,7 @@ class TagConfirmation:
         self._client = client
         self._repository = repository
         self._window = window
-        self._known = known
+        self._known = set(known)  # less what this run saw go (``went``)
         # Every tag the plan or an earlier re-read saw here: one the listing leaves out now
         # is looked up all the same (see _reread).
         self._seen_tags = set(seen_tags)
@@ -193,6 +193,16 @@ class TagConfirmation:
             if links is None or digest in links:
                 return other
         return None
+
+    def went(self, digest: str) -> None:
+        """``digest`` is gone (deleted by this run, or found gone). A read made before says
+        nothing of it now; a read made after that shows it shows it pushed again (a rollback
+        re-pushing a deleted index): a newcomer like any other, read for what it references,
+        so that the children it lists again stay."""
+        self._known.discard(digest)
+        self._snapshot.pop(digest, None)
+        self._links.pop(digest, None)
+        self._facts.pop(digest, None)
 
     def _reusable(self) -> bool:
         return self._window > 0 and time.monotonic() - self._read_at <= self._window
@@ -653,6 +663,8 @@ class Executor:
         then found gone, may have been beaten by someone else's (bytes are claimed less,
         never more)."""
         live.went(a, by_us=by_us, credit=by_us if credit is None else credit, entry=entry)
+        if (confirmation := live.confirmations.get((a.registry, a.repository))) is not None:
+            confirmation.went(a.digest)
         if entry is not None and not by_us:
             # Someone else deleted it between our read and our DELETE: not ours to restore.
             self._state.journal_end(entry, status=GONE, reason="already gone: deleted by "
