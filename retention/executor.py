@@ -204,6 +204,10 @@ class TagConfirmation:
         self._links.pop(digest, None)
         self._facts.pop(digest, None)
 
+    def shows(self, digest: str) -> bool:
+        """Whether the latest read shows ``digest`` (since it went, if it went: ``went``)."""
+        return digest in self._snapshot
+
     def _reusable(self) -> bool:
         return self._window > 0 and time.monotonic() - self._read_at <= self._window
 
@@ -478,9 +482,8 @@ class Executor:
         if verdict is not None:
             return verdict
         await confirmation.examine()
-        newcomer = confirmation.newcomer_referencing(a.digest)
-        if newcomer is not None:
-            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if (referenced := _referenced_now(a, confirmation)) is not None:
+            return SKIPPED, referenced
         read = await confirmation.read(a.digest)
         # Nothing is awaited from here to the DELETE: what follows reads what is known.
         if confirmation.unexamined():
@@ -488,9 +491,8 @@ class Executor:
         verdict = self._checks(a, live)  # another repository may have broken the registry
         if verdict is not None:
             return verdict
-        newcomer = confirmation.newcomer_referencing(a.digest)
-        if newcomer is not None:
-            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if (referenced := _referenced_now(a, confirmation)) is not None:
+            return SKIPPED, referenced
         if read.tags != set(a.tags):
             return SKIPPED, (f"{CHANGED}: tags are now {sorted(read.tags) or 'none'}, the plan "
                              f"saw {sorted(a.tags) or 'none'}")
@@ -748,6 +750,21 @@ class Executor:
             return
         log.info("repository deleted", policy=p.policy, registry=p.registry,
                  repository=repository, reason="delete_empty_repositories: emptied by this run")
+
+
+def _referenced_now(a: Action, confirmation: TagConfirmation) -> str | None:
+    """Why ``a`` must stay because the latest read shows something referencing it: a
+    manifest pushed since the plan that lists it or is its referrer's subject, or one of its
+    parents (its index, its subject), gone in this run and pushed again since (a rollback).
+    None: nothing there references it."""
+    newcomer = confirmation.newcomer_referencing(a.digest)
+    if newcomer is not None:
+        return f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+    back = next((p for p in a.parents if confirmation.shows(p)), None)
+    if back is not None:
+        return (f"{CHANGED}: {_short(back)}, which references it, was deleted in this run "
+                "and pushed again since")
+    return None
 
 
 def _short(digest: str) -> str:

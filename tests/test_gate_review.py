@@ -29,3 +29,25 @@ def test_child_stays_when_its_deleted_index_is_pushed_again_mid_run(tmp_path, re
     assert pusher.exists("multi", "rollback")
     assert pusher.exists("multi", child.digest), "the re-pushed index lost its child"
     assert statuses[child.digest] == "skipped", reasons[child.digest]
+
+
+def test_signature_stays_when_its_deleted_subject_is_pushed_again_mid_run(tmp_path, registry,
+                                                                          pusher, proxy):
+    """The image goes; before its signature's DELETE the same image is pushed again (a
+    rollback): it is back, and its signature stays with it."""
+    image = pusher.image("app", "pr-1", created=OLD, layers=(b"signed",))
+    signature = pusher.cosign_signature("app", image)
+    body = pusher.client.get(f"/v2/app/manifests/{image.digest}",
+                             headers={"Accept": image.media_type}).content
+
+    def after_the_image_delete() -> None:
+        on_request(proxy, "GET", f"/v2/app/manifests/{signature.digest}",
+                   lambda: pusher.manifest("app", "rollback", body, image.media_type))
+
+    on_request(proxy, "DELETE", image.digest, after_the_image_delete)
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    statuses, reasons = run_with_window(config, 0.0)
+    assert statuses[image.digest] == "deleted"
+    assert pusher.exists("app", "rollback")
+    assert pusher.exists("app", signature.digest), "the re-pushed image lost its signature"
+    assert statuses[signature.digest] == "skipped", reasons[signature.digest]
