@@ -51,3 +51,43 @@ def test_signature_stays_when_its_deleted_subject_is_pushed_again_mid_run(tmp_pa
     assert pusher.exists("app", "rollback")
     assert pusher.exists("app", signature.digest), "the re-pushed image lost its signature"
     assert statuses[signature.digest] == "skipped", reasons[signature.digest]
+
+
+def test_in_use_protects_in_every_registry_of_that_url(tmp_path, registry, pusher):
+    """Two registries with one URL (other credentials, say: the config allows it) are one
+    storage: an image a cluster runs is in use for the policies of both."""
+    from tests.kube_emulator import KubeEmulator, pod, workload
+    from tests.test_inuse_e2e import POLICY, protected, ref
+    from tests.test_run_e2e import cli, deleted_digests
+
+    used = pusher.image("payments/api", "v1", created=OLD, layers=(b"api-v1",))
+    other = pusher.image("payments/api", "v0", created=OLD, layers=(b"api-v0",))
+    cluster = KubeEmulator(tmp_path / "kube-prod")
+    cluster.start()
+    try:
+        cluster.add(pod("kube-system", "coredns", ["registry.k8s.io/coredns/coredns:v1"]))
+        cluster.add(workload("deployments", "payments", "api",
+                             [ref(registry, "payments/api", used.digest)]))
+        (tmp_path / "policies").mkdir()
+        (tmp_path / "policies" / "p.yaml").write_text(POLICY + "registry: second\n")
+        config = tmp_path / "retention.yaml"
+        config.write_text(f"""
+registries:
+  first: {{url: {registry.url}}}
+  second: {{url: {registry.url}}}
+policies: policies
+mode: enforce
+untagged_grace: 0s
+state_dir: state
+in_use:
+  clusters:
+    - name: prod
+      kubeconfig: {cluster.kubeconfig(tmp_path / "prod.yaml")}
+""")
+        code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    finally:
+        cluster.stop()
+    assert pusher.exists("payments/api", used.digest), "deleted an image a cluster runs"
+    assert code == 0, err
+    assert deleted_digests(doc) == {other.digest}
+    assert protected(doc) == {used.digest: "in-use"}
