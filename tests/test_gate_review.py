@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.pusher import OCI_INDEX
 from tests.test_executor import OLD, PR, on_request, run_with_window
 from tests.test_run_e2e import write_config
@@ -53,6 +55,23 @@ def test_signature_stays_when_its_deleted_subject_is_pushed_again_mid_run(tmp_pa
     assert statuses[signature.digest] == "skipped", reasons[signature.digest]
 
 
+def one_url_twice(tmp_path: Path, url: str, policies: str, extra: str = "") -> Path:
+    """A config with two registries, first and second, of one URL (one storage)."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(policies)
+    config = tmp_path / "retention.yaml"
+    config.write_text(f"""
+registries:
+  first: {{url: {url}}}
+  second: {{url: {url}}}
+policies: policies
+mode: enforce
+untagged_grace: 0s
+state_dir: state
+{extra}""")
+    return config
+
+
 def test_in_use_protects_in_every_registry_of_that_url(tmp_path, registry, pusher):
     """Two registries with one URL (other credentials, say: the config allows it) are one
     storage: an image a cluster runs is in use for the policies of both."""
@@ -68,17 +87,7 @@ def test_in_use_protects_in_every_registry_of_that_url(tmp_path, registry, pushe
         cluster.add(pod("kube-system", "coredns", ["registry.k8s.io/coredns/coredns:v1"]))
         cluster.add(workload("deployments", "payments", "api",
                              [ref(registry, "payments/api", used.digest)]))
-        (tmp_path / "policies").mkdir()
-        (tmp_path / "policies" / "p.yaml").write_text(POLICY + "registry: second\n")
-        config = tmp_path / "retention.yaml"
-        config.write_text(f"""
-registries:
-  first: {{url: {registry.url}}}
-  second: {{url: {registry.url}}}
-policies: policies
-mode: enforce
-untagged_grace: 0s
-state_dir: state
+        config = one_url_twice(tmp_path, registry.url, POLICY + "registry: second\n", f"""
 in_use:
   clusters:
     - name: prod
@@ -91,3 +100,22 @@ in_use:
     assert code == 0, err
     assert deleted_digests(doc) == {other.digest}
     assert protected(doc) == {used.digest: "in-use"}
+
+
+def test_restored_hold_holds_in_every_registry_of_that_url(tmp_path, registry, pusher):
+    """Registry `first` deleted it and restore put it back; `second`, with the same URL
+    (one storage), must hold it too."""
+    from tests.test_run_e2e import cli, deleted_digests
+
+    image = pusher.image("app", "pr-1", created=OLD, layers=(b"restored",))
+    config = one_url_twice(
+        tmp_path, registry.url,
+        f"{PR}registry: first\n---\n{PR.replace('name: p', 'name: q')}registry: second\n")
+    code, doc, err = cli("run", "--config", str(config), "--policy", "p", "--output", "json")
+    assert code == 0 and deleted_digests(doc) == {image.digest}, err
+    code, _, err = cli("restore", "--config", str(config), "--digest", image.digest)
+    assert code == 0 and pusher.exists("app", image.digest), err
+    code, doc, err = cli("run", "--config", str(config), "--policy", "q", "--output", "json")
+    assert pusher.exists("app", image.digest), "a restored manifest deleted again at once"
+    assert code == 0 and doc["actions"] == [], err
+    assert {d["reason"] for d in doc["protected"]} == {"restored"}
