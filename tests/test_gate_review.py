@@ -119,3 +119,24 @@ def test_restored_hold_holds_in_every_registry_of_that_url(tmp_path, registry, p
     assert pusher.exists("app", image.digest), "a restored manifest deleted again at once"
     assert code == 0 and doc["actions"] == [], err
     assert {d["reason"] for d in doc["protected"]} == {"restored"}
+
+
+def test_a_restored_child_is_held_when_a_new_index_listing_it_goes(tmp_path, registry,
+                                                                     pusher):
+    """An orphan deleted, then restored (held for restored_hold); a new index listing it is
+    pushed and a policy deletes that index: the restored manifest stays with its hold, it
+    does not go as the index's cascade."""
+    from tests.test_run_e2e import POLICY, cli, deleted_digests, write_config
+
+    orphan = pusher.image("app", "latest", created=OLD, layers=(b"restored child",))
+    config = write_config(tmp_path, registry.url, policy=POLICY)
+    assert cli("run", "--config", str(config))[0] == 0  # records app:latest -> orphan
+    pusher.image("app", "latest", created=OLD, layers=(b"the next build",))
+    code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    assert code == 0 and deleted_digests(doc) == {orphan.digest}, err
+    code, _, err = cli("restore", "--config", str(config), "--digest", orphan.digest)
+    assert code == 0 and pusher.exists("app", orphan.digest), err
+    index = pusher.index("app", "pr-9", [orphan])
+    code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    assert pusher.exists("app", orphan.digest), "a restored manifest went within its hold"
+    assert code == 0 and deleted_digests(doc) == {index.digest}, err
