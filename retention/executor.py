@@ -736,12 +736,31 @@ class Executor:
                for a in actions):
             return
         acr = AcrApi(client)
+        retry = client.retry_policy
         try:
-            if not await acr.confirmed_empty(repository):
-                log.info("repository kept: not empty", policy=p.policy, registry=p.registry,
-                         repository=repository)
-                return
-            await acr.delete_repository(repository)
+            for attempt in range(1, retry.attempts + 1):
+                # The DELETE takes everything in the repository, a push since the listing
+                # too: it is sent within the window of the listing that found it empty, and
+                # never again without a new one (a 429's wait outlasts that listing).
+                started = time.monotonic()
+                if not await acr.confirmed_empty(repository):
+                    log.info("repository kept: not empty", policy=p.policy,
+                             registry=p.registry, repository=repository)
+                    return
+                try:
+                    await acr.delete_repository(
+                        repository, retry=False,
+                        not_after=started + max(self._window, READ_AND_SEND))
+                    break
+                except NotSentError:
+                    if attempt == retry.attempts:
+                        raise
+                except RegistryError as exc:
+                    if attempt == retry.attempts or not (
+                            exc.status is None or exc.status in RETRYABLE):
+                        raise
+                    await self._sleep(min(exc.retry_after or retry.backoff(attempt - 1),
+                                          retry.max_retry_after))
         except RegistryError as exc:
             report.errors.append(RunError(p.registry, repository,
                                           f"deleting the empty repository failed: {exc}"))

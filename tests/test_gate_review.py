@@ -140,3 +140,35 @@ def test_a_restored_child_is_held_when_a_new_index_listing_it_goes(tmp_path, reg
     code, doc, err = cli("run", "--config", str(config), "--output", "json")
     assert pusher.exists("app", orphan.digest), "a restored manifest went within its hold"
     assert code == 0 and deleted_digests(doc) == {index.digest}, err
+
+
+def test_an_image_pushed_while_the_repository_delete_is_throttled_stays(tmp_path):
+    """delete_empty_repositories on ACR: the repository is confirmed empty, its DELETE is
+    throttled (429), and CI pushes a new image meanwhile. The DELETE sent again would take
+    the new image with the repository: emptiness is confirmed again first."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.acr_emulator import AcrEmulator, EmulatorFault
+    from tests.test_acr import write_config as acr_config
+    from tests.test_run_e2e import cli
+
+    acr = AcrEmulator()
+    acr.start()
+    try:
+        old = datetime.now(UTC) - timedelta(days=30)
+        acr.image("ephemeral/pr-7", "pr-7", created=old, seed="a")
+        pushed: list[str] = []
+        acr.faults.append(EmulatorFault(
+            "DELETE", r"^/acr/v1/ephemeral/pr-7$", status=429, code="TOOMANYREQUESTS",
+            fail_after_hook=True,
+            hook=lambda *_: pushed.append(acr.image("ephemeral/pr-7", "v2", seed="new"))))
+        config = acr_config(tmp_path, acr, 'name: p\nrepositories: {include: ["ephemeral/**"]}'
+                            '\ndelete: [{tags: ["pr-*"]}]\ndelete_empty_repositories: true\n')
+        code, doc, err = cli("run", "--config", str(config), "--output", "json")
+        assert pushed
+        assert "ephemeral/pr-7" in acr.repos and pushed[0] in acr.repos["ephemeral/pr-7"], \
+            "the repository went with an image pushed after it was found empty"
+        assert [a["status"] for a in doc["actions"]] == ["deleted"], err
+        assert code == 0, doc
+    finally:
+        acr.stop()
