@@ -48,6 +48,7 @@ from retention.planner import CHANGED, Action, Plan, PolicyPlan, parents_first
 from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, FetchedManifest, RegistryClient
 from retention.scanner import ManifestFacts, body_facts
+from retention.scanner import left_out as listing_left_out
 from retention.state import State
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class TagRead:
     tags: frozenset[str]
     started: float  # time.monotonic(), the clock the client's not_after is in
     fresh: bool  # made for this DELETE (not reused from an earlier one)
+    incomplete: str | None = None  # why the listing it read cannot confirm a DELETE
 
 
 class TagConfirmation:
@@ -156,6 +158,7 @@ class TagConfirmation:
         # not read, or its read failed: it may hold anything.
         self._facts: dict[str, ManifestFacts | None] = {}
         self._last_read: frozenset[str] | None = None  # the read after the last DELETE
+        self._incomplete: str | None = None  # why the latest listing cannot be trusted
 
     async def read(self, digest: str) -> TagRead:
         """The tags on ``digest`` now: the gate's last check before its DELETE."""
@@ -171,7 +174,8 @@ class TagConfirmation:
         fresh = not self._reusable()
         if fresh:
             await self._reread()
-        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh)
+        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh,
+                       incomplete=self._incomplete)
 
     def unexamined(self) -> list[str]:
         """Manifests the latest snapshot shows, pushed since the plan, not read yet."""
@@ -224,14 +228,23 @@ class TagConfirmation:
             # onto this very manifest meanwhile) is resolved like a listed one: a listing
             # that drops it must not make the manifest it names look untagged. A tag really
             # removed answers 404 and counts for nothing.
-            self._seen_tags.update(await client.tags(repository))
+            listed = set(await client.tags(repository))
+            self._seen_tags.update(listed)
             tags = sorted(self._seen_tags)
             heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
+            left_out = []
             for tag, head in zip(tags, heads, strict=True):
                 if head is not None:
                     snapshot.setdefault(head.digest, set()).add(tag)
+                    if tag not in listed:
+                        left_out.append(tag)
                 else:  # gone (the tags of a manifest this run deleted, say): not asked again
                     self._seen_tags.discard(tag)
+            # A listing that leaves out a tag that still resolves is incomplete: a tag no
+            # listing showed yet (one moved onto the manifest about to go) may be missing
+            # from it too. It confirms no DELETE (the tags it shows still tell `changed`).
+            self._incomplete = (f"{listing_left_out(left_out)}, so a tag it leaves out may "
+                                "be on this manifest too") if left_out else None
         self._snapshot, self._read_at = snapshot, started
         self._seen_new.update(snapshot.keys() - self._known)
         self.reads += 1
@@ -496,6 +509,8 @@ class Executor:
         if read.tags != set(a.tags):
             return SKIPPED, (f"{CHANGED}: tags are now {sorted(read.tags) or 'none'}, the plan "
                              f"saw {sorted(a.tags) or 'none'}")
+        if read.incomplete is not None:
+            raise RegistryError(read.incomplete, registry=a.registry)
         return read
 
     def _journal(self, a: Action, fetched: FetchedManifest, live: _Live,

@@ -172,3 +172,29 @@ def test_an_image_pushed_while_the_repository_delete_is_throttled_stays(tmp_path
         assert code == 0, doc
     finally:
         acr.stop()
+
+
+def test_a_confirming_listing_shown_incomplete_confirms_nothing(tmp_path, registry, pusher,
+                                                                proxy):
+    """The listing read before a DELETE leaves out ``v1``, a tag the plan saw that still
+    resolves (distribution#4891): it is incomplete, so a tag no listing showed yet may be
+    missing too. Here ``v1.0``, given to the build about to go as the run reads the tags
+    again, is left out as well: the build stays (the SPEC: the repository is unreadable
+    for the run)."""
+    from tests.servers import Fault, drop_tags
+    from tests.test_executor import on_request_after_scan
+    from tests.test_run_e2e import cli
+
+    pusher.image("app", "v1", created=OLD, layers=(b"kept",))
+    doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"one",))
+    on_request_after_scan(proxy, lambda: pusher.tag("app", "v1.0", doomed))
+    # The plan's listing is complete; every later one leaves out v1 and v1.0.
+    proxy.inject(Fault("GET", r"^/v2/app/tags/list", "rewrite", times=100, skip=1,
+                       rewrite=drop_tags("v1", "v1.0")))
+    config = write_config(tmp_path, proxy.url, policy=PR)
+    code, doc, err = cli("run", "--config", str(config), "--output", "json")
+    assert pusher.exists("app", "v1.0") and pusher.exists("app", doomed.digest), \
+        "deleted a build through a listing known to be incomplete"
+    (action,) = doc["actions"]
+    assert action["status"] == "skipped" and "'v1'" in action["reason"], action
+    assert code == 1, err
