@@ -49,6 +49,7 @@ from retention.registry.acr import AcrApi
 from retention.registry.client import RETRYABLE, FetchedManifest, RegistryClient
 from retention.registry.ghcr import GhcrApi
 from retention.scanner import ManifestFacts, body_facts
+from retention.scanner import left_out as listing_left_out
 from retention.state import State
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class TagRead:
     tags: frozenset[str]
     started: float  # time.monotonic(), the clock the client's not_after is in
     fresh: bool  # made for this DELETE (not reused from an earlier one)
+    incomplete: str | None = None  # why the listing it read cannot confirm a DELETE
 
 
 class TagConfirmation:
@@ -143,7 +145,7 @@ class TagConfirmation:
         self._client = client
         self._repository = repository
         self._window = window
-        self._known = known
+        self._known = set(known)  # less what this run saw go (``went``)
         # Every tag the plan or an earlier re-read saw here: one the listing leaves out now
         # is looked up all the same (see _reread).
         self._seen_tags = set(seen_tags)
@@ -161,6 +163,7 @@ class TagConfirmation:
         # not read, or its read failed: it may hold anything.
         self._facts: dict[str, ManifestFacts | None] = {}
         self._last_read: frozenset[str] | None = None  # the read after the last DELETE
+        self._incomplete: str | None = None  # why the latest listing cannot be trusted
 
     async def read(self, digest: str) -> TagRead:
         """The tags on ``digest`` now: the gate's last check before its DELETE."""
@@ -176,7 +179,8 @@ class TagConfirmation:
         fresh = not self._reusable()
         if fresh:
             await self._reread()
-        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh)
+        return TagRead(frozenset(self._snapshot.get(digest, ())), self._read_at, fresh=fresh,
+                       incomplete=self._incomplete)
 
     def unexamined(self) -> list[str]:
         """Manifests the latest snapshot shows, pushed since the plan, not read yet."""
@@ -199,6 +203,20 @@ class TagConfirmation:
                 return other
         return None
 
+    def went(self, digest: str) -> None:
+        """``digest`` is gone (deleted by this run, or found gone). A read made before says
+        nothing of it now; a read made after that shows it shows it pushed again (a rollback
+        re-pushing a deleted index): a newcomer like any other, read for what it references,
+        so that the children it lists again stay."""
+        self._known.discard(digest)
+        self._snapshot.pop(digest, None)
+        self._links.pop(digest, None)
+        self._facts.pop(digest, None)
+
+    def shows(self, digest: str) -> bool:
+        """Whether the latest read shows ``digest`` (since it went, if it went: ``went``)."""
+        return digest in self._snapshot
+
     def _reusable(self) -> bool:
         return self._window > 0 and time.monotonic() - self._read_at <= self._window
 
@@ -215,14 +233,23 @@ class TagConfirmation:
             # onto this very manifest meanwhile) is resolved like a listed one: a listing
             # that drops it must not make the manifest it names look untagged. A tag really
             # removed answers 404 and counts for nothing.
-            self._seen_tags.update(await client.tags(repository))
+            listed = set(await client.tags(repository))
+            self._seen_tags.update(listed)
             tags = sorted(self._seen_tags)
             heads = await asyncio.gather(*(client.head_manifest(repository, t) for t in tags))
+            left_out = []
             for tag, head in zip(tags, heads, strict=True):
                 if head is not None:
                     snapshot.setdefault(head.digest, set()).add(tag)
+                    if tag not in listed:
+                        left_out.append(tag)
                 else:  # gone (the tags of a manifest this run deleted, say): not asked again
                     self._seen_tags.discard(tag)
+            # A listing that leaves out a tag that still resolves is incomplete: a tag no
+            # listing showed yet (one moved onto the manifest about to go) may be missing
+            # from it too. It confirms no DELETE (the tags it shows still tell `changed`).
+            self._incomplete = (f"{listing_left_out(left_out)}, so a tag it leaves out may "
+                                "be on this manifest too") if left_out else None
         self._snapshot, self._read_at = snapshot, started
         self._seen_new.update(snapshot.keys() - self._known)
         self.reads += 1
@@ -480,9 +507,8 @@ class Executor:
         if verdict is not None:
             return verdict
         await confirmation.examine()
-        newcomer = confirmation.newcomer_referencing(a.digest)
-        if newcomer is not None:
-            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if (referenced := _referenced_now(a, confirmation)) is not None:
+            return SKIPPED, referenced
         read = await confirmation.read(a.digest)
         # Nothing is awaited from here to the DELETE: what follows reads what is known.
         if confirmation.unexamined():
@@ -490,12 +516,13 @@ class Executor:
         verdict = self._checks(a, live)  # another repository may have broken the registry
         if verdict is not None:
             return verdict
-        newcomer = confirmation.newcomer_referencing(a.digest)
-        if newcomer is not None:
-            return SKIPPED, f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+        if (referenced := _referenced_now(a, confirmation)) is not None:
+            return SKIPPED, referenced
         if read.tags != set(a.tags):
             return SKIPPED, (f"{CHANGED}: tags are now {sorted(read.tags) or 'none'}, the plan "
                              f"saw {sorted(a.tags) or 'none'}")
+        if read.incomplete is not None:
+            raise RegistryError(read.incomplete, registry=a.registry)
         return read
 
     def _journal(self, a: Action, fetched: FetchedManifest, live: _Live,
@@ -665,6 +692,8 @@ class Executor:
         then found gone, may have been beaten by someone else's (bytes are claimed less,
         never more)."""
         live.went(a, by_us=by_us, credit=by_us if credit is None else credit, entry=entry)
+        if (confirmation := live.confirmations.get((a.registry, a.repository))) is not None:
+            confirmation.went(a.digest)
         if entry is not None and not by_us:
             # Someone else deleted it between our read and our DELETE: not ours to restore.
             self._state.journal_end(entry, status=GONE, reason="already gone: deleted by "
@@ -734,12 +763,31 @@ class Executor:
                for a in actions):
             return
         acr = AcrApi(client)
+        retry = client.retry_policy
         try:
-            if not await acr.confirmed_empty(repository):
-                log.info("repository kept: not empty", policy=p.policy, registry=p.registry,
-                         repository=repository)
-                return
-            await acr.delete_repository(repository)
+            for attempt in range(1, retry.attempts + 1):
+                # The DELETE takes everything in the repository, a push since the listing
+                # too: it is sent within the window of the listing that found it empty, and
+                # never again without a new one (a 429's wait outlasts that listing).
+                started = time.monotonic()
+                if not await acr.confirmed_empty(repository):
+                    log.info("repository kept: not empty", policy=p.policy,
+                             registry=p.registry, repository=repository)
+                    return
+                try:
+                    await acr.delete_repository(
+                        repository, retry=False,
+                        not_after=started + max(self._window, READ_AND_SEND))
+                    break
+                except NotSentError:
+                    if attempt == retry.attempts:
+                        raise
+                except RegistryError as exc:
+                    if attempt == retry.attempts or not (
+                            exc.status is None or exc.status in RETRYABLE):
+                        raise
+                    await self._sleep(min(exc.retry_after or retry.backoff(attempt - 1),
+                                          retry.max_retry_after))
         except RegistryError as exc:
             report.errors.append(RunError(p.registry, repository,
                                           f"deleting the empty repository failed: {exc}"))
@@ -748,6 +796,21 @@ class Executor:
             return
         log.info("repository deleted", policy=p.policy, registry=p.registry,
                  repository=repository, reason="delete_empty_repositories: emptied by this run")
+
+
+def _referenced_now(a: Action, confirmation: TagConfirmation) -> str | None:
+    """Why ``a`` must stay because the latest read shows something referencing it: a
+    manifest pushed since the plan that lists it or is its referrer's subject, or one of its
+    parents (its index, its subject), gone in this run and pushed again since (a rollback).
+    None: nothing there references it."""
+    newcomer = confirmation.newcomer_referencing(a.digest)
+    if newcomer is not None:
+        return f"{CHANGED}: {_short(newcomer)}, pushed since the plan, references it"
+    back = next((p for p in a.parents if confirmation.shows(p)), None)
+    if back is not None:
+        return (f"{CHANGED}: {_short(back)}, which references it, was deleted in this run "
+                "and pushed again since")
+    return None
 
 
 def _short(digest: str) -> str:

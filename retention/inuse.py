@@ -109,20 +109,19 @@ def resolve(uses: Iterable[Use], inventories: Mapping[str, Inventory], hosts: Ho
         ref = parse_reference(use.image)
         if ref is None or ref.host is None:
             continue
-        registry = hosts.registry_of(ref.host)
-        if registry is None:
-            continue
-        digest = ref.digest
-        if digest is None:
-            key = (registry, ref.repository)
-            if key not in tag_maps:
-                tag_maps[key] = _tag_map(inventories, last_tags, registry, ref.repository)
-            # Not resolvable now (never read): remembered by tag, resolved when it can be.
-            digest = tag_maps[key].get(ref.tag or "latest") or TAG_PREFIX + (ref.tag or "latest")
-        where = (registry, ref.repository, digest)
-        # One workload names the digest in explanations: the first in a stable order.
-        if where not in found or use.workload < found[where]:
-            found[where] = use.workload
+        for registry in hosts.registries_of(ref.host):
+            digest = ref.digest
+            if digest is None:
+                key = (registry, ref.repository)
+                if key not in tag_maps:
+                    tag_maps[key] = _tag_map(inventories, last_tags, registry, ref.repository)
+                # Not resolvable now (never read): remembered by tag, resolved when it can be.
+                digest = tag_maps[key].get(ref.tag or "latest") or \
+                    TAG_PREFIX + (ref.tag or "latest")
+            where = (registry, ref.repository, digest)
+            # One workload names the digest in explanations: the first in a stable order.
+            if where not in found or use.workload < found[where]:
+                found[where] = use.workload
     return [Sighting(r, repo, d, by, now) for (r, repo, d), by in sorted(found.items())]
 
 

@@ -394,6 +394,16 @@ class _Deciding:
         return _intrinsic_protection(self.view.by_digest[digest], self.view, self.pinned,
                                      self.now, self.options, registry=self.registry)
 
+    def held(self, digest: str) -> tuple[str, str] | None:
+        """(RESTORED, sentence) while ``digest`` is within its restored_hold, else None."""
+        until = self.options.restored.get((self.registry, self.view.repo.name, digest))
+        if until is None or self.now >= until:
+            return None
+        return RESTORED, (
+            f"put back by `retention restore`; held until {_instant(until)} "
+            "(restored_hold). It keeps its original time, so a run after that deletes "
+            "it again unless it is pinned (allowlist) or a keep rule matches it")
+
     def decide_matches(self) -> None:
         """Each direct match is kept by a keep rule, saved by a protection, or doomed."""
         for digest, by_policy in self.matched.items():
@@ -404,15 +414,8 @@ class _Deciding:
                     if keeper != policy:
                         detail = f"policy {keeper}: {detail}"
                     self.kept.append(self.decision(digest, policy, "keep", detail))
-            elif (saved := self.protection(digest)) is not None:
+            elif (saved := self.protection(digest) or self.held(digest)) is not None:
                 self.protect(digest, *saved)
-            elif (until := self.options.restored.get(
-                    (self.registry, self.view.repo.name, digest))) is not None \
-                    and self.now < until:
-                self.protect(digest, RESTORED, (
-                    f"put back by `retention restore`; held until {_instant(until)} "
-                    "(restored_hold). It keeps its original time, so a run after that deletes "
-                    "it again unless it is pinned (allowlist) or a keep rule matches it"))
             else:
                 self.doomed[digest] = None
                 self.doomed_by[digest] = next(iter(by_policy))  # policies come sorted
@@ -436,7 +439,8 @@ class _Deciding:
                     # A tagged child or referrer is an image in its own right: deleting it
                     # would remove tags no rule asked to remove.
                     continue
-                saved = self.protection(linked)
+                # A restored manifest stays for its hold whatever pulls it along.
+                saved = self.protection(linked) or self.held(linked)
                 if saved is not None:
                     if saved[0] == GRACE:
                         waiting.setdefault(self.root[cause], linked)

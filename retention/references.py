@@ -124,6 +124,16 @@ class Hosts:
     def registry_of(self, host: str) -> str | None:
         return self.by_host.get(normalize_host(host))
 
+    def registries_of(self, host: str) -> tuple[str, ...]:
+        """Every registry ``host`` names: the one that claims it, and any other with the
+        same URL host (the config allows two, with other credentials say: one storage, so
+        what is in use there is in use for the policies of both)."""
+        first = self.registry_of(host)
+        if first is None:
+            return ()
+        own = self.canonical[first]
+        return tuple(name for name, h in self.canonical.items() if h == own)
+
     def canonical_host(self, host: str) -> str:
         """The registry's own (URL) host for an alias; any other host as it is, normalised."""
         host = normalize_host(host)

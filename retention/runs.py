@@ -165,7 +165,15 @@ def restored_holds(setup: Setup, state: State, now: datetime
     restored_hold after its restore, measured in time: plans, dry runs and runs in between
     use none of it up."""
     hold = setup.config.restored_hold
-    return {key: at + hold for key, at in state.restored_since(now - hold).items()}
+    hosts, registries = setup.config.hosts(), setup.config.registries
+    held: dict[tuple[str, str, str], datetime] = {}
+    for (registry, repository, digest), at in state.restored_since(now - hold).items():
+        # Held in every registry configured with that URL: one storage (as in_use).
+        settings = registries.get(registry)
+        for name in hosts.registries_of(settings.host) if settings else (registry,):
+            key = (name, repository, digest)
+            held[key] = max(held.get(key, at + hold), at + hold)
+    return held
 
 
 def plan_all(setup: Setup, inventories: Mapping[str, Inventory], policies: Iterable[Policy],

@@ -323,12 +323,9 @@ class Scanner:
         heads = await asyncio.gather(*(self._client.head_manifest(name, t) for t in missing))
         resolving = [t for t, h in zip(missing, heads, strict=True) if h is not None]
         if resolving:
-            more = f" (and {len(resolving) - 1} more)" if len(resolving) > 1 else ""
             raise RegistryError(
-                f"repository {name}: the tag listing does not show tag {resolving[0]!r}"
-                f"{more}, which still resolves: the listing is incomplete, so what looks "
-                "untagged may not be; nothing is deleted here in this run",
-                registry=self._client.settings.name)
+                f"repository {name}: {left_out(resolving)}, so what looks untagged may not "
+                "be; nothing is deleted here in this run", registry=self._client.settings.name)
 
     def _repository(self, name: str, facts: dict[str, ManifestFacts],
                     tags_of: dict[str, list[str]], *,
@@ -422,6 +419,13 @@ class Scanner:
                         config_read=not self._push_times)
         self._cache.put_facts(facts)
         return facts
+
+
+def left_out(tags: list[str]) -> str:
+    """Why a listing that leaves out ``tags``, which still resolve, is not trusted."""
+    more = f" (and {len(tags) - 1} more)" if len(tags) > 1 else ""
+    return (f"the tag listing does not show tag {tags[0]!r}{more}, which still resolves: "
+            "the listing is incomplete")
 
 
 def unparsed_facts(digest: str, fetched: FetchedManifest, *, schema1: bool = False

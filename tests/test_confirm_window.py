@@ -99,12 +99,12 @@ def test_delete_held_back_by_a_throttled_token_is_not_sent_on_a_stale_read(tmp_p
         f"Bearer {token_server.token(USER, ['repository:app:pull,push'])}"
     try:
         doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"doomed",))
-        # The scope as the request's query carries it: httpx2 percent-encodes its colons.
+        # The scope as the client sends it in the query (its colons percent-encoded): a
+        # pattern that never matches would let this test pass without a throttled token.
         delete_scope = "scope=repository%3Aapp%3Adelete"
         token_proxy.inject(Fault("GET", delete_scope, "status", status=429,
                                  headers={"Retry-After": "3"}))
-        on_request(token_proxy, "GET", delete_scope,
-                   lambda: pusher.tag("app", "latest", doomed))
+        on_request(token_proxy, "GET", delete_scope, lambda: pusher.tag("app", "latest", doomed))
         config = write_config(tmp_path, registry.url, policy=PR)
         (tmp_path / "pw").write_text(PASSWORD)
         config.write_text(config.read_text().replace(
@@ -118,6 +118,7 @@ def test_delete_held_back_by_a_throttled_token_is_not_sent_on_a_stale_read(tmp_p
         assert "latest" in action["reason"]
         assert token_proxy.count("GET", delete_scope) >= 2  # the 429, then the token
         assert pusher.exists("app", "latest") and pusher.exists("app", doomed.digest)
+        assert token_proxy.count("GET", delete_scope) >= 2  # the throttled one, then again
     finally:
         pusher.close()
         registry.stop()

@@ -221,10 +221,15 @@ class AcrApi:
         return RegistryError(f"GET {path}: an entry of the answer is not the expected JSON",
                              registry=self._client.settings.name)
 
-    async def delete_repository(self, repository: str) -> bool:
+    async def delete_repository(self, repository: str, *, retry: bool = True,
+                                not_after: float | None = None) -> bool:
+        """Delete the repository and all it holds. ``retry=False``: one attempt (a 429 or 503
+        raises), for a caller that confirms it empty again first; ``not_after``: not sent
+        after that moment (the client's ``send``)."""
         path = self._client.path(repository, api="/acr/v1")
         response = await self._client.request(
-            "DELETE", path, scope=f"repository:{repository}:delete")
+            "DELETE", path, scope=f"repository:{repository}:delete", retry=retry,
+            not_after=not_after)
         if response.status_code in (200, 202, 204):
             return True
         if response.status_code == 404:
