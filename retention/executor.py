@@ -62,9 +62,9 @@ log = structlog.get_logger("retention.executor")
 # The longest time from the start of the read that confirms a manifest's tags to the
 # sending of its DELETE (config: confirm_window); 0: a read for every DELETE.
 CONFIRM_WINDOW = 2.0  # seconds
-# A read made for one DELETE, and that DELETE, get at least this long together whatever the
-# window: with 0 s the DELETE must still be sent once its own read is done. A read reused
-# from an earlier DELETE gets the window only.
+# With a window of 0 s (a read for every DELETE), how long a read made for one DELETE and
+# that DELETE get together: no DELETE can leave 0 s after its read began. Any window above
+# zero is the bound as written, for a read made for the DELETE as for one reused.
 READ_AND_SEND = 1.0  # seconds
 # Times in a row a manifest's gate may end in a read again (its DELETE could not be sent
 # in time, or the read showed manifests pushed since the plan that had to be read first)
@@ -397,6 +397,11 @@ class Executor:
         self._progress = progress  # (deletions done, of planned): for a terminal
         self._done = self._planned = 0
 
+    def _bound(self) -> float:
+        """The longest time from the start of a confirming read to its DELETE's sending:
+        confirm_window as written; for 0 s (a read for every DELETE), READ_AND_SEND."""
+        return self._window if self._window > 0 else READ_AND_SEND
+
     async def apply(self, plan: Plan, *, dry_run: bool,
                     inventories: Mapping[str, Inventory]) -> Report:
         """Apply every policy of ``plan``; ``inventories`` (by registry) are what the plan
@@ -596,8 +601,7 @@ class Executor:
                 return
             # Not sent later than the window allows from the start of the read: a DELETE
             # held back (a busy slot, a token fetched first) is not sent on a stale read.
-            not_after = gate.started + (max(self._window, READ_AND_SEND) if gate.fresh
-                                        else self._window)
+            not_after = gate.started + self._bound()
             try:
                 existed = await client.delete_manifest(a.repository, a.digest, retry=False,
                                                        not_after=not_after)
@@ -607,8 +611,8 @@ class Executor:
                     continue
                 self._kept_unconfirmed(
                     a, live, report, f"its DELETE could not be sent within confirm_window "
-                    f"({self._window:g} s, at least {READ_AND_SEND:g} s for a read made for "
-                    f"it) of the start of the read confirming its tags ({MAX_REREADS} reads; "
+                    f"({self._bound():g} s) of the start of the read confirming its tags "
+                    f"({MAX_REREADS} reads; "
                     f"the last one and its DELETE took "
                     f"{time.monotonic() - gate.started:.1f} s): raise confirm_window above "
                     "the time one read of the repository's tags takes", entry=entry)
@@ -777,7 +781,7 @@ class Executor:
                 try:
                     await acr.delete_repository(
                         repository, retry=False,
-                        not_after=started + max(self._window, READ_AND_SEND))
+                        not_after=started + self._bound())
                     break
                 except NotSentError:
                     if attempt == retry.attempts:

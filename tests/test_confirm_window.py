@@ -116,7 +116,6 @@ def test_delete_held_back_by_a_throttled_token_is_not_sent_on_a_stale_read(tmp_p
         (action,) = doc["actions"]
         assert action["status"] == "skipped", action
         assert "latest" in action["reason"]
-        assert token_proxy.count("GET", delete_scope) >= 2  # the 429, then the token
         assert pusher.exists("app", "latest") and pusher.exists("app", doomed.digest)
         assert token_proxy.count("GET", delete_scope) >= 2  # the throttled one, then again
     finally:
