@@ -223,8 +223,11 @@ class AcrApi:
 
     async def delete_repository(self, repository: str) -> bool:
         path = self._client.path(repository, api="/acr/v1")
+        # Sent once (retry=False): after a lost answer (a reset, a 503 from the gateway) the
+        # repository may be gone already, and a push since may have made it anew; a DELETE
+        # sent again would take that push, which no plan saw. The next run finds it.
         response = await self._client.request(
-            "DELETE", path, scope=f"repository:{repository}:delete")
+            "DELETE", path, scope=f"repository:{repository}:delete", retry=False)
         if response.status_code in (200, 202, 204):
             return True
         if response.status_code == 404:
