@@ -157,7 +157,7 @@ def test_storage_series_exported_at_zero_and_by_the_daemons_runs(tmp_path: Path,
                                                                  pusher: Pusher):
     import asyncio
 
-    import httpx
+    import httpx2 as httpx
 
     from retention.daemon import Daemon
     from tests.test_daemon import every_second, wait_for
