@@ -99,9 +99,11 @@ def test_delete_held_back_by_a_throttled_token_is_not_sent_on_a_stale_read(tmp_p
         f"Bearer {token_server.token(USER, ['repository:app:pull,push'])}"
     try:
         doomed = pusher.image("app", "pr-1", created=OLD, layers=(b"doomed",))
-        token_proxy.inject(Fault("GET", "scope=repository:app:delete", "status", status=429,
+        # The query as httpx2 sends it, colons percent-encoded.
+        delete_scope = "scope=repository%3Aapp%3Adelete"
+        token_proxy.inject(Fault("GET", delete_scope, "status", status=429,
                                  headers={"Retry-After": "3"}))
-        on_request(token_proxy, "GET", "scope=repository:app:delete",
+        on_request(token_proxy, "GET", delete_scope,
                    lambda: pusher.tag("app", "latest", doomed))
         config = write_config(tmp_path, registry.url, policy=PR)
         (tmp_path / "pw").write_text(PASSWORD)
