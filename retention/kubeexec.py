@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +36,11 @@ _V1 = "client.authentication.k8s.io/v1"
 _EXEC_EXTENSION = "client.authentication.k8s.io/exec"
 # Renew a token this long before the plugin said it expires.
 _MARGIN = 10.0
+# An ExecCredential is a few KiB (a token; a client certificate and key at most): a plugin
+# that writes more has gone wrong, and is not read into memory whole. Of its stderr, the
+# head is kept for the error message and the rest read and dropped.
+MAX_ANSWER_BYTES = 1024 * 1024
+_STDERR_KEPT = 4096
 
 
 class ExecCredentialError(Exception):
@@ -114,6 +121,27 @@ def _cluster_info(cluster: Mapping[str, Any], base: Path) -> dict[str, Any]:
     return info
 
 
+async def _answer(stream: asyncio.StreamReader, name: str) -> bytes:
+    """The plugin's stdout, up to MAX_ANSWER_BYTES (ExecCredentialError beyond)."""
+    out = bytearray()
+    while chunk := await stream.read(65536):
+        out += chunk
+        if len(out) > MAX_ANSWER_BYTES:
+            raise ExecCredentialError(f"exec plugin {name} wrote more than "
+                                      f"{MAX_ANSWER_BYTES // 1024 // 1024} MiB; an "
+                                      "ExecCredential is a few KiB")
+    return bytes(out)
+
+
+async def _head(stream: asyncio.StreamReader) -> bytes:
+    """The first _STDERR_KEPT bytes of the plugin's stderr; the rest is read and dropped
+    (a plugin blocked on a full pipe would never end)."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk[:_STDERR_KEPT - len(kept)]
+    return bytes(kept)
+
+
 def _expiry(status: Mapping[str, Any]) -> float | None:
     """When the token expires (time.time()), None when the plugin does not say."""
     stamp = status.get("expirationTimestamp")
@@ -135,16 +163,26 @@ async def run_plugin(plugin: ExecPlugin, *, timeout: float) -> tuple[str, float 
         {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": info})}
     name = os.path.basename(plugin.command)
     try:
+        # A process group of its own: a plugin is often a script that runs the real one,
+        # and what it started is stopped with it.
         process = await asyncio.create_subprocess_exec(
             plugin.command, *plugin.args, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
     except OSError as exc:
         raise ExecCredentialError(f"exec plugin {name} cannot be run: {exc}") from None
+    reading = asyncio.gather(_answer(process.stdout, name), _head(process.stderr))
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
+        async with asyncio.timeout(timeout):
+            out, err = await reading
+            await process.wait()
+    except (TimeoutError, ExecCredentialError) as exc:
+        reading.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+        if isinstance(exc, ExecCredentialError):
+            raise
         raise ExecCredentialError(f"exec plugin {name} gave no answer in {timeout:g} s"
                                   ) from None
     if process.returncode != 0:

@@ -272,7 +272,8 @@ class Fault:
     path: str  # regular expression searched in the path and query
     # "status", "reset", "delay", "redirect"; "hook": run ``hook(method, path)`` while the
     # request is in flight (it may change the registry), then forward it; "rewrite": forward
-    # it and pass the registry's answer through ``rewrite`` (a Link, the body, the status).
+    # it and pass the registry's answer through ``rewrite`` (a Link, the body, the status);
+    # "drip": forward it and send the answer's body a byte every ``seconds``.
     action: str
     times: int = 1
     status: int = 503
@@ -456,7 +457,12 @@ class FaultProxy:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command != "HEAD" and fault is not None and fault.action == "drip":
+                    with contextlib.suppress(OSError):  # the client gave up
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            time.sleep(fault.seconds)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 

@@ -19,7 +19,7 @@ from retention.scanner import Scanner
 from retention.secrets import Secret
 from retention.setup import load_setup
 from retention.state import State
-from tests.acr_emulator import AcrEmulator, FakeEntraCredential
+from tests.acr_emulator import AcrEmulator, EmulatorFault, FakeEntraCredential
 
 NOW = datetime.now(UTC)
 FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
@@ -232,6 +232,37 @@ def test_delete_empty_repositories(acr: AcrEmulator, tmp_path: Path):
     assert acr.count("DELETE", r"^/acr/v1/ephemeral/pr-7$") == 1
     assert "ephemeral/pr-8" in acr.repos  # still holds "keep"
     assert acr.count("DELETE", r"^/acr/v1/ephemeral/pr-8$") == 0
+
+
+def test_a_repository_delete_whose_answer_is_lost_is_not_sent_again(acr: AcrEmulator,
+                                                                     tmp_path: Path):
+    """ACR deleted the emptied repository, but its answer was lost (a 503 from the gateway);
+    meanwhile CI pushed a new image under the same name. Sending the DELETE again would take
+    that image, which no plan ever saw: the DELETE is sent once (the next run finds the
+    repository again, not empty, and keeps it)."""
+    old = NOW - timedelta(days=30)
+    acr.image("ephemeral/pr-7", "pr-7", created=old, seed="a")
+    pushed: list[str] = []
+
+    def deleted_then_pushed_again(method: str, path: str) -> None:
+        with acr.lock:  # what ACR does with the DELETE...
+            acr.repos.pop("ephemeral/pr-7", None)
+            acr.tags.pop("ephemeral/pr-7", None)
+        # ...and a push that lands before any retry would.
+        pushed.append(acr.image("ephemeral/pr-7", "pr-9", seed="pushed after the plan"))
+
+    acr.faults.append(EmulatorFault("DELETE", r"^/acr/v1/ephemeral/pr-7$", status=503,
+                                    code="UNAVAILABLE", hook=deleted_then_pushed_again,
+                                    fail_after_hook=True))
+    policy = ('name: p\nrepositories: {include: ["ephemeral/**"]}\n'
+              'delete: [{tags: ["pr-7"]}]\ndelete_empty_repositories: true\n')
+    config = write_config(tmp_path, acr, policy)
+    out = io.StringIO()
+    main(["run", "--config", str(config), "--output", "json"], stdout=out)
+    assert acr.count("DELETE", r"^/acr/v1/ephemeral/pr-7$") == 1
+    assert pushed and pushed[0] in acr.repos.get("ephemeral/pr-7", {})  # still there
+    errors = json.loads(out.getvalue())["errors"]
+    assert any("deleting the empty repository failed" in e["message"] for e in errors), errors
 
 
 def test_dry_run_on_acr_deletes_nothing(acr: AcrEmulator, tmp_path: Path):

@@ -448,6 +448,32 @@ def test_referrers_api_pages_and_errors(registry, pusher: Pusher, proxy):
         call(settings(proxy.url), lambda c: c.referrers("app", img.digest), retry=FAST)
 
 
+@pytest.mark.parametrize("link", ["back", "onwards"])
+def test_a_referrers_listing_that_never_ends_is_not_followed_for_ever(
+        registry, pusher: Pusher, proxy, monkeypatch, link: str):
+    """The referrers API's pages are a listing like tags/list: a Link back to a page already
+    read, or on and on, is a registry error, not requests (and referrers gathered in memory)
+    without end. Here the registry's listing would end after 300 pages."""
+    from retention.registry import client as client_module
+
+    img = pusher.image("app", "v1")
+    a = "sha256:" + "a" * 64
+    served = {"n": 0}
+
+    def pages(method, path, status, headers, body):
+        served["n"] += 1
+        following = 1 if link == "back" else served["n"] + 1
+        return _referrers_api({"1": ([a], f"/v2/app/referrers/{img.digest}?page=x{following}")}
+                              )(method, path, status, headers, body)
+
+    proxy.inject(Fault("GET", r"/referrers/", "rewrite", times=300, rewrite=pages))
+    monkeypatch.setattr(client_module, "MAX_PAGES", 25)
+    with pytest.raises(RegistryError, match="already read" if link == "back" else
+                       "more than 25 pages"):
+        call(settings(proxy.url), lambda c: c.referrers("app", img.digest))
+    assert served["n"] == (2 if link == "back" else 25)
+
+
 def test_ping_refused_is_an_error(registry, proxy):
     proxy.inject(Fault("GET", r"^/v2/$", "status", status=500, times=10))
     with pytest.raises(RegistryError):

@@ -119,6 +119,37 @@ def test_an_answer_that_stalls_is_retried(registry, tmp_path: Path):
     assert proxy.count("GET", r"/tags/list") == 2
 
 
+def test_an_answer_trickled_a_byte_at_a_time_has_a_deadline(registry):
+    """A registry (or a proxy, or a storage host) that sends a byte of its answer now and
+    then, each within the timeout: the timeout alone never ends it, and 16 MiB trickled so
+    would hold the run (and every later run of its policies) for ever. The whole answer
+    must have come four timeouts after it was asked for (DEADLINE_TIMEOUTS), or it is a
+    connection error."""
+    import time
+
+    pusher = Pusher(registry.url)
+    pusher.image("r", "v1")
+    pusher.close()
+    proxy = FaultProxy(registry.url)
+    proxy.url = proxy.start()
+    # A tags page of ~30 bytes, a byte every 0.3 s: each read well within 0.5 s, the whole
+    # over 8 s.
+    proxy.inject(Fault("GET", r"/tags/list", "drip", times=1, seconds=0.3))
+
+    async def go():
+        async with RegistryClient(RegistrySettings(name="main", url=proxy.url),
+                                  retry=RetryPolicy(attempts=1), timeout=0.5) as client:
+            return await client.tags("r")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(RegistryError, match="no whole answer within 2 s"):
+            asyncio.run(go())
+    finally:
+        proxy.stop()
+    assert time.monotonic() - started < 3.5  # 2 s, not the 9 s of the whole answer
+
+
 @pytest.mark.parametrize("tls", [None, "ca-signed", "self-signed"])
 def test_a_delete_whose_connection_drops_is_sent_once(tls: str | None, tmp_path: Path):
     """The registry may have deleted before the connection dropped: what happens next is the
@@ -831,6 +862,12 @@ def test_a_path_with_dot_segments_is_never_sent(repository: str):
             # session's own check of every path below it: either way nothing is sent.
             with pytest.raises(RegistryError, match=r"\. or \.\. segment|not a canonical"):
                 await client.delete_manifest(repository, "sha256:" + "a" * 64, retry=False)
+            http = HttpSession(url, timeout=5, connections=1, user_agent="test")
+            try:
+                with pytest.raises(TransportError, match=r"\. or \.\. segment"):
+                    await http.request("DELETE", f"/v2/{repository}/manifests/sha256:{'a' * 64}")
+            finally:
+                await http.aclose()
 
     asyncio.run(go())
     assert seen == []

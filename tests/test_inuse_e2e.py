@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import stat
 import sys
 import time
@@ -298,6 +300,77 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
     info = infos[0]["spec"]["cluster"]
     assert info["server"] == cluster.url
     assert base64.b64decode(info["certificate-authority-data"]) == cluster.ca_file.read_bytes()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not reaped yet, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _exec_kubeconfig(tmp_path: Path, cluster: KubeEmulator, script: str) -> Path:
+    plugin = tmp_path / "get-token"
+    plugin.write_text(f"#!{sys.executable}\n{script}")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
+    return cluster.kubeconfig(tmp_path / "exec.yaml", user={"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
+        "interactiveMode": "Never"}})
+
+
+def test_an_exec_plugin_out_of_time_is_stopped_with_its_children(tmp_path, cluster):
+    """A plugin is often a script that runs the real one (``aws eks get-token`` under a
+    wrapper): when it gives no answer in time, what it started goes too, or every run
+    that meets a hanging plugin leaves processes behind for the daemon's lifetime."""
+    pid_file = tmp_path / "child.pid"
+    kubeconfig = _exec_kubeconfig(tmp_path, cluster, f"""
+import pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))
+time.sleep(60)
+""")
+    child = None
+    try:
+        started = time.monotonic()
+        [reading] = asyncio.run(kube.read_clusters((_cluster_settings(tmp_path, kubeconfig),),
+                                                   timeout=1))
+        assert time.monotonic() - started < 10
+        assert "exec plugin get-token gave no answer in 1 s" in str(reading.error)
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the plugin's child still runs"
+    finally:
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_an_exec_plugin_that_writes_without_end_is_not_held_in_memory(tmp_path, cluster,
+                                                                      stream: str):
+    """An ExecCredential is a few KiB: a plugin gone wrong that writes 64 MiB (a debug
+    dump, a loop) is read up to a cap, not into memory whole."""
+    import tracemalloc
+
+    kubeconfig = _exec_kubeconfig(tmp_path, cluster, f"""
+import sys
+for _ in range(64):
+    sys.{stream}.buffer.write(b"x" * (1 << 20))
+sys.exit({1 if stream == "stderr" else 0})
+""")
+    tracemalloc.start()
+    try:
+        [reading] = asyncio.run(kube.read_clusters((_cluster_settings(tmp_path, kubeconfig),),
+                                                   timeout=20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+    expected = {"stdout": "exec plugin get-token wrote more than 1 MiB",
+                "stderr": "exec plugin get-token exited with 1: xxxx"}[stream]
+    assert expected in str(reading.error)
 
 
 def test_paged_lists_and_expired_continue(tmp_path, cluster, monkeypatch):

@@ -222,6 +222,33 @@ def test_endless_link_chain_is_capped(registry, pusher: Pusher, proxy, monkeypat
     assert proxy.count("GET", r"/v2/app/tags/list") == 25
 
 
+def test_a_listing_of_endless_full_pages_is_capped_by_its_items(registry, pusher: Pusher,
+                                                                  proxy):
+    """Each page under the cap on one answer (16 MiB), each with a Link to the next: a
+    hostile registry's listing grows in memory page after page (a 16 MiB page of short tags
+    parses into ~140 MiB), up to MAX_PAGES (10,000). More than MAX_LISTED (a million) names
+    in one listing is an endless one: here 20,000 tags a page, cut at the 51st page. (Past
+    its 80th page, the registry here fails the listing, which would otherwise go on.)"""
+    pusher.image("app", "a")
+    served = {"n": 0}
+
+    def full_pages(method, path, status, headers, body):
+        served["n"] += 1
+        page = served["n"]
+        if page > 80:
+            return 500, headers, b'{"errors": [{"code": "UNKNOWN"}]}'
+        tags = [f"t{page:04d}{i:05d}" for i in range(20_000)]
+        headers = {**headers, "Link": f'</v2/app/tags/list?last={tags[-1]}&n=20000>; '
+                                      'rel="next"'}
+        return status, headers, json.dumps({"name": "app", "tags": tags}).encode()
+
+    proxy.inject(Fault("GET", r"/v2/app/tags/list", "rewrite", times=10**6,
+                       rewrite=full_pages))
+    with pytest.raises(RegistryError, match="more than 1,000,000 names"):
+        _run(lambda c: c.tags("app"), RegistrySettings(name="main", url=proxy.url))
+    assert served["n"] == 51
+
+
 # -- 3. one repository's 403 fails that repository only -----------------------------------
 
 

@@ -227,6 +227,9 @@ class AcrApi:
         raises), for a caller that confirms it empty again first; ``not_after``: not sent
         after that moment (the client's ``send``)."""
         path = self._client.path(repository, api="/acr/v1")
+        # The executor sends it with retry=False: after a lost answer (a reset, a 503 from
+        # the gateway) the repository may be gone already, and a push since may have made
+        # it anew; a DELETE sent again without a new listing would take that push.
         response = await self._client.request(
             "DELETE", path, scope=f"repository:{repository}:delete", retry=retry,
             not_after=not_after)

@@ -73,6 +73,12 @@ MISSING_CODES = frozenset({"NAME_UNKNOWN"})
 # A listing longer than this is taken for an endless one (a registry bug, or a Link chain
 # that never ends): 10,000 pages of 1,000 tags is ten million, far beyond any repository.
 MAX_PAGES = 10_000
+# Nor may a listing hold more names than this, whatever its pages: each page is read up to
+# MAX_ANSWER_BYTES, but a 16 MiB page of short tags parses into ~140 MiB, and MAX_PAGES such
+# pages would be held at once. A million tags (or repositories, or ACR manifests) is beyond
+# what distribution 2.8 can answer at all (it sends the whole list in one answer, 16 MiB
+# being ~300,000 tags).
+MAX_LISTED = 1_000_000
 
 Observer = Callable[[str, str, float], None]  # (method, code, seconds)
 
@@ -381,7 +387,8 @@ class RegistryClient:
         A listing is complete or it is an error: a listing cut short would make what was on
         the lost pages look untagged, or not there at all, and so deletable. Any answer but
         200 after the first page (404 included), a ``Link`` back to a page already read, more
-        than MAX_PAGES pages, or a page that is not the expected JSON raises RegistryError.
+        than MAX_PAGES pages or MAX_LISTED items, or a page that is not the expected JSON
+        raises RegistryError.
 
         ``sizes`` are the page sizes to ask for, largest first: a 400 to the first request
         means the registry allows less, so the next is tried. ``missing_ok``: a 404 to the
@@ -393,6 +400,7 @@ class RegistryClient:
         params: dict[str, Any] | None = {"n": remaining[0]} if remaining[0] else None
         read: set[str] = set()  # every page URL requested, to catch a Link that loops
         page = 1
+        listed = 0
         while True:
             response = await self.request("GET", url, scope=scope, params=params)
             if page == 1 and response.status_code == 400 and len(remaining) > 1:
@@ -411,23 +419,44 @@ class RegistryClient:
             if response.status_code != 200:
                 raise self.failure(response, f"GET {path}" if page == 1 else
                                    f"GET {path} (page {page}: the listing is incomplete)")
-            yield self._page_items(response, path, key, page)
-            link = self._next_link(response, path)
-            if link is None:
+            items = self._page_items(response, path, key, page)
+            listed += len(items)
+            self._within_bounds(path, page, listed)
+            yield items
+            following = self._onward(response, path, read, page)
+            if following is None:
                 return
-            # The Link target carries its own query (n, last): use it as the registry wrote it.
-            url = self.next_page(response, link)
-            params = None
-            if str(url) in read:
-                raise RegistryError(
-                    f"GET {path}: the Link header of page {page} leads back to a page already "
-                    f"read ({url.raw_path.decode()}); the listing would never end",
-                    registry=self.settings.name)
+            url, params = following, None
             page += 1
-            if page > MAX_PAGES:
-                raise RegistryError(
-                    f"GET {path}: more than {MAX_PAGES:,} pages; the listing looks endless, "
-                    "so it is not trusted", registry=self.settings.name)
+
+    def _onward(self, response: Response, path: str, read: set[str], page: int
+                ) -> URL | None:
+        """The URL of the page after ``page`` of the listing ``path`` (None after its last),
+        as its Link names it. ``read``: every page URL requested, this one's included. A
+        Link back to one of them, or past MAX_PAGES, raises: the listing would never end."""
+        link = self._next_link(response, path)
+        if link is None:
+            return None
+        # The Link target carries its own query (n, last): used as the registry wrote it.
+        url = self.next_page(response, link)
+        if str(url) in read:
+            raise RegistryError(
+                f"GET {path}: the Link header of page {page} leads back to a page already "
+                f"read ({url.raw_path.decode()}); the listing would never end",
+                registry=self.settings.name)
+        self._within_bounds(path, page + 1, 0)
+        return url
+
+    def _within_bounds(self, path: str, page: int, listed: int) -> None:
+        """Raise when a listing has more than MAX_PAGES pages or MAX_LISTED items."""
+        if page > MAX_PAGES:
+            raise RegistryError(
+                f"GET {path}: more than {MAX_PAGES:,} pages; the listing looks endless, "
+                "so it is not trusted", registry=self.settings.name)
+        if listed > MAX_LISTED:
+            raise RegistryError(
+                f"GET {path}: more than {MAX_LISTED:,} names in {page:,} pages; the "
+                "listing looks endless, so it is not trusted", registry=self.settings.name)
 
     def _page_items(self, response: Response, path: str, key: str,
                     page: int) -> list[Any]:
@@ -583,9 +612,12 @@ class RegistryClient:
         path = self.path(repository, "referrers", digest)
         found: list[str] = []
         url: str | URL = path
+        read: set[str] = set()  # as in pages(): a Link that loops, or never ends, is caught
+        page = 1
         while True:
             response = await self.request("GET", url, scope=_pull(repository),
                                           headers={"Accept": OCI_INDEX})
+            read.add(str(response.url))
             content_type = response.headers.get("content-type", "")
             if response.status_code == 404 or (
                     response.status_code == 200 and OCI_INDEX not in content_type):
@@ -603,10 +635,12 @@ class RegistryClient:
             except (ValueError, AttributeError, KeyError, TypeError):
                 raise RegistryError(f"GET {path}: the referrers answer is not an OCI index",
                                     registry=self.settings.name) from None
-            link = self._next_link(response, path)
-            if link is None:
+            self._within_bounds(path, page, len(found))
+            following = self._onward(response, path, read, page)
+            if following is None:
                 return found
-            url = self.next_page(response, link)
+            url = following
+            page += 1
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -33,6 +33,11 @@ from retention.registry.tls import pem_certificates
 _USERINFO = re.compile(r"(://)[^/\s'\"@]*@")
 _QUERY = re.compile(r"(://[^\s'\"?#]*)[?#][^\s'\"]*")
 CONNECT_TIMEOUT = 10.0  # seconds; the DNS lookup and the TLS handshake included
+# The whole answer (status, headers, body: one hop of a redirect) must have come this many
+# timeouts after it was asked for (120 s by default): the timeout bounds each read, and an
+# answer sent a byte at a time, each within it, would otherwise hold its request (and the
+# run, and every later run of its policies) for ever. 8 MiB in 120 s is ~70 KB/s.
+DEADLINE_TIMEOUTS = 4
 # Any answer is read up to this, and no further (docs/operations.md, "Limits"): a tag or
 # catalog page, a token, an error's body. Manifests and configs have smaller caps of their
 # own (the client's). A page of 1,000 tags is ~50 KiB.
@@ -233,6 +238,7 @@ class HttpSession:
         # only (config checks there are some).
         self._ca_pem = pem_certificates(ca_file.read_bytes()) if ca_file is not None else None
         self._timeout = httpx2.Timeout(timeout, connect=CONNECT_TIMEOUT, pool=None)
+        self._deadline = timeout * DEADLINE_TIMEOUTS
         self._limits = httpx2.Limits(max_connections=connections,
                                      max_keepalive_connections=connections)
         self._user_agent = user_agent
@@ -345,17 +351,23 @@ class HttpSession:
     async def _send(self, client: httpx2.AsyncClient, request: httpx2.Request,
                     max_bytes: int, elsewhere: str | None
                     ) -> tuple[int, AnswerHeaders, bytes]:
+        deadline = asyncio.timeout(self._deadline)
         try:
-            answer = await client.send(request, stream=True)
-            try:
-                headers = _headers_read(answer.headers.raw)
-                body = await _body(answer, max_bytes, head=request.method == "HEAD")
-            finally:
-                # Not read to its end (over the cap): the connection is closed, not drained.
-                await answer.aclose()
+            async with deadline:
+                answer = await client.send(request, stream=True)
+                try:
+                    headers = _headers_read(answer.headers.raw)
+                    body = await _body(answer, max_bytes, head=request.method == "HEAD")
+                finally:
+                    # Not read to its end (over the cap, past the deadline): the connection
+                    # is closed, not drained.
+                    await answer.aclose()
         except TransportError:
             raise
         except (httpx2.HTTPError, httpx2.InvalidURL, ssl.SSLError, OSError) as exc:
+            if deadline.expired():  # TimeoutError, or what the library made of the cancel
+                raise TransportError(f"no whole answer within {self._deadline:g} s (it came "
+                                     "too slowly, or not at all)") from None
             raise _failure(exc, elsewhere) from None
         return answer.status_code, headers, body
 
