@@ -599,6 +599,11 @@ class Executor:
                 self._kept_unconfirmed(a, live, report, "the repository changed at every "
                                        "read (manifests pushed since the plan)", entry=entry)
                 return
+            if self._stop.is_set():
+                # The daemon began stopping while this gate read the tags (another
+                # repository's DELETE saw it first): no DELETE starts after the stop.
+                self._record(a, live, SKIPPED, SHUTTING_DOWN, entry=entry)
+                return
             # Not sent later than the window allows from the start of the read: a DELETE
             # held back (a busy slot, a token fetched first) is not sent on a stale read.
             not_after = gate.started + self._bound()
