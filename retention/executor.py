@@ -609,7 +609,8 @@ class Executor:
             not_after = gate.started + self._bound()
             try:
                 existed = await client.delete_manifest(a.repository, a.digest, retry=False,
-                                                       not_after=not_after)
+                                                       not_after=not_after,
+                                                       unless=self._stop.is_set)
             except NotSentError:
                 rereads += 1
                 if rereads < MAX_REREADS:

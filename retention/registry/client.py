@@ -172,6 +172,7 @@ class RegistryClient:
         retry: bool = True,
         content: bytes | None = None,
         not_after: float | None = None,
+        unless: Callable[[], bool] | None = None,
         max_bytes: int = MAX_ANSWER_BYTES,
     ) -> Response:
         """A registry request with the authorization ``scope`` needs (answering a 401 once).
@@ -185,7 +186,7 @@ class RegistryClient:
             response = await self.send(
                 method, url, headers={**(headers or {}), **self._auth.headers(scope, url)},
                 params=params, follow_redirects=follow_redirects, retry=retry, content=content,
-                not_after=not_after, max_bytes=max_bytes)
+                not_after=not_after, unless=unless, max_bytes=max_bytes)
             if response.status_code == 401:
                 if auth_retried:
                     if self._auth.headers(scope).get("Authorization", "").startswith("Bearer"):
@@ -212,13 +213,15 @@ class RegistryClient:
         follow_redirects: bool = False,
         retry: bool = True,
         not_after: float | None = None,
+        unless: Callable[[], bool] | None = None,
         max_bytes: int = MAX_ANSWER_BYTES,
     ) -> Response:
         """One request under the retry policy, with the headers given and no others.
         ``max_bytes``: the cap on the answer's body (AnswerTooLargeError beyond it).
 
         ``not_after`` (a ``time.monotonic()`` value): the request is not sent later than
-        that, checked at the last moment, once it holds its slot (NotSentError). The
+        that, checked at the last moment, once it holds its slot (NotSentError); nor when
+        ``unless()`` says so then. The
         executor bounds so the time from confirming a manifest's tags to its DELETE, whatever
         delays the request on its way (a slot freed late, a token fetched first).
 
@@ -237,6 +240,10 @@ class RegistryClient:
                         raise NotSentError(
                             f"{method} {_path(url)} not sent: it was allowed until "
                             f"{time.monotonic() - not_after:.3f} s ago", registry=name)
+                    if unless is not None and unless():
+                        # The caller's own last word (the daemon stopping): nothing starts.
+                        raise NotSentError(f"{method} {_path(url)} not sent: stopping",
+                                           registry=name)
                     response = await self._http.request(
                         method, url, headers=headers, params=params, data=data,
                         follow_redirects=follow_redirects, content=content,
@@ -647,7 +654,8 @@ class RegistryClient:
         return self._retry
 
     async def delete_manifest(self, repository: str, digest: str, *, retry: bool = True,
-                              not_after: float | None = None) -> bool:
+                              not_after: float | None = None,
+                              unless: Callable[[], bool] | None = None) -> bool:
         """Delete by digest. True when deleted now, False when it was already gone.
 
         ``retry=False``: one attempt (a 429 or 503 raises RegistryError with its status):
@@ -656,7 +664,7 @@ class RegistryClient:
         caller reads the attributes to know what refused it."""
         path = self.path(repository, "manifests", digest)
         response = await self.request("DELETE", path, scope=f"repository:{repository}:delete",
-                                      retry=retry, not_after=not_after)
+                                      retry=retry, not_after=not_after, unless=unless)
         if response.status_code in (200, 202):
             return True
         if response.status_code == 404:

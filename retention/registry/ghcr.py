@@ -268,7 +268,8 @@ class GhcrApi:
 
     async def call(self, method: str, url: str | URL, *, what: str,
                    params: dict[str, Any] | None = None,
-                   not_after: float | None = None) -> Response:
+                   not_after: float | None = None,
+                   unless: Callable[[], bool] | None = None) -> Response:
         """One API request with the token, under GitHub's rate limits.
 
         A GET (and a restore's POST) limited by GitHub waits and goes again; connection
@@ -296,7 +297,7 @@ class GhcrApi:
             try:
                 response = await self._client.send(method, url, headers=headers,
                                                    params=params, retry=False,
-                                                   not_after=not_after)
+                                                   not_after=not_after, unless=unless)
             except AuthenticationError:
                 raise
             except RegistryError:
@@ -455,7 +456,8 @@ class GhcrApi:
         return set(version.tags)
 
     async def delete(self, repository: str, digest: str, *,
-                     not_after: float | None = None) -> bool:
+                     not_after: float | None = None,
+                     unless: Callable[[], bool] | None = None) -> bool:
         """Delete ``digest``'s version (and every tag on it). True when deleted now, False
         when it was already gone. GitHub's refusal of this one version (the last tagged
         one, a public one downloaded more than 5,000 times) fails it alone, with GitHub's
@@ -466,7 +468,8 @@ class GhcrApi:
         url = self._versions_url(repository, vid)
         what = f"DELETE {urlsplit(url).path}"
         # Not sent past ``not_after`` (the executor's confirm_window), like any DELETE.
-        response = await self.call("DELETE", url, what=what, not_after=not_after)
+        response = await self.call("DELETE", url, what=what, not_after=not_after,
+                                   unless=unless)
         if response.status_code in (200, 202, 204):
             self._ids.pop((repository, digest), None)
             return True
@@ -522,11 +525,13 @@ class GhcrClient(RegistryClient):
         return None
 
     async def delete_manifest(self, repository: str, digest: str, *,
-                              retry: bool = True, not_after: float | None = None) -> bool:
+                              retry: bool = True, not_after: float | None = None,
+                              unless: Callable[[], bool] | None = None) -> bool:
         """By the version's id through GitHub's API (ghcr.io refuses an OCI DELETE). Never
         retried here: a limited DELETE raises RateLimitedError (429) for the executor.
         ``not_after``: not sent after that moment (RegistryClient.send)."""
-        return await self.github.delete(repository, digest, not_after=not_after)
+        return await self.github.delete(repository, digest, not_after=not_after,
+                                        unless=unless)
 
     async def aclose(self) -> None:
         if self.github.requests:
