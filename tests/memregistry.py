@@ -119,6 +119,7 @@ class MemRegistry:
         self.unexpected: list[str] = []  # requests retention has no business sending
         self.delete_requests: list[Key] = []  # every DELETE the client sent, in order
         self.deletes_after_stop: list[str] = []
+        self.stopped_in: str | None = None  # the repository whose DELETE saw the stop
         self.faults: dict[int, Fault] = {}
         self.faults_on: dict[str, list[Fault]] = {}
         self.stop: asyncio.Event | None = None
@@ -295,6 +296,7 @@ class MemRegistry:
             assert self.stop is not None
             self.stop.set()
             self._stopped = True
+            self.stopped_in = repo
             return None
         if fault.kind == OUT_OF_BAND:
             target = self._aim(fault, (repo, digest), repo=fault.target_repo)
