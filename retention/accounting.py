@@ -48,16 +48,12 @@ def _opaque(m: Manifest) -> bool:
     return not m.parsed and not m.blobs
 
 
-def _blobs(m: Manifest) -> Iterable[tuple[str, int]]:
-    yield m.digest, m.size  # the manifest body is a blob too
-    for b in m.blobs:
-        yield b.digest, b.size
-
-
 def stored_blobs(m: Manifest) -> Iterable[tuple[str, int]]:
     """(digest, size) of each blob the registry stores for ``m``: its body, config and
     layers (not its children: they are manifests of their own)."""
-    return _blobs(m)
+    yield m.digest, m.size  # the manifest body is a blob too
+    for b in m.blobs:
+        yield b.digest, b.size
 
 
 class Ledger:
@@ -92,7 +88,7 @@ class Ledger:
                 continue
             self._manifests[key] = m
             self._opaque = self._opaque or _opaque(m)
-            for digest, size in _blobs(m):
+            for digest, size in stored_blobs(m):
                 self._references[digest] += 1
                 if m.parsed or digest == m.digest:
                     self._sizes[digest] = size
@@ -114,7 +110,7 @@ class Ledger:
         # earlier deletion of this run that held it too. While an unparsed manifest may hold
         # any config or layer, only a deletion of a manifest with that very body.
         earlier = self._body_owner if self._opaque else self._first_owner
-        for digest, _ in _blobs(m):
+        for digest, _ in stored_blobs(m):
             self._references[digest] -= 1
             if owner is not None:
                 self._first_owner.setdefault(digest, owner)

@@ -27,7 +27,13 @@ from retention.errors import ConfigError, Problem, RetentionError, UsageError
 from retention.inventory import Inventory, Manifest, inventory_from_json, inventory_to_json
 from retention.kube import NOTHING, InUse, in_use_pass
 from retention.planner import Plan
-from retention.policy import Policy, load_policies, policy_warnings
+from retention.policy import (
+    Policy,
+    load_policies,
+    policy_problem,
+    policy_warnings,
+    source_location,
+)
 from retention.progress import Progress
 from retention.report import columns, human_bytes, to_json, to_table
 from retention.runs import (
@@ -384,28 +390,17 @@ def setup_warnings(setup: Setup) -> list[Problem]:
     found = policy_warnings(setup.policies)
     # A warning, not an error: the pin may be for a registry configured later.
     for pin in unknown_host_pins(setup.allowlist, setup.config.hosts()):
-        path, line = _source(pin.source)
+        path, line = source_location(pin.source)
         found.append(Problem(path, line, 1, f"allowlist entry for host {pin.host}, which no "
                              "configured registry has (url or aliases): it protects nothing"))
     for policy in setup.policies:
         settings = setup.config.registries.get(policy.registry or "")
         if (settings is not None and settings.repositories
                 and not any(policy.applies_to(r) for r in settings.repositories)):
-            found.append(_policy_problem(policy, "repositories match none of registry "
+            found.append(policy_problem(policy, "repositories match none of registry "
                                          f"{settings.name}'s listed repositories: it does "
                                          "nothing"))
     return found
-
-
-def _source(source: str) -> tuple[str, int]:
-    """``path:line`` as written into pins and policies for messages."""
-    path, _, line = source.rpartition(":")
-    return (path, int(line)) if path and line.isdigit() else (source, 1)
-
-
-def _policy_problem(policy: Policy, message: str) -> Problem:
-    path, line = _source(policy.source)
-    return Problem(path, line, 1, f"policy {policy.name}: {message}")
 
 
 def _inventory(setup: Setup, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -599,11 +599,6 @@ class Executor:
                 self._kept_unconfirmed(a, live, report, "the repository changed at every "
                                        "read (manifests pushed since the plan)", entry=entry)
                 return
-            if self._stop.is_set():
-                # The daemon began stopping while this gate read the tags (another
-                # repository's DELETE saw it first): no DELETE starts after the stop.
-                self._record(a, live, SKIPPED, SHUTTING_DOWN, entry=entry)
-                return
             # Not sent later than the window allows from the start of the read: a DELETE
             # held back (a busy slot, a token fetched first) is not sent on a stale read.
             not_after = gate.started + self._bound()
@@ -612,6 +607,11 @@ class Executor:
                                                        not_after=not_after,
                                                        unless=self._stop.is_set)
             except NotSentError:
+                if self._stop.is_set():
+                    # The daemon began stopping on the way (another repository's DELETE saw
+                    # it first): the client sent nothing, and no DELETE starts after it.
+                    self._record(a, live, SKIPPED, SHUTTING_DOWN, entry=entry)
+                    return
                 rereads += 1
                 if rereads < MAX_REREADS:
                     continue

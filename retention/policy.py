@@ -93,14 +93,24 @@ def policy_warnings(policies: Iterable[Policy]) -> list[Problem]:
     that looks like a protection and is none)."""
     found = []
     for policy in policies:
-        path, _, line = policy.source.rpartition(":")
         for rule in policy.keep:
             if rule.newest == 0:
-                found.append(Problem(path or policy.source, int(line) if line.isdigit() else 1,
-                                     1, f"policy {policy.name}: keep rule {rule.number}: "
-                                     "newest: 0 keeps nothing; remove the rule or keep at "
-                                     "least 1"))
+                found.append(policy_problem(policy, f"keep rule {rule.number}: newest: 0 "
+                                            "keeps nothing; remove the rule or keep at "
+                                            "least 1"))
     return found
+
+
+def source_location(source: str) -> tuple[str, int]:
+    """``path:line`` as written into policies and pins for messages, as (path, line)."""
+    path, _, line = source.rpartition(":")
+    return (path, int(line)) if path and line.isdigit() else (source, 1)
+
+
+def policy_problem(policy: Policy, message: str) -> Problem:
+    """A problem located at the policy's document (a warning of validate's, say)."""
+    path, line = source_location(policy.source)
+    return Problem(path, line, 1, f"policy {policy.name}: {message}")
 
 
 def _hidden(path: Path, root: Path) -> bool:
